@@ -1,0 +1,15 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from tenants.api import views
+
+router = SimpleRouter()
+router.register("tenants", views.TenantViewSet, basename="tenant")
+router.register(r"tenants/(?P<tenant_slug>[^/.]+)/members", views.MembershipViewSet, basename="membership")
+router.register(r"tenants/(?P<tenant_slug>[^/.]+)/registries", views.ImageRegistryViewSet, basename="registry")
+router.register("tokens", views.ApiTokenViewSet, basename="token")
+
+urlpatterns = [
+    path("tenants/<str:tenant_slug>/quota/", views.QuotaView.as_view(), name="quota"),
+    *router.urls,
+]

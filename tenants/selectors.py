@@ -1,0 +1,60 @@
+from dataclasses import dataclass
+
+from django.db.models import Sum
+
+from tenants.choices import QuotaResource
+from tenants.models import ImageRegistry, Membership, Quota, ResourceClaim, Tenant
+
+
+@dataclass(frozen=True)
+class QuotaLine:
+    resource: str
+    label: str
+    limit: int
+    used: int
+
+    @property
+    def percent(self) -> int:
+        if self.limit == 0:
+            return 100 if self.used else 0
+        return min(100, round(100 * self.used / self.limit))
+
+    @property
+    def over(self) -> bool:
+        return self.used > self.limit
+
+
+def quota_usage(*, tenant: Tenant) -> dict[str, int]:
+    totals = ResourceClaim.objects.for_tenant(tenant).aggregate(
+        **{resource.value: Sum(resource.value) for resource in QuotaResource}
+    )
+    return {resource: value or 0 for resource, value in totals.items()}
+
+
+def quota_report(*, tenant: Tenant) -> list[QuotaLine]:
+    quota = Quota.objects.get(tenant=tenant)
+    usage = quota_usage(tenant=tenant)
+    return [
+        QuotaLine(resource=r.value, label=r.label, limit=getattr(quota, r.value), used=usage[r.value])
+        for r in QuotaResource
+    ]
+
+
+def tenant_list(*, user):
+    return Tenant.objects.visible_to(user)
+
+
+def membership_list(*, tenant: Tenant):
+    return Membership.objects.for_tenant(tenant).select_related("user")
+
+
+def registry_list(*, tenant: Tenant):
+    return ImageRegistry.objects.for_tenant(tenant)
+
+
+def registry_for_image(*, tenant: Tenant, image: str) -> ImageRegistry | None:
+    """The tenant's registry whose host[:port] is the image reference's registry part."""
+    first, sep, _ = image.partition("/")
+    if not sep:
+        return None
+    return next((r for r in registry_list(tenant=tenant) if r.host == first), None)

@@ -1,0 +1,29 @@
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from tenants.crypto import secret_decrypt
+from tenants.models import ImageRegistry
+from tenants.registry_check import registry_check
+from tenants.services import registry_check_record
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="tenants.check_registry", acks_late=True)
+def check_registry(registry_id: int) -> bool:
+    """Takes an id only: the password is read and decrypted here, never sent through the broker."""
+    registry = ImageRegistry.objects.filter(pk=registry_id).first()
+    if registry is None:
+        return False
+    result = registry_check(
+        url=registry.url,
+        username=registry.username,
+        password=secret_decrypt(registry.password_encrypted) if registry.has_password else "",
+        insecure=registry.insecure,
+        timeout_s=settings.REGISTRY_CHECK_TIMEOUT_S,
+    )
+    registry_check_record(registry_id=registry_id, ok=result.ok, message=result.message)
+    logger.info("registry.checked", extra={"registry_id": registry_id, "ok": result.ok})
+    return result.ok

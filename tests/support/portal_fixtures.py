@@ -1,0 +1,44 @@
+"""Fixtures for portal/tenants tests: users with a role in a tenant, API clients."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.tenants.factories import MembershipFactory, TenantFactory, UserFactory
+
+
+@pytest.fixture
+def tenant(db):
+    return TenantFactory()
+
+
+@pytest.fixture
+def other_tenant(db):
+    return TenantFactory()
+
+
+@pytest.fixture
+def member_of(db):
+    """member_of(tenant, role) -> a user holding that role in that tenant."""
+
+    def make(tenant, role):
+        return MembershipFactory(tenant=tenant, role=role).user
+
+    return make
+
+
+@pytest.fixture
+def platform_admin(db):
+    return UserFactory(is_staff=True)
+
+
+@pytest.fixture
+def client_for():
+    """client_for(user) -> a DRF client authenticated as user (session-less force_authenticate)."""
+
+    def make(user):
+        client = APIClient()
+        if user is not None:
+            client.force_authenticate(user)
+        return client
+
+    return make
