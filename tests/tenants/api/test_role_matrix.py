@@ -5,44 +5,44 @@ import pytest
 from tenants.choices import TenantRole
 from tests.tenants.factories import UserFactory
 
-V, D, A, O = TenantRole.VIEWER, TenantRole.DEVELOPER, TenantRole.ADMIN, TenantRole.OWNER
+V, D, A, OWN = TenantRole.VIEWER, TenantRole.DEVELOPER, TenantRole.ADMIN, TenantRole.OWNER
 STAFF, OUTSIDER = "platform-admin", "outsider"
 
 # (method, path template, body, {actor: expected status})
 MATRIX = [
-    ("get", "/api/v1/tenants/{t}/", None, {V: 200, D: 200, A: 200, O: 200, STAFF: 200, OUTSIDER: 404}),
-    ("get", "/api/v1/tenants/{t}/members/", None, {V: 200, D: 200, A: 200, O: 200, STAFF: 200, OUTSIDER: 404}),
+    ("get", "/api/v1/tenants/{t}/", None, {V: 200, D: 200, A: 200, OWN: 200, STAFF: 200, OUTSIDER: 404}),
+    ("get", "/api/v1/tenants/{t}/members/", None, {V: 200, D: 200, A: 200, OWN: 200, STAFF: 200, OUTSIDER: 404}),
     (
         "post",
         "/api/v1/tenants/{t}/members/",
         {"username": "newcomer", "role": "developer"},
-        {V: 403, D: 403, A: 201, O: 201, STAFF: 201, OUTSIDER: 404},
+        {V: 403, D: 403, A: 201, OWN: 201, STAFF: 201, OUTSIDER: 404},
     ),
     (
         "post",
         "/api/v1/tenants/{t}/members/",
         {"username": "newcomer", "role": "owner"},
-        {V: 403, D: 403, A: 403, O: 201, STAFF: 201, OUTSIDER: 404},
+        {V: 403, D: 403, A: 403, OWN: 201, STAFF: 201, OUTSIDER: 404},
     ),
-    ("get", "/api/v1/tenants/{t}/quota/", None, {V: 200, D: 200, A: 200, O: 200, STAFF: 200, OUTSIDER: 404}),
+    ("get", "/api/v1/tenants/{t}/quota/", None, {V: 200, D: 200, A: 200, OWN: 200, STAFF: 200, OUTSIDER: 404}),
     (
         "patch",
         "/api/v1/tenants/{t}/quota/",
         {"vcpus": 3},
-        {V: 403, D: 403, A: 403, O: 403, STAFF: 200, OUTSIDER: 404},
+        {V: 403, D: 403, A: 403, OWN: 403, STAFF: 200, OUTSIDER: 404},
     ),
-    ("get", "/api/v1/tenants/{t}/registries/", None, {V: 200, D: 200, A: 200, O: 200, STAFF: 200, OUTSIDER: 404}),
+    ("get", "/api/v1/tenants/{t}/registries/", None, {V: 200, D: 200, A: 200, OWN: 200, STAFF: 200, OUTSIDER: 404}),
     (
         "post",
         "/api/v1/tenants/{t}/registries/",
         {"name": "r", "url": "https://registry.example.test"},
-        {V: 403, D: 403, A: 201, O: 201, STAFF: 201, OUTSIDER: 404},
+        {V: 403, D: 403, A: 201, OWN: 201, STAFF: 201, OUTSIDER: 404},
     ),
     (
         "post",
         "/api/v1/tenants/",
         {"slug": "brand-new", "name": "Brand new"},
-        {V: 403, D: 403, A: 403, O: 403, STAFF: 201, OUTSIDER: 403},
+        {V: 403, D: 403, A: 403, OWN: 403, STAFF: 201, OUTSIDER: 403},
     ),
 ]
 
