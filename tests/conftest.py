@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.portal_fixtures"]
+pytest_plugins = ["tests.support.portal_fixtures", "tests.support.live_stack", "tests.support.browser"]

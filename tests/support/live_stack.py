@@ -1,0 +1,114 @@
+"""The real processes, started for a test session: the ASGI web server (daphne) and a Celery
+worker, both pointed at pytest-django's test database and the test Redis database. Each
+session uses its own Celery queue so other sessions' workers never take its tasks."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stack_env(queue: str) -> dict[str, str]:
+    return os.environ | {
+        "DJANGO_SETTINGS_MODULE": "portal.settings.test",
+        "PORTAL_DB_NAME": connection.settings_dict["NAME"],
+        "PORTAL_CELERY_QUEUE": queue,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+@dataclass(frozen=True)
+class LiveStack:
+    url: str
+    queue: str
+    log_dir: Path
+
+
+@pytest.fixture(scope="session")
+def celery_queue() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker, celery_queue, tmp_path_factory):
+    """daphne + a Celery worker on this session's queue; yields LiveStack."""
+    log_dir = tmp_path_factory.mktemp("live-stack")
+    env = stack_env(celery_queue)
+    port = free_port()
+    web_log = open(log_dir / "web.log", "wb")  # noqa: SIM115
+    worker_log = open(log_dir / "worker.log", "wb")  # noqa: SIM115
+    web = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=web_log,
+        stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "portal",
+            "worker",
+            "-Q",
+            celery_queue,
+            "-c",
+            "1",
+            "-n",
+            f"{celery_queue}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                urllib.request.urlopen(url + "/login/", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or web.poll() is not None:
+                    tail = (log_dir / "web.log").read_text()[-2000:]
+                    raise RuntimeError(f"web server did not start: {tail}") from None
+                time.sleep(0.2)
+        yield LiveStack(url=url, queue=celery_queue, log_dir=log_dir)
+    finally:
+        _stop(web)
+        _stop(worker)
+        web_log.close()
+        worker_log.close()
