@@ -123,7 +123,9 @@ class SkopeoSession:
             ) from error
         if completed.returncode != 0:
             stderr = redact(completed.stderr.decode(errors="replace"), self.credentials)
-            raise classify_failure(self.reference, stderr)
+            raise classify_failure(
+                self.reference, stderr, has_credentials=self.credentials is not None
+            )
         return SkopeoResult(stdout=completed.stdout, argv=full_argv)
 
     def inspect_raw(self, reference: ImageReference) -> bytes:
@@ -156,11 +158,17 @@ def _last_message(stderr: str) -> str:
     return last.replace('\\"', '"')[:300]
 
 
-def classify_failure(reference: ImageReference, stderr: str) -> ImageError:
+def classify_failure(
+    reference: ImageReference, stderr: str, *, has_credentials: bool
+) -> ImageError:
     detail = stderr[-DETAIL_MAX_CHARS:]
     lowered = stderr.lower()
     image = str(reference)
     domain = reference.domain
+    if ("unauthorized" in lowered or "authentication required" in lowered) and not has_credentials:
+        return RegistryUnauthorized(
+            f"registry {domain} requires credentials for {reference.repository}", detail=detail
+        )
     if "unauthorized" in lowered or "authentication required" in lowered:
         return RegistryUnauthorized(
             f"registry {domain} refused the credentials for {reference.repository}", detail=detail
