@@ -250,7 +250,8 @@ def _config_argv(recipe: ImageRecipe, image: str) -> list[str]:
 
 
 def read_layout_manifest(layout: Path, tag: str = LAYOUT_TAG) -> tuple[str, dict]:
-    """(manifest digest, manifest) of `tag` in an OCI layout we built ourselves."""
+    """(manifest digest, manifest) of `tag` in an OCI layout we built ourselves (for an index
+    layout, the manifest is the index document)."""
     index = json.loads((layout / "index.json").read_text())
     for descriptor in index["manifests"]:
         if descriptor.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
@@ -336,6 +337,63 @@ def build_image_from_layer_tars(
     return _built_image(name, final)
 
 
+def build_platform_index(
+    name: str, platform_images: list[tuple[BuiltImage, str]], cache_dir: Path
+) -> BuiltImage:
+    """A layout whose tag names an OCI image index with one entry per (image, architecture):
+    a multi-platform image, as a docker buildx push would make. manifest_digest is the index's."""
+    manifests = []
+    for built, architecture in platform_images:
+        digest, _ = read_layout_manifest(built.layout_path)
+        size = (built.layout_path / "blobs" / "sha256" / digest.split(":", 1)[1]).stat().st_size
+        manifests.append(
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": size,
+                "platform": {"architecture": architecture, "os": "linux"},
+            }
+        )
+    index_bytes = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        },
+        sort_keys=True,
+    ).encode()
+    index_digest = "sha256:" + hashlib.sha256(index_bytes).hexdigest()
+    final = cache_dir / f"{name}-{index_digest.split(':', 1)[1][:24]}"
+    if not (final / "index.json").exists():
+        build_dir = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=cache_dir))
+        layout = build_dir / "layout"
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        for built, _architecture in platform_images:
+            for blob in (built.layout_path / "blobs" / "sha256").iterdir():
+                if not (blobs / blob.name).exists():
+                    shutil.copyfile(blob, blobs / blob.name)
+        (blobs / index_digest.split(":", 1)[1]).write_bytes(index_bytes)
+        (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+        top = {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "digest": index_digest,
+                    "size": len(index_bytes),
+                    "annotations": {"org.opencontainers.image.ref.name": LAYOUT_TAG},
+                }
+            ],
+        }
+        (layout / "index.json").write_text(json.dumps(top))
+        _publish_layout(build_dir, layout, final)
+    layer_bytes = max(built.layer_bytes for built, _ in platform_images)
+    return BuiltImage(
+        recipe_name=name, layout_path=final, manifest_digest=index_digest, layer_bytes=layer_bytes
+    )
+
+
 def push_image(
     built: BuiltImage,
     *,
@@ -354,6 +412,7 @@ def push_image(
                 "--insecure-policy",
                 "copy",
                 "--quiet",
+                "--all",
                 "--authfile",
                 str(authfile),
                 f"--dest-tls-verify={'true' if tls_verify else 'false'}",

@@ -11,10 +11,15 @@ import pytest
 
 from tests.support.oci_images import (
     HTTPD_PORT,
+    NOENTRY,
+    PRINTER,
     PRINTER_GREETING_ENV,
     PushedImage,
     build_and_push,
+    build_image,
+    build_platform_index,
     payload_recipe,
+    push_image,
 )
 from tests.support.registry import LocalRegistry
 from tests.vmworker.images.store_inspection import (
@@ -349,3 +354,42 @@ def test_credentials_never_reach_argv_logs_or_errors(
     assert "--authfile" not in argv_text
     assert registry.password not in repr(credentials)
     assert registry.password not in str(credentials)
+
+
+def test_multi_platform_index_resolves_to_the_linux_amd64_image(
+    store: ImageStore,
+    registry: LocalRegistry,
+    registry_authfile: Path,
+    oci_image_cache_dir: Path,
+    credentials: RegistryCredentials,
+) -> None:
+    printer = build_image(PRINTER, oci_image_cache_dir)
+    noentry = build_image(NOENTRY, oci_image_cache_dir)
+    index = build_platform_index(
+        "multiplatform", [(noentry, "arm64"), (printer, "amd64")], oci_image_cache_dir
+    )
+    reference = push_image(
+        index,
+        registry=registry.host_port,
+        repository_tag="hypervm-test/multiplatform:latest",
+        authfile=registry_authfile,
+    )
+
+    prepared = store.prepare(reference, credentials=credentials, tls_verify=False)
+
+    assert prepared.manifest_digest == printer.manifest_digest
+    assert prepared.config == EXPECTED_CONFIGS["printer"]
+
+
+def test_reference_pinned_by_digest_prepares_that_image(
+    store: ImageStore, credentials: RegistryCredentials, test_images: dict[str, PushedImage]
+) -> None:
+    pushed = test_images["sigterm"]
+    repository = pushed.reference.rsplit(":", 1)[0]
+
+    prepared = store.prepare(
+        f"{repository}@{pushed.manifest_digest}", credentials=credentials, tls_verify=False
+    )
+
+    assert prepared.manifest_digest == pushed.manifest_digest
+    assert prepared.config == EXPECTED_CONFIGS["sigterm"]
