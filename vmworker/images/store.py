@@ -106,7 +106,6 @@ class ImageStore:
         self.command_timeout_s = command_timeout_s
         self.os_name = os_name
         self.architecture = architecture
-        self.last_skopeo_argvs: list[tuple[str, ...]] = []  # for audits: what ran, no secrets
         self._remove_stale_work_dirs()
 
     def _remove_stale_work_dirs(self) -> None:
@@ -130,7 +129,6 @@ class ImageStore:
         started = time.monotonic()
         image_reference = parse_reference(reference)
         work_dir = Path(tempfile.mkdtemp(prefix=f"prepare-{os.getpid()}-", dir=self.cache.work_dir))
-        session = None
         try:
             session = SkopeoSession(
                 work_dir / "skopeo",
@@ -163,8 +161,6 @@ class ImageStore:
                     )
                 return self._build(session, image_reference, manifest, work_dir, started)
         finally:
-            if session is not None:
-                self.last_skopeo_argvs = list(session.argv_log)
             shutil.rmtree(work_dir, ignore_errors=True)
 
     def _resolve(self, session: SkopeoSession, reference: ImageReference) -> ImageManifest:

@@ -207,7 +207,18 @@ def test_an_image_larger_than_the_whole_cache_is_still_returned(
     assert not first.fs_path.exists()
 
 
-def _assert_clean_failure(store_root: Path, error: ImageError, password: str) -> None:
+SYSTEM_TEMP_DIR = Path("/var/tmp")  # where skopeo would spill blobs without our TMPDIR
+
+
+@pytest.fixture
+def system_temp_before() -> set[Path]:
+    return set(SYSTEM_TEMP_DIR.iterdir())
+
+
+def _assert_clean_failure(
+    store_root: Path, error: ImageError, password: str, system_temp_before: set[Path]
+) -> None:
+    assert set(SYSTEM_TEMP_DIR.iterdir()) <= system_temp_before
     assert work_dir_entries(store_root) == []
     assert unexpected_store_files(store_root) == []
     assert "\n" not in str(error)
@@ -216,6 +227,7 @@ def _assert_clean_failure(store_root: Path, error: ImageError, password: str) ->
 
 
 def test_wrong_password_is_refused_as_unauthorized(
+    system_temp_before: set[Path],
     store: ImageStore,
     store_root: Path,
     registry: LocalRegistry,
@@ -229,10 +241,11 @@ def test_wrong_password_is_refused_as_unauthorized(
     assert str(raised.value) == (
         f"registry {registry.host_port} refused the credentials for hypervm-test/printer"
     )
-    _assert_clean_failure(store_root, raised.value, wrong.password)
+    _assert_clean_failure(store_root, raised.value, wrong.password, system_temp_before)
 
 
 def test_unknown_image_is_not_found(
+    system_temp_before: set[Path],
     store: ImageStore,
     store_root: Path,
     registry: LocalRegistry,
@@ -244,7 +257,7 @@ def test_unknown_image_is_not_found(
         store.prepare(reference, credentials=credentials, tls_verify=False)
 
     assert str(raised.value) == f"image {reference} not found"
-    _assert_clean_failure(store_root, raised.value, registry.password)
+    _assert_clean_failure(store_root, raised.value, registry.password, system_temp_before)
 
 
 def test_unknown_tag_is_not_found(
@@ -265,6 +278,7 @@ def test_unknown_tag_is_not_found(
 
 
 def test_too_large_image_is_refused_before_any_blob_download(
+    system_temp_before: set[Path],
     store_root: Path,
     registry: LocalRegistry,
     registry_authfile: Path,
@@ -286,7 +300,7 @@ def test_too_large_image_is_refused_before_any_blob_download(
     assert "over the" in str(raised.value)
     assert blob_requests(registry.log_since(log_offset)) == []
     assert "/manifests/" in registry.log_since(log_offset)  # it did ask, for the manifest only
-    _assert_clean_failure(store_root, raised.value, registry.password)
+    _assert_clean_failure(store_root, raised.value, registry.password, system_temp_before)
     assert list((store_root / "images").iterdir()) == []
 
 
