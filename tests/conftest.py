@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.support.portal_fixtures", "tests.support.live_stack", "tests.support.browser"]
+pytest_plugins = [
+    "tests.support.fixtures",
+    "tests.support.portal_fixtures",
+    "tests.support.live_stack",
+    "tests.support.browser",
+]

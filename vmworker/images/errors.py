@@ -1,0 +1,35 @@
+"""Errors of image preparation.
+
+Every message is one line a user can act on and never contains credentials. ``detail`` keeps
+the (redacted, truncated) tool output for logs and operators.
+"""
+
+from __future__ import annotations
+
+
+class ImageError(Exception):
+    """Preparing the image failed (registry unreachable, tool failure, ...)."""
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(" ".join(message.split()))
+        self.detail = detail
+
+
+class InvalidReference(ImageError):
+    """The image reference is not a valid docker/OCI reference."""
+
+
+class ImageNotFound(ImageError):
+    """The registry has no such repository, tag or digest."""
+
+
+class RegistryUnauthorized(ImageError):
+    """The registry refused the credentials (or asks for some and none were given)."""
+
+
+class ImageTooLarge(ImageError):
+    """The manifest's layers exceed the configured size; refused before any layer download."""
+
+
+class ImageInvalid(ImageError):
+    """The image is malformed or hostile (bad manifest/config, digest mismatch, unsafe layer)."""
