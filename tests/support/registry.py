@@ -147,18 +147,23 @@ def _answers_v2(host_port: str) -> bool:
         return False
 
 
-def start_registry(work_dir: Path, *, username: str = TEST_USERNAME) -> LocalRegistry:
-    """Start a registry whose files all live under work_dir (created, 0700)."""
+def start_registry(
+    work_dir: Path, *, username: str = TEST_USERNAME, port: int | None = None, password: str | None = None
+) -> LocalRegistry:
+    """Start a registry whose files all live under work_dir (created, 0700). Tests take a
+    free port and a fresh random password; the run command passes a fixed port and the
+    password it keeps in the state dir."""
     work_dir.mkdir(parents=True, exist_ok=True)
     work_dir.chmod(0o700)
     (work_dir / "storage").mkdir(exist_ok=True)
-    password = secrets.token_urlsafe(24)
+    password = password or secrets.token_urlsafe(24)
     htpasswd_path = work_dir / "htpasswd"
     _write_htpasswd(htpasswd_path, username, password)
     log_path = work_dir / "registry.log"
     last_error = "not started"
-    for _attempt in range(3):  # the free port can be taken between probe and bind
-        port = _free_loopback_port()
+    attempts = 1 if port else 3  # a free port can be taken between probe and bind
+    for _attempt in range(attempts):
+        port = port or _free_loopback_port()
         config_path = work_dir / "config.yml"
         config_path.write_text(
             _config_yaml(port=port, storage_dir=work_dir / "storage", htpasswd_path=htpasswd_path)
@@ -186,6 +191,7 @@ def start_registry(work_dir: Path, *, username: str = TEST_USERNAME) -> LocalReg
             time.sleep(0.05)
         last_error = f"exit code {process.poll()}" if process.poll() is not None else "timeout"
         registry.stop()
+        port = None if attempts > 1 else port
     raise RegistryStartError(
         f"docker-registry did not answer /v2/ ({last_error}); log: {log_path.read_text()[-2000:]}"
     )
@@ -195,3 +201,46 @@ def stop_registry(registry: LocalRegistry, *, remove_files: bool = True) -> None
     registry.stop()
     if remove_files:
         shutil.rmtree(registry.work_dir, ignore_errors=True)
+
+
+def serve_forever(work_dir: Path, *, port: int, username: str) -> int:
+    """The embedded local registry of the run command: a fixed port, storage kept in
+    work_dir, the password in work_dir/password (0600, made once), an authfile beside it
+    for skopeo. Runs until SIGTERM/SIGINT."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    password_path = work_dir / "password"
+    if not password_path.exists():
+        fd = os.open(password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(24))
+    registry = start_registry(work_dir, username=username, port=port, password=password_path.read_text().strip())
+    registry.write_authfile(work_dir / "auth.json")
+    stop = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.append(True))
+    print(f"registry on {registry.host_port} (user {username})", flush=True)
+    while not stop:
+        try:
+            finished_pid, _ = os.waitpid(registry.pid, os.WNOHANG)
+        except ChildProcessError:
+            return 1
+        if finished_pid == registry.pid:
+            return 1
+        time.sleep(0.5)
+    stop_registry(registry, remove_files=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.support.registry")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--username", default="demo")
+    args = parser.parse_args(argv)
+    return serve_forever(args.work_dir, port=args.port, username=args.username)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
