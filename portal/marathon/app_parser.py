@@ -177,8 +177,13 @@ class _AppDefinitionParser:
         if app is None:
             self.errors.raise_if_any()
         assert app is not None
-        self._check_fields(app, ROOT_PATH, field_policy.APP_SUPPORTED_FIELDS, field_policy.APP_UNSUPPORTED_FIELDS,
-                           ignored=field_policy.APP_IGNORED_FIELDS)
+        self._check_fields(
+            app,
+            ROOT_PATH,
+            field_policy.APP_SUPPORTED_FIELDS,
+            field_policy.APP_UNSUPPORTED_FIELDS,
+            ignored=field_policy.APP_IGNORED_FIELDS,
+        )
         app_id = self._app_id(app)
         definition = self._assemble(app, app_id)
         self.errors.raise_if_any()
@@ -189,8 +194,13 @@ class _AppDefinitionParser:
         if patch is None:
             self.errors.raise_if_any()
         assert patch is not None
-        self._check_fields(patch, ROOT_PATH, field_policy.APP_SUPPORTED_FIELDS, field_policy.APP_UNSUPPORTED_FIELDS,
-                           ignored=field_policy.APP_IGNORED_FIELDS)
+        self._check_fields(
+            patch,
+            ROOT_PATH,
+            field_policy.APP_SUPPORTED_FIELDS,
+            field_policy.APP_UNSUPPORTED_FIELDS,
+            ignored=field_policy.APP_IGNORED_FIELDS,
+        )
         self._fields_on_their_own(patch, app_id=None)
         self.errors.raise_if_any()
         return AppDefinitionPatch(
@@ -278,9 +288,13 @@ class _AppDefinitionParser:
                 "/portDefinitions" if "portDefinitions" in app else "/ports",
                 f"port definitions are for host networking; with mode '{mode}' use container.portMappings",
             )
-        self._check_port_definitions_unique(port_definitions, "/portDefinitions" if "portDefinitions" in app else "/ports")
+        self._check_port_definitions_unique(
+            port_definitions, "/portDefinitions" if "portDefinitions" in app else "/ports"
+        )
 
-        port_count = len(port_definitions) if mode is NetworkMode.HOST else len(container.port_mappings if container else ())
+        port_count = (
+            len(port_definitions) if mode is NetworkMode.HOST else len(container.port_mappings if container else ())
+        )
         health_checks = self._resolve_health_check_ports(fields["health_checks"], port_count)
 
         is_resident = container is not None and any(volume.is_persistent for volume in container.volumes)
@@ -337,7 +351,9 @@ class _AppDefinitionParser:
             self.errors.add("/container/docker/network", "cannot be combined with 'networks'; use 'networks' only")
             return networks
         if legacy_network not in NETWORK_MODE_BY_LEGACY_DOCKER_NETWORK:
-            self.errors.add("/container/docker/network", f"'{legacy_network}' is not supported; use BRIDGE, USER or HOST")
+            self.errors.add(
+                "/container/docker/network", f"'{legacy_network}' is not supported; use BRIDGE, USER or HOST"
+            )
             return (Network(),)
         return (Network(mode=NETWORK_MODE_BY_LEGACY_DOCKER_NETWORK[legacy_network]),)
 
@@ -350,7 +366,7 @@ class _AppDefinitionParser:
         elif port_mappings and mode is NetworkMode.HOST:
             self.errors.add(
                 parsed.port_mappings_path,
-                "port mappings need a container network: set networks to [{\"mode\": \"container/bridge\"}] "
+                'port mappings need a container network: set networks to [{"mode": "container/bridge"}] '
                 "or use portDefinitions",
             )
         if mode is NetworkMode.CONTAINER_BRIDGE:
@@ -499,7 +515,8 @@ class _AppDefinitionParser:
                 continue
             if operator not in CONSTRAINT_OPERATORS:
                 self.errors.add(
-                    path, f"unknown constraint operator '{operator}'; supported: {', '.join(SUPPORTED_CONSTRAINT_OPERATORS)}"
+                    path,
+                    f"unknown constraint operator '{operator}'; supported: {', '.join(SUPPORTED_CONSTRAINT_OPERATORS)}",
                 )
                 continue
             if operator not in SUPPORTED_CONSTRAINT_OPERATORS:
@@ -511,14 +528,15 @@ class _AppDefinitionParser:
                 continue
             if field_name not in SUPPORTED_CONSTRAINT_FIELDS:
                 self.errors.add(
-                    path, f"constraint field '{field_name}' is not supported: hosts can only be told apart by 'hostname'"
+                    path,
+                    f"constraint field '{field_name}' is not supported: hosts can only be told apart by 'hostname'",
                 )
                 continue
             if operator == "UNIQUE" and raw_value is not None:
                 self.errors.add(path, "UNIQUE takes no value")
                 continue
             if operator == "MAX_PER" and (raw_value is None or not raw_value.isdigit() or int(raw_value) < 1):
-                self.errors.add(path, "MAX_PER needs a positive integer value, e.g. [\"hostname\", \"MAX_PER\", \"2\"]")
+                self.errors.add(path, 'MAX_PER needs a positive integer value, e.g. ["hostname", "MAX_PER", "2"]')
                 continue
             constraints.append(Constraint(field=field_name, operator=operator, value=raw_value))
         return tuple(constraints)
@@ -555,7 +573,9 @@ class _AppDefinitionParser:
             name = self._string(network, "name", path, pattern=NETWORK_NAME_PATTERN, max_length=63)
             if name is not None and mode is not NetworkMode.CONTAINER:
                 self.errors.add(json_path_join(path, "name"), "only networks of mode 'container' have a name")
-            networks.append(Network(mode=mode, name=name, labels=self._string_map(network.get("labels"), f"{path}/labels")))
+            networks.append(
+                Network(mode=mode, name=name, labels=self._string_map(network.get("labels"), f"{path}/labels"))
+            )
         return tuple(networks)
 
     def _port_definitions(self, app: dict) -> tuple[PortDefinition, ...] | None:
@@ -756,9 +776,7 @@ class _AppDefinitionParser:
                     grace_period_s=self._integer(check, "gracePeriodSeconds", path, default=300, minimum=0),
                     interval_s=self._integer(check, "intervalSeconds", path, default=60, minimum=1),
                     timeout_s=self._integer(check, "timeoutSeconds", path, default=20, minimum=1),
-                    max_consecutive_failures=self._integer(
-                        check, "maxConsecutiveFailures", path, default=3, minimum=0
-                    ),
+                    max_consecutive_failures=self._integer(check, "maxConsecutiveFailures", path, default=3, minimum=0),
                     delay_s=self._integer(check, "delaySeconds", path, default=15, minimum=0),
                     ignore_http1xx=ignore_http1xx,
                 )
@@ -893,10 +911,14 @@ class _AppDefinitionParser:
 
     def _in_range(self, value: float, path: str, minimum: float | None, maximum: float | None) -> bool:
         if minimum is not None and value < minimum:
-            self.errors.add(path, f"must be at least {minimum}" if maximum is None else f"must be from {minimum} to {maximum}")
+            self.errors.add(
+                path, f"must be at least {minimum}" if maximum is None else f"must be from {minimum} to {maximum}"
+            )
             return False
         if maximum is not None and value > maximum:
-            self.errors.add(path, f"must be at most {maximum}" if minimum is None else f"must be from {minimum} to {maximum}")
+            self.errors.add(
+                path, f"must be at most {maximum}" if minimum is None else f"must be from {minimum} to {maximum}"
+            )
             return False
         return True
 

@@ -47,8 +47,9 @@ class ValidationErrorCollector:
             messages.append(message)
 
     def has_errors_under(self, path: str) -> bool:
-        return any(p == path or p.startswith(path.rstrip("/") + "/") or p.startswith(path + "(")
-                   for p in self._errors_by_path)
+        return any(
+            p == path or p.startswith(path.rstrip("/") + "/") or p.startswith(path + "(") for p in self._errors_by_path
+        )
 
     def __bool__(self) -> bool:
         return bool(self._errors_by_path)

@@ -85,9 +85,7 @@ APP_UNSUPPORTED_FIELDS = {
     "fetch": UnsupportedField("there is no artifact fetcher; build the files into the image", ([],)),
     "uris": UnsupportedField("there is no artifact fetcher; build the files into the image", ([],)),
     "storeUrls": UnsupportedField("removed from Marathon", ([],)),
-    "secrets": UnsupportedField(
-        "there is no secret store; pass values in env or build them into the image", ({},)
-    ),
+    "secrets": UnsupportedField("there is no secret store; pass values in env or build them into the image", ({},)),
     "readinessChecks": UnsupportedField(
         "use healthChecks: deployments already wait for new instances to be healthy", ([],)
     ),

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import re
 
-PATH_SEGMENT_PATTERN = re.compile(
-    r"^(([a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])\.)*([a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])$"
-)
+PATH_SEGMENT_PATTERN = re.compile(r"^(([a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])\.)*([a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])$")
 ROOT_GROUP = "/"
 
 
