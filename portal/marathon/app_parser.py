@@ -11,6 +11,8 @@ Contract:
 * ``merge_app_definition(existing, patch)`` applies a PUT/PATCH body: its top-level fields replace
   the stored ones wholesale, omitted fields keep their values, and values that were only derived
   defaults (default port, upgradeStrategy, ...) are derived again from the merged definition.
+  Read-only fields sent back by clients are ignored. A body of only ``{"version": v}`` is a
+  rollback: the API layer must recognise it before merging (here it would change nothing).
 * What is supported, ignored or rejected by name is declared in ``field_policy``. Deliberate
   differences from Marathon, for a multi-tenant VM platform: host paths, secrets, fetchers, GPUs,
   privileged containers and attribute constraints are rejected; ``cpus`` must be at least 0.001,
@@ -85,12 +87,16 @@ def parse_app_definition(
     return parser.parse(data)
 
 
-def merge_app_definition(existing: AppDefinition, patch: Mapping[str, object]) -> AppDefinition:
-    validated_patch = parse_app_definition(patch, partial=True)
-    assert isinstance(validated_patch, AppDefinitionPatch)
+def merge_app_definition(existing: AppDefinition, patch: object) -> AppDefinition:
+    if not isinstance(patch, Mapping):
+        parse_app_definition(patch, partial=True)  # raises: the body is not a JSON object
+    assert isinstance(patch, Mapping)
+    # Top-level fields replace wholesale, so every error path in the merged document is the
+    # patch's own path: one full parse reports the patch's field errors and the cross-field ones.
+    given_fields = {key: value for key, value in patch.items() if key != "id" and value is not None}
     merged = existing.to_marathon_json()
-    _forget_derived_defaults(existing, merged, validated_patch.fields)
-    merged.update(validated_patch.fields)
+    _forget_derived_defaults(existing, merged, given_fields)
+    merged.update(given_fields)
     merged["id"] = existing.id
     definition = parse_app_definition(merged)
     assert isinstance(definition, AppDefinition)

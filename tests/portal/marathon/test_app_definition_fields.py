@@ -65,13 +65,16 @@ def test_scalar_fields_are_read_with_units_in_their_names():
 
 
 def test_args_replace_cmd_as_the_exec_form():
-    definition = parse_app_definition({"id": "web", "args": ["--port", "8080"], "container": {"docker": {"image": "x"}}})
+    definition = parse_app_definition(
+        {"id": "web", "args": ["--port", "8080"], "container": {"docker": {"image": "x"}}}
+    )
     assert (definition.cmd, definition.args) == (None, ("--port", "8080"))
 
 
 def test_relative_ids_resolve_against_the_base_group_and_dependencies_against_the_apps_group():
-    definition = parse_app_definition(command_app(id="web", dependencies=["db", "/infra/dns", "../shared"]),
-                                      base_group="/shop/eu")
+    definition = parse_app_definition(
+        command_app(id="web", dependencies=["db", "/infra/dns", "../shared"]), base_group="/shop/eu"
+    )
     assert definition.id == "/shop/eu/web"
     assert definition.dependencies == ("/shop/eu/db", "/infra/dns", "/shop/shared")
 
@@ -125,10 +128,16 @@ def test_legacy_docker_networks_map_to_network_modes():
 
 
 def test_a_non_host_network_without_mappings_gets_marathons_default_mapping():
-    bridge = parse_app_definition({"id": "a", "container": {"docker": {"image": "x"}},
-                                   "networks": [{"mode": "container/bridge"}]})
-    named = parse_app_definition({"id": "a", "container": {"docker": {"image": "x"}},
-                                  "networks": [{"mode": "container", "name": "backend", "labels": {"k": "v"}}]})
+    bridge = parse_app_definition(
+        {"id": "a", "container": {"docker": {"image": "x"}}, "networks": [{"mode": "container/bridge"}]}
+    )
+    named = parse_app_definition(
+        {
+            "id": "a",
+            "container": {"docker": {"image": "x"}},
+            "networks": [{"mode": "container", "name": "backend", "labels": {"k": "v"}}],
+        }
+    )
     assert bridge.container.port_mappings == (PortMapping(container_port=0, host_port=0, name="default"),)
     assert named.container.port_mappings == (PortMapping(container_port=0, host_port=None, name="default"),)
     assert named.networks == (Network(mode=NetworkMode.CONTAINER, name="backend", labels={"k": "v"}),)
@@ -148,12 +157,24 @@ def test_a_network_without_mode_is_a_container_network():
 def test_port_mappings_keep_every_field():
     app = bridge_web_app(healthChecks=[])
     app["container"]["portMappings"] = [
-        {"containerPort": 53, "hostPort": 5353, "servicePort": 10053, "protocol": "udp,tcp", "name": "dns",
-         "labels": {"vip": "10.0.0.1:53"}}
+        {
+            "containerPort": 53,
+            "hostPort": 5353,
+            "servicePort": 10053,
+            "protocol": "udp,tcp",
+            "name": "dns",
+            "labels": {"vip": "10.0.0.1:53"},
+        }
     ]
     assert parse_app_definition(app).container.port_mappings == (
-        PortMapping(container_port=53, host_port=5353, service_port=10053, protocol="udp,tcp", name="dns",
-                    labels={"vip": "10.0.0.1:53"}),
+        PortMapping(
+            container_port=53,
+            host_port=5353,
+            service_port=10053,
+            protocol="udp,tcp",
+            name="dns",
+            labels={"vip": "10.0.0.1:53"},
+        ),
     )
 
 
@@ -176,8 +197,15 @@ def test_health_checks_get_defaults_per_protocol():
             healthChecks=[
                 {},
                 {"protocol": "HTTPS", "path": "/ready", "port": 8443, "ignoreHttp1xx": True},
-                {"protocol": "TCP", "portIndex": 0, "gracePeriodSeconds": 5, "intervalSeconds": 2,
-                 "timeoutSeconds": 1, "maxConsecutiveFailures": 0, "delaySeconds": 0},
+                {
+                    "protocol": "TCP",
+                    "portIndex": 0,
+                    "gracePeriodSeconds": 5,
+                    "intervalSeconds": 2,
+                    "timeoutSeconds": 1,
+                    "maxConsecutiveFailures": 0,
+                    "delaySeconds": 0,
+                },
                 {"protocol": "COMMAND", "command": {"value": "test -f /tmp/ok"}},
                 {"protocol": "MESOS_HTTP", "ipProtocol": "IPv4"},
             ]
@@ -186,21 +214,33 @@ def test_health_checks_get_defaults_per_protocol():
     assert definition.health_checks == (
         HealthCheck(protocol="HTTP", path="/", port_index=0),
         HealthCheck(protocol="HTTPS", path="/ready", port=8443, ignore_http1xx=True),
-        HealthCheck(protocol="TCP", port_index=0, grace_period_s=5, interval_s=2, timeout_s=1,
-                    max_consecutive_failures=0, delay_s=0),
+        HealthCheck(
+            protocol="TCP",
+            port_index=0,
+            grace_period_s=5,
+            interval_s=2,
+            timeout_s=1,
+            max_consecutive_failures=0,
+            delay_s=0,
+        ),
         HealthCheck(protocol="COMMAND", command="test -f /tmp/ok"),
         HealthCheck(protocol="MESOS_HTTP", path="/", port_index=0),
     )
     assert [check.probe for check in definition.health_checks] == [
-        HealthCheckProbe.HTTP, HealthCheckProbe.HTTPS, HealthCheckProbe.TCP, HealthCheckProbe.COMMAND,
+        HealthCheckProbe.HTTP,
+        HealthCheckProbe.HTTPS,
+        HealthCheckProbe.TCP,
+        HealthCheckProbe.COMMAND,
         HealthCheckProbe.HTTP,
     ]
 
 
 def test_upgrade_and_unreachable_strategies():
     definition = parse_app_definition(
-        command_app(upgradeStrategy={"minimumHealthCapacity": 0.5}, unreachableStrategy={"inactiveAfterSeconds": 60,
-                                                                                        "expungeAfterSeconds": 120})
+        command_app(
+            upgradeStrategy={"minimumHealthCapacity": 0.5},
+            unreachableStrategy={"inactiveAfterSeconds": 60, "expungeAfterSeconds": 120},
+        )
     )
     assert definition.upgrade_strategy == UpgradeStrategy(minimum_health_capacity=0.5, maximum_over_capacity=1.0)
     assert definition.unreachable_strategy == UnreachableStrategy(inactive_after_s=60, expunge_after_s=120)
@@ -216,8 +256,14 @@ def test_marathon_python_spells_unreachable_strategy_fields_the_old_way_too():
 
 def test_hostname_constraints():
     definition = parse_app_definition(
-        command_app(constraints=[["hostname", "UNIQUE"], ["hostname", "CLUSTER", "host-1"], ["hostname", "MAX_PER", 2],
-                                 ["@hostname", "CLUSTER"]])
+        command_app(
+            constraints=[
+                ["hostname", "UNIQUE"],
+                ["hostname", "CLUSTER", "host-1"],
+                ["hostname", "MAX_PER", 2],
+                ["@hostname", "CLUSTER"],
+            ]
+        )
     )
     assert definition.constraints == (
         Constraint("hostname", "UNIQUE"),
@@ -268,8 +314,18 @@ def test_ignored_fields_are_dropped_without_error():
 
 def test_neutral_values_of_unsupported_fields_are_accepted():
     neutral = command_app(
-        gpus=0, fetch=[], uris=[], storeUrls=[], secrets={}, readinessChecks=[], executor="//cmd", tty=False,
-        resourceLimits={}, ipAddress=None, taskRateLimit=None, check=None,
+        gpus=0,
+        fetch=[],
+        uris=[],
+        storeUrls=[],
+        secrets={},
+        readinessChecks=[],
+        executor="//cmd",
+        tty=False,
+        resourceLimits={},
+        ipAddress=None,
+        taskRateLimit=None,
+        check=None,
     )
     assert parse_app_definition(neutral) == parse_app_definition(command_app())
 

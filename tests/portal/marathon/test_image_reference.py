@@ -19,7 +19,10 @@ DIGEST = "sha256:" + "ab" * 32
         ("[::1]:5000/demo", ImageReference("[::1]:5000", "demo", "latest", None)),
         ("ghcr.io/org/team/app@" + DIGEST, ImageReference("ghcr.io", "org/team/app", None, DIGEST)),
         ("quay.io/a/b:t@" + DIGEST, ImageReference("quay.io", "a/b", "t", DIGEST)),
-        ("my-registry.example.com/a.b/c__d/e-f", ImageReference("my-registry.example.com", "a.b/c__d/e-f", "latest", None)),
+        (
+            "my-registry.example.com/a.b/c__d/e-f",
+            ImageReference("my-registry.example.com", "a.b/c__d/e-f", "latest", None),
+        ),
     ],
 )
 def test_valid_references_split_like_docker(raw_reference, expected):
