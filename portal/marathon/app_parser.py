@@ -277,8 +277,8 @@ class _AppDefinitionParser:
         cmd, args, parsed_container = fields["cmd"], fields["args"], fields["container"]
         if cmd is not None and args:
             self.errors.add(ROOT_PATH, "'cmd' and 'args' cannot be used together")
-        if cmd is None and not args and app.get("container") is None:
-            self.errors.add(ROOT_PATH, "an app needs 'cmd', 'args' or 'container'")
+        if cmd is None and not args and (parsed_container is None or parsed_container.docker is None):
+            self.errors.add(ROOT_PATH, "an app needs 'cmd', 'args' or 'container.docker.image': it has nothing to run")
 
         networks = self._resolve_networks(fields["networks"], parsed_container)
         mode = networks[0].mode if networks else NetworkMode.HOST

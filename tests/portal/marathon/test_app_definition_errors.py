@@ -276,7 +276,9 @@ def test_zero_host_ports_may_repeat_because_they_are_allocated():
 
 
 def test_whole_object_rules_are_reported_at_the_root():
-    assert errors_by_path({"id": "/a"}) == {"/": ["an app needs 'cmd', 'args' or 'container'"]}
+    nothing_to_run = {"/": ["an app needs 'cmd', 'args' or 'container.docker.image': it has nothing to run"]}
+    assert errors_by_path({"id": "/a"}) == nothing_to_run
+    assert errors_by_path({"id": "/a", "container": {"type": "MESOS"}}) == nothing_to_run
     assert errors_by_path(command_app(args=["x"])) == {"/": ["'cmd' and 'args' cannot be used together"]}
     assert errors_by_path([command_app()]) == {"/": ["must be a JSON object"]}
     assert errors_by_path({"cmd": "x"}) == {"/id": ["is required"]}
