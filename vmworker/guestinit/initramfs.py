@@ -76,10 +76,12 @@ def _module_tree(modules_root: Path, kernel_release: str) -> Path:
 def resolve_guest_modules(
     modules_root: Path,
     kernel_release: str,
-    core: tuple[str, ...] = CORE_MODULES,
-    net: tuple[str, ...] = NET_MODULES,
+    core: tuple[str, ...] | None = None,
+    net: tuple[str, ...] | None = None,
 ) -> list[GuestModule]:
     """The .ko files to load, dependencies first; built-in modules left out."""
+    core = CORE_MODULES if core is None else core
+    net = NET_MODULES if net is None else net
     tree = _module_tree(modules_root, kernel_release)
     builtin_file = tree / "modules.builtin"
     builtin = set()

@@ -296,22 +296,21 @@ static int config_parse(const unsigned char *buf, size_t len, struct config *cfg
 }
 
 #ifdef HVINIT_PARSE_ONLY
-/* Host tool: parse a config image and print it canonically (for tests). */
+/* Host tool: parse config images and print each canonically (for tests and fuzzing). */
 static void print_field(const char *name, const char *value)
 {
 	if (value)
 		printf("%s=%s\n", name, value);
 }
 
-int main(int argc, char **argv)
+static void parse_and_print(const char *path)
 {
-	if (argc != 2) {
-		fprintf(stderr, "usage: %s CONFIG_IMAGE\n", argv[0]);
-		return 2;
+	printf("== %s\n", path);
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		printf("error=cannot open\n");
+		return;
 	}
-	FILE *f = fopen(argv[1], "rb");
-	if (!f)
-		return 2;
 	size_t cap = CONFIG_HEADER_LEN + CONFIG_MAX_PAYLOAD + 4;
 	unsigned char *buf = malloc(cap);
 	size_t len = buf ? fread(buf, 1, cap, f) : 0;
@@ -320,8 +319,10 @@ int main(int argc, char **argv)
 	char err[256];
 	if (!buf || config_parse(buf, len, &cfg, err, sizeof(err)) != 0) {
 		printf("error=%s\n", buf ? err : "oom");
-		return 1;
+		free(buf);
+		return;
 	}
+	free(buf);
 	print_field("hostname", cfg.hostname);
 	for (size_t i = 0; i < cfg.argc; i++)
 		print_field("argv", cfg.argv[i]);
@@ -337,6 +338,12 @@ int main(int argc, char **argv)
 	print_field("net_mac", cfg.net_mac);
 	for (size_t i = 0; i < cfg.nameserverc; i++)
 		print_field("nameserver", cfg.nameservers[i]);
+}
+
+int main(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		parse_and_print(argv[i]);
 	return 0;
 }
 #else /* the init proper */
