@@ -872,8 +872,9 @@ static void write_resolv_conf(const struct config *cfg)
 		die(EXIT_INIT_FAILURE, "resolv.conf: %s", errno_text(errno));
 	for (size_t i = 0; i < cfg->nameserverc; i++) {
 		char line[300];
-		snprintf(line, sizeof(line), "nameserver %s\n", cfg->nameservers[i]);
-		sanitize_line(line + 11);
+		snprintf(line, sizeof(line) - 1, "nameserver %s", cfg->nameservers[i]);
+		sanitize_line(line);
+		strcat(line, "\n");
 		write_all(fd, line, strlen(line));
 	}
 	close(fd);
