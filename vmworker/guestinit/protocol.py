@@ -41,6 +41,22 @@ when the log port is missing. A SIGTERM/SIGINT delivered to the init itself
 If the init itself ever dies the kernel panics; ``panic=-1`` in KERNEL_CMDLINE makes
 it reboot at once, which the host maps to destroy (``on_reboot=destroy``, or QEMU
 ``-no-reboot``). The VM never hangs waiting for the host.
+
+What the host (driver) must give the guest, as tests/support/guest_qemu.py does:
+
+- direct kernel boot: the cloud kernel, ``build_initramfs(...)``, KERNEL_CMDLINE;
+  ``on_poweroff``/``on_reboot``/``on_crash`` = destroy; memory >= 96 MiB (the Debian
+  cloud kernel does not even start in 64 MiB);
+- virtio-blk (``bus='virtio'``) raw disks: the config disk (``write_config_disk``)
+  with ``<serial>`` CONFIG_DISK_SERIAL, read-only; the image's rootfs with
+  ``<serial>`` = GuestConfig.rootfs_serial (<= 20 chars), read-only (the init mounts
+  it read-only anyway, ext4 with ``noload``, so a shared image is never written);
+- one virtio-serial controller with two ports: ``<channel type='file'>`` target
+  virtio name LOG_PORT_NAME, and ``<channel type='unix'><source mode='bind'>``
+  target virtio name CONTROL_PORT_NAME (QEMU listens, the host connects);
+- ``<serial type='file'>`` (ttyS0) for the console log;
+- for a network: a virtio-net NIC (user-mode: 10.0.2.15/24 via 10.0.2.2); set
+  GuestNetwork.mac when there is more than one NIC, else the init uses eth0.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.vmworker.guestinit.conftest import ROOTFS_SERIAL
+from tests.support.guest_qemu import ROOTFS_SERIAL
 from vmworker.guestinit import STOP_COMMAND, GuestConfig, GuestNetwork
 from vmworker.guestinit.protocol import GuestEvent, GuestLogParser, OutputLine
 
