@@ -75,8 +75,11 @@ def bench_guest_boot(*, repeats: int = 5, work_dir: Path | None = None) -> dict[
         for _ in range(repeats):
             for label, image in images.items():
                 result = guest_qemu.boot_guest(
-                    kernel=kernel, initramfs=image, rootfs=rootfs,
-                    config_disk=config_disk, work_dir=scratch,
+                    kernel=kernel,
+                    initramfs=image,
+                    rootfs=rootfs,
+                    config_disk=config_disk,
+                    work_dir=scratch,
                 )
                 assert result.summary.exit_code == 3, result.log
                 runs[label].append(result)

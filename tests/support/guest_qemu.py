@@ -65,7 +65,9 @@ def make_erofs(tree: Path, image: Path) -> Path:
 def make_ext4(tree: Path, image: Path, size_mib: int = 16) -> Path:
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), f"{size_mib}M"],
-        check=True, capture_output=True, timeout=120,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return image
 
@@ -113,12 +115,39 @@ class RunningGuest:
             time.sleep(0.05)
         raise AssertionError(f"guest never printed {text!r}")
 
+    def connect_control(self, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._control is None:
+            control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                control.connect(str(self._control_path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                control.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # QEMU has not created the socket yet
+            else:
+                self._control = control
+
     def send_control(self, data: bytes) -> None:
-        if self._control is None:
-            self._control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._control.settimeout(5)
-            self._control.connect(str(self._control_path))
+        self.connect_control()
         self._control.sendall(data)
+
+    def read_control_until(self, marker: bytes, timeout_s: float = 60) -> bytes:
+        """What the guest mirrored on the control port, up to the line starting with marker."""
+        self.connect_control()
+        received = b""
+        deadline = time.monotonic() + timeout_s
+        while not any(line.startswith(marker) for line in received.split(b"\n")):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {marker!r} on the control port: {received!r}")
+            self._control.settimeout(remaining)
+            chunk = self._control.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        return received
 
     def close(self) -> None:
         if self._control is not None:
@@ -145,19 +174,43 @@ def boot_guest(
         stale.unlink(missing_ok=True)
     readonly = "on" if rootfs_readonly else "off"
     command = [
-        "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-m", "256",
-        "-nodefaults", "-no-reboot", "-display", "none",
-        "-serial", f"file:{console_path}",
-        "-kernel", str(kernel), "-initrd", str(initramfs), "-append", KERNEL_CMDLINE,
-        "-drive", f"file={rootfs},if=none,id=rootfs,format=raw,readonly={readonly}",
-        "-device", f"virtio-blk-pci,drive=rootfs,serial={ROOTFS_SERIAL}",
-        "-drive", f"file={config_disk},if=none,id=config,format=raw,readonly=on",
-        "-device", f"virtio-blk-pci,drive=config,serial={CONFIG_DISK_SERIAL}",
-        "-device", "virtio-serial-pci,id=vser",
-        "-chardev", f"file,id=log,path={log_path}",
-        "-device", f"virtserialport,bus=vser.0,chardev=log,name={LOG_PORT_NAME}",
-        "-chardev", f"socket,id=control,path={control_path},server=on,wait=off",
-        "-device", f"virtserialport,bus=vser.0,chardev=control,name={CONTROL_PORT_NAME}",
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-machine",
+        "q35",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-serial",
+        f"file:{console_path}",
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initramfs),
+        "-append",
+        KERNEL_CMDLINE,
+        "-drive",
+        f"file={rootfs},if=none,id=rootfs,format=raw,readonly={readonly}",
+        "-device",
+        f"virtio-blk-pci,drive=rootfs,serial={ROOTFS_SERIAL}",
+        "-drive",
+        f"file={config_disk},if=none,id=config,format=raw,readonly=on",
+        "-device",
+        f"virtio-blk-pci,drive=config,serial={CONFIG_DISK_SERIAL}",
+        "-device",
+        "virtio-serial-pci,id=vser",
+        "-chardev",
+        f"file,id=log,path={log_path}",
+        "-device",
+        f"virtserialport,bus=vser.0,chardev=log,name={LOG_PORT_NAME}",
+        "-chardev",
+        f"socket,id=control,path={control_path},server=on,wait=off",
+        "-device",
+        f"virtserialport,bus=vser.0,chardev=control,name={CONTROL_PORT_NAME}",
         *extra_qemu_args,
     ]
     started = time.monotonic()

@@ -38,8 +38,13 @@ NET_MODULES = ("virtio_net",)
 INITRAMFS_COMPRESSION = "none"
 _BUILDER_VERSION = "hvm-initramfs-1"
 _COMPILE_FLAGS = (
-    "-static", "-Os", "-s", "-Wall", "-Wno-format-truncation",
-    "-fno-ident", "-Wl,--build-id=none",
+    "-static",
+    "-Os",
+    "-s",
+    "-Wall",
+    "-Wno-format-truncation",
+    "-fno-ident",
+    "-Wl,--build-id=none",
 )
 _MODULE_SUFFIXES = (".ko.zst", ".ko.xz", ".ko.gz", ".ko")
 _COMPILE_TIMEOUT_S = 120
@@ -154,8 +159,12 @@ def _compiler_identity() -> bytes:
 def compile_init(source: Path, output: Path) -> None:
     """gcc -static -Os; -ffile-prefix-map and no ident/build-id keep it byte-reproducible."""
     command = [
-        "gcc", *_COMPILE_FLAGS, f"-ffile-prefix-map={source.parent}=.",
-        "-o", str(output), str(source),
+        "gcc",
+        *_COMPILE_FLAGS,
+        f"-ffile-prefix-map={source.parent}=.",
+        "-o",
+        str(output),
+        str(source),
     ]
     try:
         result = subprocess.run(command, capture_output=True, timeout=_COMPILE_TIMEOUT_S)
@@ -177,8 +186,19 @@ class NewcArchive:
     def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)):
         encoded_name = name.encode() + b"\0"
         fields = (
-            self._next_inode, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data),
-            0, 0, rdev[0], rdev[1], len(encoded_name), 0,
+            self._next_inode,
+            mode,
+            0,
+            0,
+            2 if stat.S_ISDIR(mode) else 1,
+            0,
+            len(data),
+            0,
+            0,
+            rdev[0],
+            rdev[1],
+            len(encoded_name),
+            0,
         )
         self._next_inode += 1
         header = b"070701" + b"".join(b"%08X" % value for value in fields)

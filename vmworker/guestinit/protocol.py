@@ -85,8 +85,12 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 _EVENT_NAMES = frozenset({"init", "started", "stopping", "killing", "error", "oom", "exit"})
-_STREAM_TAGS = {"out": ("stdout", True), "err": ("stderr", True),
-                "out+": ("stdout", False), "err+": ("stderr", False)}
+_STREAM_TAGS = {
+    "out": ("stdout", True),
+    "err": ("stderr", True),
+    "out+": ("stdout", False),
+    "err+": ("stderr", False),
+}
 _MAX_PENDING_BYTES = 64 * 1024
 
 

@@ -42,7 +42,8 @@ def test_output_is_tagged_and_exit_code_reported(boot_guest, erofs_rootfs):
     result = boot_guest(shell(script), rootfs=erofs_rootfs)
 
     assert result.summary.output[:2] == (
-        OutputLine("stdout", "hello"), OutputLine("stderr", "oops"),
+        OutputLine("stdout", "hello"),
+        OutputLine("stderr", "oops"),
     )
     assert result.stdout_lines[1] == "a" * 10000  # sent as 4 KiB fragments, joined again
     assert result.summary.exit_code == 3
@@ -89,8 +90,8 @@ def test_rootfs_read_only_overlay_writable_and_size_limited(boot_guest, erofs_ro
     image_digest = hashlib.sha256(erofs_rootfs.read_bytes()).hexdigest()
     script = (
         "echo changed > /bin/new-file && cat /bin/new-file; "
-        "awk '$2==\"/\"{print \"root=\"$1\" \"$3}' /proc/mounts; "
-        "awk '$2==\"/tmp\"{print \"tmp=\"$3}' /proc/mounts; "
+        'awk \'$2=="/"{print "root="$1" "$3}\' /proc/mounts; '
+        'awk \'$2=="/tmp"{print "tmp="$3}\' /proc/mounts; '
         "dd if=/dev/zero of=/fill bs=1M count=64 2>&1 | grep -o 'No space left on device'; "
         "echo fill_kib=$(du -k /fill | cut -f1)"
     )
@@ -107,8 +108,9 @@ def test_rootfs_read_only_overlay_writable_and_size_limited(boot_guest, erofs_ro
 
 def test_ext4_rootfs_attached_writable_is_still_never_written(boot_guest, ext4_rootfs):
     image_digest = hashlib.sha256(ext4_rootfs.read_bytes()).hexdigest()
-    config = shell("echo data > /etc/passwd && rm -rf /bin/busybox; sync; echo done",
-                   rootfs_type="ext4")
+    config = shell(
+        "echo data > /etc/passwd && rm -rf /bin/busybox; sync; echo done", rootfs_type="ext4"
+    )
 
     result = boot_guest(config, rootfs=ext4_rootfs, rootfs_readonly=False)
 
@@ -123,12 +125,17 @@ def test_stop_sends_sigterm_and_reports_the_apps_exit(boot_guest, erofs_rootfs):
         stop_grace_s=30,
     )
 
+    control_lines = []
+
     def stop_when_ready(guest):
         guest.wait_for_stdout("ready")
         guest.send_control(STOP_COMMAND)
+        control_lines.extend(guest.read_control_until(b"exit ").decode().splitlines())
 
     result = boot_guest(config, rootfs=erofs_rootfs, interact=stop_when_ready)
 
+    assert [line.split()[0] for line in control_lines] == ["stopping", "oom", "exit"]
+    assert control_lines[-1] == "exit 0"
     assert result.stdout_lines == ["ready", "got TERM"]
     assert result.summary.exit_code == 0
     assert "stopping" in [e.name for e in events(result.log)]
@@ -161,8 +168,18 @@ def test_an_app_ignoring_sigterm_is_killed_after_the_grace(boot_guest, erofs_roo
 def test_an_entrypoint_that_cannot_run_is_a_clear_error(
     boot_guest, erofs_rootfs, argv, error, exit_code
 ):
-    result = boot_guest(dataclasses.replace(BASE, argv=argv), rootfs=erofs_rootfs)
+    control_lines = []
 
+    def listen_on_control(guest):
+        guest.connect_control()  # before the guest boots, so nothing is dropped
+        control_lines.extend(guest.read_control_until(b"exit ").decode().splitlines())
+
+    result = boot_guest(
+        dataclasses.replace(BASE, argv=argv), rootfs=erofs_rootfs, interact=listen_on_control
+    )
+
+    assert control_lines[1:] == [f"error {error}", "oom 0", f"exit {exit_code}"]
+    assert control_lines[0].startswith("init ")
     assert result.summary.errors == (error,)
     assert result.summary.exit_code == exit_code
     assert result.summary.started_ms is None
@@ -176,7 +193,7 @@ def test_orphans_are_reaped_by_pid1(boot_guest, erofs_rootfs):
         "echo orphan_parent=$(cut -d' ' -f4 /proc/$orphan/stat); "
         "sleep 2; "
         "zombies=0; for f in /proc/[0-9]*/stat; do "
-        "  set -- $(cat $f 2>/dev/null); [ \"$3\" = Z ] && zombies=$((zombies+1)); "
+        '  set -- $(cat $f 2>/dev/null); [ "$3" = Z ] && zombies=$((zombies+1)); '
         "done; "
         "echo zombies=$zombies; [ -e /proc/$orphan ] && echo orphan_still_there || echo orphan_gone"
     )
@@ -191,8 +208,7 @@ def test_an_oom_killed_app_is_reported(boot_guest, erofs_rootfs):
     # dd fills a buffer of its block size: 400 MiB cannot fit in a 256 MiB guest (with
     # overcommit on, malloc succeeds and the OOM killer has to act).
     config = shell(
-        "echo 1 > /proc/sys/vm/overcommit_memory; "
-        "exec dd if=/dev/zero of=/dev/null bs=400M count=1"
+        "echo 1 > /proc/sys/vm/overcommit_memory; exec dd if=/dev/zero of=/dev/null bs=400M count=1"
     )
 
     result = boot_guest(config, rootfs=erofs_rootfs)
@@ -234,8 +250,7 @@ def test_user_mode_network_is_configured(boot_guest, erofs_rootfs):
         "ip -4 -o addr show lo | awk '{print $4}'; ip -4 -o addr show eth0 | awk '{print $4}'; "
         "ip route | grep default; cat /etc/resolv.conf; "
         "echo ready; echo hello-from-guest | nc -l -p 8080",
-        network=GuestNetwork(ip_cidr="10.0.2.15/24", gateway="10.0.2.2",
-                             nameservers=("10.0.2.3",)),
+        network=GuestNetwork(ip_cidr="10.0.2.15/24", gateway="10.0.2.2", nameservers=("10.0.2.3",)),
     )
     received = []
 
@@ -254,8 +269,10 @@ def test_user_mode_network_is_configured(boot_guest, erofs_rootfs):
         config,
         rootfs=erofs_rootfs,
         extra_qemu_args=(
-            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{host_port}-:8080",
-            "-device", "virtio-net-pci,netdev=n0",
+            "-netdev",
+            f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{host_port}-:8080",
+            "-device",
+            "virtio-net-pci,netdev=n0",
         ),
         interact=connect_from_host,
     )

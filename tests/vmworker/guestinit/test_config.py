@@ -23,7 +23,7 @@ from vmworker.guestinit.initramfs import INIT_SOURCE
 
 FULL_CONFIG = GuestConfig(
     hostname="web-1",
-    argv=("/bin/sh", "-c", "echo \"$GREETING\"; exit 3", "ünïcödé $(rm -rf /) `x` ;|&"),
+    argv=("/bin/sh", "-c", 'echo "$GREETING"; exit 3', "ünïcödé $(rm -rf /) `x` ;|&"),
     env=("PATH=/usr/bin:/bin", "GREETING=hello world", "EMPTY="),
     working_dir="/srv/app",
     user="app:extra",
@@ -122,9 +122,20 @@ def c_config_parser(tmp_path_factory) -> Path:
         pytest.fail("gcc is required (Debian package gcc)")
     binary = tmp_path_factory.mktemp("parser") / "hvparse"
     subprocess.run(
-        ["gcc", "-O1", "-g", "-DHVINIT_PARSE_ONLY", "-fsanitize=address,undefined",
-         "-fno-sanitize-recover=all", "-o", str(binary), str(INIT_SOURCE)],
-        check=True, capture_output=True, timeout=120,
+        [
+            "gcc",
+            "-O1",
+            "-g",
+            "-DHVINIT_PARSE_ONLY",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-o",
+            str(binary),
+            str(INIT_SOURCE),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return binary
 

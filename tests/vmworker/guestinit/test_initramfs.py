@@ -64,13 +64,19 @@ def test_modules_come_in_dependency_order_without_builtins(tmp_path):
     root = _fake_module_tree(tmp_path)
 
     modules = resolve_guest_modules(
-        root, "6.0.0-test", core=("virtio_pci", "virtio_blk", "ext4", "overlay"),
+        root,
+        "6.0.0-test",
+        core=("virtio_pci", "virtio_blk", "ext4", "overlay"),
         net=("virtio_net",),
     )
 
     assert [(m.group, m.name) for m in modules] == [
-        ("core", "virtio_ring"), ("core", "virtio"), ("core", "virtio_pci"),
-        ("core", "virtio_blk"), ("net", "failover"), ("net", "virtio_net"),
+        ("core", "virtio_ring"),
+        ("core", "virtio"),
+        ("core", "virtio_pci"),
+        ("core", "virtio_blk"),
+        ("net", "failover"),
+        ("net", "virtio_net"),
     ]
 
 
