@@ -1,0 +1,89 @@
+"""The host-side parser of the guest protocol (log port lines)."""
+
+from vmworker.guestinit.protocol import (
+    GuestEvent,
+    GuestLogParser,
+    MalformedRecord,
+    OutputLine,
+    parse_guest_log,
+)
+
+A_RUN = (
+    b"init 1204.500\n"
+    b"started 1530.250\n"
+    b"out hello\n"
+    b"err oops: \xff bytes\n"
+    b"out+ aaaa\n"
+    b"err interleaved\n"
+    b"out+ bbbb\n"
+    b"out cc\n"
+    b"out exit 0\n"
+    b"stopping 2000.000\n"
+    b"oom 1\n"
+    b"exit 137\n"
+)
+
+
+def test_a_whole_run_is_summarized():
+    summary = parse_guest_log(A_RUN)
+
+    assert summary.output == (
+        OutputLine("stdout", "hello"),
+        OutputLine("stderr", "oops: \ufffd bytes"),
+        OutputLine("stderr", "interleaved"),
+        OutputLine("stdout", "aaaabbbbcc"),
+        OutputLine("stdout", "exit 0"),
+    )
+    assert summary.init_ms == 1204.5
+    assert summary.started_ms == 1530.25
+    assert summary.init_to_exec_ms == 325.75
+    assert summary.exit_code == 137
+    assert summary.oom is True
+    assert summary.errors == ()
+
+
+def test_app_output_cannot_forge_events():
+    summary = parse_guest_log(b"out exit 0\nerr error fake\nexit 3\n")
+
+    assert summary.exit_code == 3
+    assert summary.errors == ()
+    assert [line.text for line in summary.output] == ["exit 0", "error fake"]
+
+
+def test_feeding_byte_by_byte_gives_the_same_records():
+    whole = GuestLogParser()
+    expected = whole.feed(A_RUN) + whole.close()
+    parser = GuestLogParser()
+    records = []
+    for index in range(len(A_RUN)):
+        records += parser.feed(A_RUN[index : index + 1])
+    records += parser.close()
+
+    assert records == expected
+
+
+def test_a_failed_start_reports_error_and_exit():
+    summary = parse_guest_log(
+        b"init 900.000\nerror exec: /app: no such file or directory\noom 0\nexit 127\n"
+    )
+
+    assert summary.errors == ("exec: /app: no such file or directory",)
+    assert summary.exit_code == 127
+    assert summary.started_ms is None
+    assert summary.init_to_exec_ms is None
+
+
+def test_unfinished_log_has_no_exit_code_and_keeps_partial_data():
+    parser = GuestLogParser()
+    records = parser.feed(b"started 1.0\nout partial line without newl")
+
+    assert records == [GuestEvent("started", "1.0")]
+    assert parse_guest_log(b"started 1.0\n").exit_code is None
+    assert parser.close() == [OutputLine("stdout", "partial line without newl")]
+
+
+def test_unknown_lines_are_kept_as_malformed():
+    parser = GuestLogParser()
+
+    assert parser.feed(b"bogus line\n\n") == [MalformedRecord(b"bogus line"), MalformedRecord(b"")]
+    assert parser.feed(b"x" * 70000) == [MalformedRecord(b"x" * 70000)]

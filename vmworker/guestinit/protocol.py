@@ -1,0 +1,232 @@
+"""The guest protocol: what the HyperVM init says to the host, and how the host stops it.
+
+Channels (virtio-serial ports on one ``virtio-serial-pci`` controller, matched by
+name in the guest through /sys/class/virtio-ports, never by number):
+
+``io.hypervm.log`` (LOG_PORT_NAME), guest -> host, **file-backed** on the host
+    (libvirt ``<channel type='file'>``, QEMU ``-chardev file``). The durable record of
+    one VM run, one record per line, in the order things happened::
+
+        init <ms>          /init began (guest CLOCK_MONOTONIC, ms since kernel start)
+        started <ms>       execve of the app succeeded (a close-on-exec pipe proves it)
+        out <text>         one line the app wrote to stdout (without its newline)
+        err <text>         one line the app wrote to stderr
+        out+ <text>        a 4 KiB piece of a longer stdout line; the line continues in
+        err+ <text>        the next out/out+ (err/err+) record
+        stopping <ms>      the host asked to stop: SIGTERM sent to the app
+        killing <ms>       stop_grace_s passed: SIGKILL sent
+        error <text>       the init failed (bad config, rootfs not found, exec failure...)
+        oom <0|1>          1 when the kernel's OOM killer ran during the app's life
+        exit <code>        always the last record: the app's exit code, 128+signal when it
+                           was killed; 125 init failure, 126 cannot execute, 127 not found
+
+    App text is arbitrary bytes without "\\n" (decode leniently); because every line
+    starts with a tag, an app cannot forge an event. A stream's unterminated last
+    line is sent as a complete record when the app exits. After ``exit`` the guest
+    powers off (ACPI): with ``on_poweroff=destroy`` the domain disappears.
+    Output can be cut short only when the app leaves children that keep its pipes
+    open: the init drains for 300 ms after the app exits, then reports ``exit``.
+
+``io.hypervm.control`` (CONTROL_PORT_NAME), both ways, **unix socket** on the host
+    (QEMU ``-chardev socket,server=on,wait=off``; the host connects to it).
+    Host -> guest: ``stop\\n`` (STOP_COMMAND) -> SIGTERM to the app, SIGKILL after
+    ``stop_grace_s``; unknown lines are ignored. Guest -> host: the same event lines as
+    on the log port (not the app output), best-effort: dropped while no host is
+    connected, so a worker that restarts reads the log file, not this socket.
+
+Console (ttyS0, ``console=ttyS0``): ``hvinit: error: <text>`` lines, and everything
+when the log port is missing. A SIGTERM/SIGINT delivered to the init itself
+(e.g. ctrl-alt-del) counts as ``stop`` too.
+
+If the init itself ever dies the kernel panics; ``panic=-1`` in KERNEL_CMDLINE makes
+it reboot at once, which the host maps to destroy (``on_reboot=destroy``, or QEMU
+``-no-reboot``). The VM never hangs waiting for the host.
+
+What the host (driver) must give the guest, as tests/support/guest_qemu.py does:
+
+- direct kernel boot: the cloud kernel, ``build_initramfs(...)``, KERNEL_CMDLINE;
+  ``on_poweroff``/``on_reboot``/``on_crash`` = destroy; memory >= 96 MiB (the Debian
+  cloud kernel does not even start in 64 MiB);
+- virtio-blk (``bus='virtio'``) raw disks: the config disk (``write_config_disk``)
+  with ``<serial>`` CONFIG_DISK_SERIAL, read-only; the image's rootfs with
+  ``<serial>`` = GuestConfig.rootfs_serial (<= 20 chars), read-only (the init mounts
+  it read-only anyway, ext4 with ``noload``, so a shared image is never written);
+- one virtio-serial controller with two ports: ``<channel type='file'>`` target
+  virtio name LOG_PORT_NAME, and ``<channel type='unix'><source mode='bind'>``
+  target virtio name CONTROL_PORT_NAME (QEMU listens, the host connects);
+- ``<serial type='file'>`` (ttyS0) for the console log;
+- for a network: a virtio-net NIC (user-mode: 10.0.2.15/24 via 10.0.2.2); set
+  GuestNetwork.mac when there is more than one NIC, else the init uses eth0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+LOG_PORT_NAME = "io.hypervm.log"
+CONTROL_PORT_NAME = "io.hypervm.control"
+STOP_COMMAND = b"stop\n"
+
+# console=ttyS0: the per-instance console log. quiet loglevel=3: serial output is slow
+# under TCG. panic=-1: a dead init reboots at once, and the host turns reboot into
+# destroy. The rest only shortens boot (measured under TCG): acpi=noirq skips ACPI PCI
+# IRQ routing, which cost ~220 ms per virtio device at virtio_pci probe (virtio uses
+# MSI-X anyway); cryptomgr.notests skips crypto self-tests; tsc/timer/i8042/uart
+# options skip probes a HyperVM has no use for.
+KERNEL_CMDLINE = (
+    "console=ttyS0 quiet loglevel=3 panic=-1 acpi=noirq cryptomgr.notests"
+    " tsc=reliable no_timer_check i8042.noaux i8042.nokbd 8250.nr_uarts=1"
+    " random.trust_cpu=on"
+)
+
+EXIT_INIT_FAILURE = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+_EVENT_NAMES = frozenset({"init", "started", "stopping", "killing", "error", "oom", "exit"})
+_STREAM_TAGS = {
+    "out": ("stdout", True),
+    "err": ("stderr", True),
+    "out+": ("stdout", False),
+    "err+": ("stderr", False),
+}
+_MAX_PENDING_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    """One line of app output; ``stream`` is "stdout" or "stderr"."""
+
+    stream: str
+    text: str
+
+
+@dataclass(frozen=True)
+class GuestEvent:
+    """An event line; ``value`` is the text after the name ("" when none)."""
+
+    name: str
+    value: str
+
+    @property
+    def monotonic_ms(self) -> float:
+        """For init/started/stopping/killing: the guest's CLOCK_MONOTONIC in ms."""
+        return float(self.value)
+
+    @property
+    def code(self) -> int:
+        """For exit (the exit code) and oom (0 or 1)."""
+        return int(self.value)
+
+
+@dataclass(frozen=True)
+class MalformedRecord:
+    """A line that is not a protocol record (kept so nothing is silently lost)."""
+
+    raw: bytes
+
+
+GuestRecord = OutputLine | GuestEvent | MalformedRecord
+
+
+class GuestLogParser:
+    """Incremental parser for the log port's bytes (feed chunks as the file grows).
+
+    Fragments (``out+``) are joined into one OutputLine. Partial lines wait for
+    more bytes; ``close()`` flushes what is left when the VM is gone.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._fragments: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+    def feed(self, data: bytes) -> list[GuestRecord]:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        records = [record for line in lines for record in self._parse_line(line)]
+        if len(self._buffer) > _MAX_PENDING_BYTES:
+            # The guest never writes lines this long: whatever this is, don't grow forever.
+            records.append(MalformedRecord(self._buffer))
+            self._buffer = b""
+        return records
+
+    def close(self) -> list[GuestRecord]:
+        records = list(self._parse_line(self._buffer)) if self._buffer else []
+        self._buffer = b""
+        for stream, pieces in self._fragments.items():
+            if pieces:
+                records.append(OutputLine(stream, "".join(pieces)))
+                pieces.clear()
+        return records
+
+    def _parse_line(self, line: bytes) -> Iterator[GuestRecord]:
+        tag, separator, rest = line.partition(b" ")
+        name = tag.decode("ascii", "replace")
+        if name in _STREAM_TAGS:
+            stream, line_complete = _STREAM_TAGS[name]
+            text = rest.decode("utf-8", "replace")
+            pieces = self._fragments[stream]
+            if not line_complete:
+                pieces.append(text)
+                return
+            yield OutputLine(stream, "".join(pieces) + text)
+            pieces.clear()
+        elif name in _EVENT_NAMES:
+            yield GuestEvent(name, rest.decode("utf-8", "replace"))
+        else:
+            yield MalformedRecord(line)
+
+
+@dataclass(frozen=True)
+class GuestRunSummary:
+    """What one finished (or still running) VM run reported, read from its log."""
+
+    output: tuple[OutputLine, ...]
+    init_ms: float | None
+    started_ms: float | None
+    exit_code: int | None  # None while the guest has not reported exit
+    oom: bool
+    errors: tuple[str, ...]
+
+    @property
+    def init_to_exec_ms(self) -> float | None:
+        if self.init_ms is None or self.started_ms is None:
+            return None
+        return self.started_ms - self.init_ms
+
+
+def summarize_records(records: Iterable[GuestRecord]) -> GuestRunSummary:
+    output: list[OutputLine] = []
+    errors: list[str] = []
+    init_ms = started_ms = None
+    exit_code = None
+    oom = False
+    for record in records:
+        if isinstance(record, OutputLine):
+            output.append(record)
+        elif isinstance(record, GuestEvent):
+            if record.name == "init":
+                init_ms = record.monotonic_ms
+            elif record.name == "started":
+                started_ms = record.monotonic_ms
+            elif record.name == "exit":
+                exit_code = record.code
+            elif record.name == "oom":
+                oom = record.code == 1
+            elif record.name == "error":
+                errors.append(record.value)
+    return GuestRunSummary(
+        output=tuple(output),
+        init_ms=init_ms,
+        started_ms=started_ms,
+        exit_code=exit_code,
+        oom=oom,
+        errors=tuple(errors),
+    )
+
+
+def parse_guest_log(data: bytes) -> GuestRunSummary:
+    """Parses a whole log-port file (e.g. after the VM powered off)."""
+    parser = GuestLogParser()
+    return summarize_records([*parser.feed(data), *parser.close()])
