@@ -226,11 +226,12 @@ class InstanceMetadataConfig(ConfigObject):
 
     @classmethod
     def parse_dom(cls, element: ET.Element) -> InstanceMetadataConfig:
-        prefix = f"{{{HYPERVM_NAMESPACE}}}"
+        # virDomainGetMetadata hands the element back without its namespace; the domain XML
+        # carries it. Both read the same.
         values = {}
         for child in element:
-            if child.tag.startswith(prefix):
-                values[child.tag[len(prefix) :]] = child.text or ""
+            if child.tag.startswith(f"{{{HYPERVM_NAMESPACE}}}") or not child.tag.startswith("{"):
+                values[child.tag.rpartition("}")[2]] = child.text or ""
         return cls(values=values)
 
     @classmethod

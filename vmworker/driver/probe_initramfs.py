@@ -96,11 +96,7 @@ DEFAULT_SENTINEL = "HYPERVM-PROBE-OK"
 
 def poweroff_init_script(sentinel: str) -> str:
     """The probe's /init: say the sentinel, then power off without syncing anything."""
-    return (
-        "#!/bin/busybox sh\n"
-        f"/bin/busybox echo {sentinel}\n"
-        "/bin/busybox poweroff -f\n"
-    )
+    return f"#!/bin/busybox sh\n/bin/busybox echo {sentinel}\n/bin/busybox poweroff -f\n"
 
 
 def build_probe_initramfs(
@@ -111,7 +107,7 @@ def build_probe_initramfs(
     extra_files: dict[str, bytes] | None = None,
     compress: bool = True,
 ) -> bytes:
-    """Return initramfs bytes: busybox + ``init_script`` as /init (+ kernel modules under /lib/modules).
+    """Return initramfs bytes: busybox, ``init_script`` as /init, modules in /lib/modules.
 
     ``modules`` are copied flat to ``/lib/modules/<basename>`` in the order given; the script must
     insmod them in dependency (modules.dep) order itself.
