@@ -450,15 +450,7 @@ class VideoConfig(ConfigObject):
         return cls(model=model.get("type", "") if model is not None else "")
 
 
-DeviceConfig = (
-    DiskConfig
-    | SerialConfig
-    | ChannelConfig
-    | ControllerConfig
-    | MemBalloonConfig
-    | RngConfig
-    | VideoConfig
-)
+DeviceConfig = DiskConfig | SerialConfig | ChannelConfig | ControllerConfig | MemBalloonConfig | RngConfig | VideoConfig
 
 _DEVICE_PARSERS: dict[str, type] = {
     "disk": DiskConfig,
@@ -489,11 +481,7 @@ class QemuCommandlineConfig(ConfigObject):
 
     @classmethod
     def parse_dom(cls, element: ET.Element) -> QemuCommandlineConfig:
-        return cls(
-            args=tuple(
-                arg.get("value", "") for arg in element.findall(_qname(QEMU_NAMESPACE, "arg"))
-            )
-        )
+        return cls(args=tuple(arg.get("value", "") for arg in element.findall(_qname(QEMU_NAMESPACE, "arg"))))
 
 
 # --- <domain> ------------------------------------------------------------------------------

@@ -85,9 +85,7 @@ def design_domain(spec: DomainSpec, policy: DesignPolicy | None = None) -> Domai
         ),
         cpu=CPUConfig(mode="host-passthrough", check="none") if spec.virt_type == "kvm" else None,
         cputune=cputune_for(spec.cpu_quota_pct),
-        metadata=InstanceMetadataConfig(
-            values={**spec.metadata, METADATA_INSTANCE_KEY: spec.instance_id}
-        ),
+        metadata=InstanceMetadataConfig(values={**spec.metadata, METADATA_INSTANCE_KEY: spec.instance_id}),
         on_poweroff="destroy",
         on_reboot="destroy",
         on_crash="destroy",
@@ -123,9 +121,7 @@ def design_domain(spec: DomainSpec, policy: DesignPolicy | None = None) -> Domai
     config.devices.append(MemBalloonConfig(model="none"))
     auto_pci_devices = len(spec.disks) + bool(spec.channels) + policy.with_rng
     if auto_pci_devices > MAX_AUTO_PCI_DEVICES:
-        raise ValueError(
-            f"{auto_pci_devices} PCI devices would reach the NIC's slot {NET_PCI_SLOT:#x}"
-        )
+        raise ValueError(f"{auto_pci_devices} PCI devices would reach the NIC's slot {NET_PCI_SLOT:#x}")
     if spec.port_forwards:
         config.qemu_commandline = QemuCommandlineConfig(args=user_net_args(spec.port_forwards))
     return config

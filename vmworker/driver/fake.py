@@ -60,12 +60,8 @@ class FakeHost:
 
     # --- Host interface --------------------------------------------------------------------
 
-    def define_and_start(
-        self, domain: DomainSpec | DomainConfig, *, persistent: bool = False
-    ) -> FakeGuest:
-        config = (
-            design_domain(domain, self.design_policy) if isinstance(domain, DomainSpec) else domain
-        )
+    def define_and_start(self, domain: DomainSpec | DomainConfig, *, persistent: bool = False) -> FakeGuest:
+        config = design_domain(domain, self.design_policy) if isinstance(domain, DomainSpec) else domain
         with self._lock:
             existing = self.lookup(config.uuid)
             if existing is not None:
@@ -99,9 +95,7 @@ class FakeHost:
             )
 
     def capabilities(self) -> HostCapabilities:
-        return HostCapabilities(
-            cpus=self._cpus, memory_mib=self._memory_mib, virt_types=("kvm", "qemu")
-        )
+        return HostCapabilities(cpus=self._cpus, memory_mib=self._memory_mib, virt_types=("kvm", "qemu"))
 
     def register_lifecycle_callback(self, callback: LifecycleCallback) -> None:
         self._lifecycle_callbacks.append(callback)
@@ -144,9 +138,7 @@ class FakeHost:
         config.uuid = _normalise_uuid(config.uuid or str(uuid.uuid4()))
         for other in self._domains.values():
             if other.config.name == config.name and other.config.uuid != config.uuid:
-                raise DomainExists(
-                    f"domain name {config.name} is taken by a domain with another UUID"
-                )
+                raise DomainExists(f"domain name {config.name} is taken by a domain with another UUID")
         domain = _FakeDomain(xml=xml, config=config, persistent=persistent)
         self._domains[config.uuid] = domain
         return domain

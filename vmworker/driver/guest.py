@@ -64,9 +64,7 @@ class Guest:
     def destroy(self) -> None:
         """Hard power-off now. A stopped or vanished domain is already destroyed."""
         try:
-            self._host._domain_call(
-                self.instance_id, "destroy", lambda d: d.destroy(), inactive_is_done=True
-            )
+            self._host._domain_call(self.instance_id, "destroy", lambda d: d.destroy(), inactive_is_done=True)
         except DomainNotFound:
             pass
 

@@ -188,18 +188,14 @@ class Host:
 
     # --- domains ---------------------------------------------------------------------------
 
-    def define_and_start(
-        self, domain: DomainSpec | DomainConfig, *, persistent: bool = False
-    ) -> Guest:
+    def define_and_start(self, domain: DomainSpec | DomainConfig, *, persistent: bool = False) -> Guest:
         """Start the instance's domain, or return the one that already exists for it.
 
         Transient by default: on power-off the domain disappears and leaves nothing to clean
         up. An existing domain is returned whatever its state; whether to start a shut-off
         persistent one again is the caller's decision, not a side effect of a retried task.
         """
-        config = (
-            design_domain(domain, self.design_policy) if isinstance(domain, DomainSpec) else domain
-        )
+        config = design_domain(domain, self.design_policy) if isinstance(domain, DomainSpec) else domain
         existing = self.lookup(config.uuid)
         if existing is not None:
             return existing
@@ -219,9 +215,7 @@ class Host:
             if winner is not None:
                 return winner
             if self._name_taken(config.name):
-                raise DomainExists(
-                    f"domain name {config.name} is taken by a domain with another UUID"
-                ) from None
+                raise DomainExists(f"domain name {config.name} is taken by a domain with another UUID") from None
             raise
         return Guest(self, instance_id=config.uuid, name=config.name)
 
@@ -277,9 +271,7 @@ class Host:
         def read(connection: libvirt.virConnect) -> HostCapabilities:
             info = connection.getInfo()  # [model, memory MiB, cpus, mhz, nodes, sockets, ...]
             capabilities = ET.fromstring(connection.getCapabilities())
-            virt_types = sorted(
-                {domain.get("type", "") for domain in capabilities.iterfind("guest/arch/domain")}
-            )
+            virt_types = sorted({domain.get("type", "") for domain in capabilities.iterfind("guest/arch/domain")})
             return HostCapabilities(cpus=info[2], memory_mib=info[1], virt_types=tuple(virt_types))
 
         return self._call("read host capabilities", read)
