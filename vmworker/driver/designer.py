@@ -63,6 +63,7 @@ class DesignPolicy:
     machine_type: str = "pc"
     tcg_tb_cache_mib: int | None = 64
     with_rng: bool = False  # virtio-rng: a 6.1 kernel does not need it to boot
+    kvm_cpu_mode: str | None = "host-passthrough"  # None: QEMU's default model
 
 
 def design_domain(spec: DomainSpec, policy: DesignPolicy | None = None) -> DomainConfig:
@@ -83,7 +84,9 @@ def design_domain(spec: DomainSpec, policy: DesignPolicy | None = None) -> Domai
             names=("acpi", "apic"),  # ACPI: how `poweroff -f` actually powers the VM off
             tcg_tb_cache_mib=policy.tcg_tb_cache_mib if spec.virt_type == "qemu" else None,
         ),
-        cpu=CPUConfig(mode="host-passthrough", check="none") if spec.virt_type == "kvm" else None,
+        cpu=CPUConfig(mode=policy.kvm_cpu_mode, check="none")
+        if spec.virt_type == "kvm" and policy.kvm_cpu_mode
+        else None,
         cputune=cputune_for(spec.cpu_quota_pct),
         metadata=InstanceMetadataConfig(values={**spec.metadata, METADATA_INSTANCE_KEY: spec.instance_id}),
         on_poweroff="destroy",

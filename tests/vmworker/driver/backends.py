@@ -49,7 +49,7 @@ class Backend:
         values = dict(
             instance_id=instance_id,
             kernel=self.kernel,
-            initrd=self.initramfs(init_script),
+            initrd=overrides.pop("initrd", None) or self.initramfs(init_script),
             cmdline="quiet",
             vcpus=1,
             memory_mib=128,
