@@ -209,17 +209,17 @@ class CPUTuneConfig(ConfigObject):
 
 @dataclass
 class InstanceMetadataConfig(ConfigObject):
-    """Our metadata: ``<hvm:instance><hvm:tenant>t</hvm:tenant>...</hvm:instance>``.
+    """Our metadata: ``<hvm:hypervm><hvm:tenant>t</hvm:tenant>...</hvm:hypervm>``.
 
     One child per key, in key order, so a domain's metadata reads like a record and renders
     identically every time. Keys are checked by ``DomainSpec`` (XML-name safe).
     """
 
-    root_name: ClassVar[str] = "instance"
+    root_name: ClassVar[str] = "hypervm"
     values: dict[str, str] = field(default_factory=dict)
 
     def format_dom(self) -> ET.Element:
-        root = ET.Element(_qname(HYPERVM_NAMESPACE, "instance"))
+        root = ET.Element(_qname(HYPERVM_NAMESPACE, "hypervm"))
         for key in sorted(self.values):
             _sub(root, _qname(HYPERVM_NAMESPACE, key), self.values[key])
         return root
@@ -554,7 +554,7 @@ class DomainConfig(ConfigObject):
             found = element.find(tag)
             if found is not None:
                 setattr(config, tag, parser.parse_dom(found))
-        ours = element.find(f"metadata/{_qname(HYPERVM_NAMESPACE, 'instance')}")
+        ours = element.find(f"metadata/{_qname(HYPERVM_NAMESPACE, 'hypervm')}")
         if ours is not None:
             config.metadata = InstanceMetadataConfig.parse_dom(ours)
         for tag in ("on_poweroff", "on_reboot", "on_crash"):
