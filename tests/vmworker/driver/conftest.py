@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.vmworker.driver.backends import BUSYBOX, TEST_NAME_PREFIX, Backend, InitramfsFactory, make_backend
+from vmworker.driver.kernel import pvh_kernel_for
 from vmworker.driver.probe import find_guest_kernel
 from vmworker.driver.probe_initramfs import build_probe_initramfs
 
@@ -31,6 +32,12 @@ def vm_workdir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def guest_kernel() -> Path:
     return find_guest_kernel()
+
+
+@pytest.fixture(scope="session")
+def boot_kernel(guest_kernel: Path, vm_workdir: Path) -> Path:
+    """What the driver tests boot: the PVH vmlinux (faster under TCG) made from guest_kernel."""
+    return pvh_kernel_for(guest_kernel, vm_workdir / "kernels")
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +58,7 @@ def tiny_initramfs(vm_workdir: Path) -> InitramfsFactory:
 
 
 @pytest.fixture
-def qemu_backend(vm_workdir: Path, guest_kernel: Path, tiny_initramfs: InitramfsFactory) -> Iterator[Backend]:
-    backend = make_backend("qemu", vm_workdir, guest_kernel, tiny_initramfs)
+def qemu_backend(vm_workdir: Path, boot_kernel: Path, tiny_initramfs: InitramfsFactory) -> Iterator[Backend]:
+    backend = make_backend("qemu", vm_workdir, boot_kernel, tiny_initramfs)
     yield backend
     backend.cleanup()

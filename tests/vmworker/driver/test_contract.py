@@ -37,8 +37,8 @@ BACKENDS = [
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request, vm_workdir: Path, guest_kernel: Path, tiny_initramfs: InitramfsFactory) -> Iterator[Backend]:
-    made = make_backend(request.param, vm_workdir, guest_kernel, tiny_initramfs)
+def backend(request, vm_workdir: Path, boot_kernel: Path, tiny_initramfs: InitramfsFactory) -> Iterator[Backend]:
+    made = make_backend(request.param, vm_workdir, boot_kernel, tiny_initramfs)
     yield made
     made.cleanup()
 
