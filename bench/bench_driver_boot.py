@@ -27,6 +27,7 @@ from vmworker.driver.config import ControllerConfig, MemBalloonConfig
 from vmworker.driver.designer import DesignPolicy, design_domain
 from vmworker.driver.guest import GuestState
 from vmworker.driver.host import Host
+from vmworker.driver.kernel import pvh_kernel_for
 from vmworker.driver.probe import find_guest_kernel, wait_for_console_text
 from vmworker.driver.probe_initramfs import build_probe_initramfs
 from vmworker.driver.spec import DomainSpec
@@ -95,7 +96,9 @@ def boot_raw_qemu(work_dir: Path, kernel: Path, initrd: Path, memory_mib: int) -
             process.wait()
 
 
-def idle_rss_mib(host: Host, spec: DomainSpec, config_edit=None, policy: DesignPolicy | None = None) -> float | None:
+def idle_rss_mib(
+    host: Host, spec: DomainSpec, config_edit=None, policy: DesignPolicy | None = None
+) -> dict[str, float] | None:
     config = design_domain(spec, policy or DesignPolicy())
     if config_edit is not None:
         config_edit(config)
@@ -107,10 +110,9 @@ def idle_rss_mib(host: Host, spec: DomainSpec, config_edit=None, policy: DesignP
         pid = guest.qemu_pid()
         if pid is None:
             return None
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return None
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        # RssFile is mostly the kernel image QEMU maps read-only: page cache shared by all VMs.
+        return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "RssAnon", "RssFile")}
     finally:
         guest.destroy()
 
@@ -128,12 +130,17 @@ def bench_driver_boot(repeats: int = 5) -> dict:
     try:
         poweroff_initrd = _write_initramfs(work_dir, "poweroff.cpio", POWEROFF_INIT)
         idle_initrd = _write_initramfs(work_dir, "idle.cpio", IDLE_INIT)
-        runs: dict[str, list[tuple[float, float | None]]] = {"pc": [], "q35": [], "raw-qemu": []}
+        pvh_kernel = pvh_kernel_for(kernel, work_dir / "kernels")
+        kernels = {"bzImage": kernel, "pvh": pvh_kernel}
+        runs: dict[str, list[tuple[float, float | None]]] = {}
         for _ in range(repeats):  # interleaved so background load hits every variant alike
-            for machine in ("pc", "q35"):
-                spec = _spec(work_dir, kernel, poweroff_initrd, 128)
-                runs[machine].append(boot_through_driver(host, spec, DesignPolicy(machine_type=machine)))
-            runs["raw-qemu"].append(boot_raw_qemu(work_dir, kernel, poweroff_initrd, 128))
+            for kernel_name, kernel_path in kernels.items():
+                for machine in ("pc", "q35"):
+                    spec = _spec(work_dir, kernel_path, poweroff_initrd, 128)
+                    sample = boot_through_driver(host, spec, DesignPolicy(machine_type=machine))
+                    runs.setdefault(f"libvirt {kernel_name} {machine}", []).append(sample)
+                sample = boot_raw_qemu(work_dir, kernel_path, poweroff_initrd, 128)
+                runs.setdefault(f"raw-qemu {kernel_name} pc", []).append(sample)
         for variant, samples in runs.items():
             sentinel = [s for s, _ in samples]
             gone = [g for _, g in samples if g is not None]
@@ -143,14 +150,20 @@ def bench_driver_boot(repeats: int = 5) -> dict:
             }
         rss_cases = {
             "ours-72MiB": (72, None, None),
+            "ours-pvh-72MiB": (72, "pvh", None),
+            "ours-pvh-128MiB": (128, "pvh", None),
             "ours-128MiB": (128, None, None),
             "ours-256MiB": (256, None, None),
             "qemu-default-tb-cache-128MiB": (128, None, DesignPolicy(tcg_tb_cache_mib=None)),
+            "tb-cache-32-128MiB": (128, None, DesignPolicy(tcg_tb_cache_mib=32)),
+            "tb-cache-16-128MiB": (128, None, DesignPolicy(tcg_tb_cache_mib=16)),
             "libvirt-default-usb-balloon-128MiB": (128, _libvirt_default_devices, None),
             "q35-128MiB": (128, None, DesignPolicy(machine_type="q35")),
         }
         for name, (memory_mib, edit, policy) in rss_cases.items():
-            spec = _spec(work_dir, kernel, idle_initrd, memory_mib)
+            boot_kernel = pvh_kernel if edit == "pvh" else kernel
+            edit = None if edit == "pvh" else edit
+            spec = _spec(work_dir, boot_kernel, idle_initrd, memory_mib)
             figures["rss_mib"][name] = idle_rss_mib(host, spec, edit, policy)
         spec = _spec(work_dir, kernel, idle_initrd, 64)
         figures["rss_mib"]["ours-64MiB"] = idle_rss_mib(host, spec)  # None: does not boot
@@ -171,9 +184,12 @@ def main() -> None:
         sentinel, gone = boot["to_sentinel_s"], boot["to_gone_s"]
         gone_text = f"min {gone['min']:.2f} median {gone['median']:.2f}" if gone else "n/a"
         sentinel_text = f"min {sentinel['min']:.2f} median {sentinel['median']:.2f}"
-        print(f"{variant:9s} to sentinel: {sentinel_text} s; to gone: {gone_text} s")
+        print(f"{variant:22s} to sentinel: {sentinel_text} s; to gone: {gone_text} s")
     for name, rss in figures["rss_mib"].items():
-        print(f"RSS {name:36s} {'did not boot' if rss is None else f'{rss:.1f} MiB'}")
+        if rss is None:
+            print(f"RSS {name:36s} did not boot")
+        else:
+            print(f"RSS {name:36s} {rss['VmRSS']:.1f} MiB (anon {rss['RssAnon']:.1f}, file {rss['RssFile']:.1f})")
 
 
 if __name__ == "__main__":

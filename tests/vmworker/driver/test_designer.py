@@ -131,7 +131,7 @@ def test_tcg_bounds_its_translation_cache_and_kvm_passes_the_host_cpu_through() 
     tcg = design_domain(make_spec(virt_type="qemu"))
     kvm = design_domain(make_spec(virt_type="kvm"))
 
-    assert (tcg.features.tcg_tb_cache_mib, tcg.cpu) == (64, None)
+    assert (tcg.features.tcg_tb_cache_mib, tcg.cpu) == (32, None)
     assert (kvm.features.tcg_tb_cache_mib, kvm.cpu.mode) == (None, "host-passthrough")
 
 
