@@ -65,6 +65,8 @@ class FakeHost:
         with self._lock:
             existing = self.lookup(config.uuid)
             if existing is not None:
+                if existing.name != config.name:
+                    raise DomainExists(f"UUID {config.uuid} belongs to domain {existing.name}, not {config.name}")
                 return existing
             parsed = self._define(config.to_xml(), persistent=persistent)
             self._start(parsed)

@@ -26,7 +26,7 @@ from vmworker.driver.config import HYPERVM_NAMESPACE, DomainConfig
 from vmworker.driver.designer import DesignPolicy, design_domain
 from vmworker.driver.errors import ConnectionFailed, DomainExists, DomainNotFound, DriverError
 from vmworker.driver.guest import Guest, GuestState
-from vmworker.driver.spec import DomainSpec
+from vmworker.driver.spec import DEFAULT_NAME_PREFIX, DomainSpec
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +180,8 @@ class Host:
     def _translate(action: str, error: libvirt.libvirtError) -> DriverError:
         code = error.get_error_code()
         message = f"{action}: {error.get_error_message()}"
+        if "virtlogd-sock" in message:
+            message += " (libvirtd needs virtlogd for QEMU's logs: start it with `virtlogd -d`)"
         if code == libvirt.VIR_ERR_NO_DOMAIN:
             return DomainNotFound(message)
         if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN):
@@ -198,6 +200,8 @@ class Host:
         config = design_domain(domain, self.design_policy) if isinstance(domain, DomainSpec) else domain
         existing = self.lookup(config.uuid)
         if existing is not None:
+            if existing.name != config.name:
+                raise DomainExists(f"UUID {config.uuid} belongs to domain {existing.name}, not {config.name}")
             return existing
         xml = config.to_xml()
 
@@ -285,7 +289,7 @@ class Host:
         self._connect()
 
     def _on_lifecycle_event(self, _conn: Any, domain: Any, event: int, _detail: int, _opaque: Any):
-        if not domain.name().startswith("hvm-"):
+        if not domain.name().startswith(DEFAULT_NAME_PREFIX):
             return
         name = _LIFECYCLE_EVENT_NAMES.get(event, str(event))
         instance_id = domain.UUIDString()

@@ -95,6 +95,14 @@ def test_a_name_taken_by_another_uuid_is_refused(backend: Backend) -> None:
         backend.host.define_and_start(spec)
 
 
+def test_our_uuid_held_by_a_domain_of_another_name_is_refused(backend: Backend) -> None:
+    spec = backend.spec()
+    backend.define_foreign_domain(domain_uuid=spec.instance_id)
+
+    with pytest.raises(DomainExists):
+        backend.host.define_and_start(spec)
+
+
 def test_destroy_removes_a_transient_domain_and_is_idempotent(backend: Backend) -> None:
     spec = backend.spec()
     guest = backend.host.define_and_start(spec)
