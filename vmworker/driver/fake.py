@@ -1,0 +1,252 @@
+"""A stateful in-memory driver with Host's and Guest's interface, for fast tests of callers.
+
+Contract: passes the same contract suite as ``Host`` (tests/vmworker/driver/test_contract.py).
+It is not a stub: it renders the config it is given to XML and PARSES that XML back (as libvirt
+would), keeps domains in a dict by UUID, refuses what libvirt refuses (a taken name, an unknown
+domain, a missing kernel/initrd/disk at start), lists only domains with our metadata, and
+applies ``on_poweroff`` when a test simulates the guest powering itself off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmworker.driver.config import DiskConfig, DomainConfig
+from vmworker.driver.designer import DesignPolicy, design_domain
+from vmworker.driver.errors import DomainExists, DomainNotFound, DriverError
+from vmworker.driver.guest import STOPPED_STATES, GuestState
+from vmworker.driver.host import HostCapabilities, LifecycleCallback
+from vmworker.driver.spec import DomainSpec
+
+FAKE_URI = "fake:///hypervm"
+
+
+@dataclass
+class _FakeDomain:
+    xml: str
+    config: DomainConfig
+    persistent: bool
+    running: bool = False
+    events: list[str] = field(default_factory=list)
+
+
+class FakeHost:
+    def __init__(
+        self,
+        *,
+        cpus: int = 2,
+        memory_mib: int = 4096,
+        design_policy: DesignPolicy | None = None,
+        check_paths: bool = True,
+    ) -> None:
+        self.uri = FAKE_URI
+        self.design_policy = design_policy or DesignPolicy()
+        self._cpus = cpus
+        self._memory_mib = memory_mib
+        self._check_paths = check_paths
+        self._domains: dict[str, _FakeDomain] = {}
+        self._lock = threading.RLock()
+        self._lifecycle_callbacks: list[LifecycleCallback] = []
+
+    def __repr__(self) -> str:
+        return f"FakeHost({len(self._domains)} domains)"
+
+    def close(self) -> None:
+        pass
+
+    # --- Host interface --------------------------------------------------------------------
+
+    def define_and_start(self, domain: DomainSpec | DomainConfig, *, persistent: bool = False) -> FakeGuest:
+        config = design_domain(domain, self.design_policy) if isinstance(domain, DomainSpec) else domain
+        with self._lock:
+            existing = self.lookup(config.uuid)
+            if existing is not None:
+                if existing.name != config.name:
+                    raise DomainExists(f"UUID {config.uuid} belongs to domain {existing.name}, not {config.name}")
+                return existing
+            parsed = self._define(config.to_xml(), persistent=persistent)
+            self._start(parsed)
+            return FakeGuest(self, instance_id=parsed.config.uuid, name=parsed.config.name)
+
+    def lookup(self, instance_id: str) -> FakeGuest | None:
+        with self._lock:
+            domain = self._domains.get(_normalise_uuid(instance_id))
+            if domain is None:
+                return None
+            return FakeGuest(self, instance_id=domain.config.uuid, name=domain.config.name)
+
+    def get_guest(self, instance_id: str) -> FakeGuest:
+        guest = self.lookup(instance_id)
+        if guest is None:
+            raise DomainNotFound(f"no domain for instance {instance_id}")
+        return guest
+
+    def list_guests(self) -> list[FakeGuest]:
+        with self._lock:
+            return sorted(
+                (
+                    FakeGuest(self, instance_id=domain.config.uuid, name=domain.config.name)
+                    for domain in self._domains.values()
+                    if domain.config.metadata is not None
+                ),
+                key=lambda guest: guest.name,
+            )
+
+    def capabilities(self) -> HostCapabilities:
+        return HostCapabilities(cpus=self._cpus, memory_mib=self._memory_mib, virt_types=("kvm", "qemu"))
+
+    def register_lifecycle_callback(self, callback: LifecycleCallback) -> None:
+        self._lifecycle_callbacks.append(callback)
+
+    # --- what tests use to play libvirt's or the guest's part ----------------------------------
+
+    def define_foreign_domain(self, xml: str, *, running: bool = True) -> str:
+        """A domain someone else made (no metadata of ours); returns its UUID."""
+        with self._lock:
+            domain = self._define(xml, persistent=True)
+            if running:
+                self._start(domain)
+            return domain.config.uuid
+
+    def simulate_guest_poweroff(self, instance_id: str) -> None:
+        """The guest powered itself off: apply its ``on_poweroff`` like libvirt does."""
+        with self._lock:
+            domain = self._require(instance_id)
+            if not domain.running:
+                raise DriverError(f"instance {instance_id} is not running")
+            if domain.config.on_poweroff != "destroy":
+                raise DriverError("fake only models on_poweroff=destroy")
+            self._stop(domain)
+
+    def domain_xml(self, instance_id: str) -> str:
+        with self._lock:
+            return self._require(instance_id).xml
+
+    # --- internals, shared with FakeGuest --------------------------------------------------
+
+    def _define(self, xml: str, *, persistent: bool) -> _FakeDomain:
+        try:
+            config = DomainConfig.parse_str(xml)
+        except Exception as error:  # whatever the XML parser raises, libvirt would refuse it
+            raise DriverError(f"define domain: invalid XML: {error}") from error
+        if not config.name:
+            raise DriverError("define domain: missing name")
+        if config.memory_mib < 1:
+            raise DriverError(f"define domain {config.name}: memory must be > 0")
+        config.uuid = _normalise_uuid(config.uuid or str(uuid.uuid4()))
+        for other in self._domains.values():
+            if other.config.name == config.name and other.config.uuid != config.uuid:
+                raise DomainExists(f"domain name {config.name} is taken by a domain with another UUID")
+        domain = _FakeDomain(xml=xml, config=config, persistent=persistent)
+        self._domains[config.uuid] = domain
+        return domain
+
+    def _start(self, domain: _FakeDomain) -> None:
+        config = domain.config
+        if self._check_paths:
+            paths = [config.os.kernel, config.os.initrd]
+            paths += [disk.source_path for disk in config.devices_of(DiskConfig)]
+            missing = [path for path in paths if path and not Path(path).exists()]
+            if missing:
+                if not domain.persistent:
+                    del self._domains[config.uuid]
+                raise DriverError(f"start domain {config.name}: cannot open {missing[0]}")
+        domain.running = True
+        self._emit(domain, "started")
+
+    def _stop(self, domain: _FakeDomain) -> None:
+        domain.running = False
+        if not domain.persistent:
+            del self._domains[domain.config.uuid]
+        self._emit(domain, "stopped")
+
+    def _emit(self, domain: _FakeDomain, event: str) -> None:
+        domain.events.append(event)
+        for callback in list(self._lifecycle_callbacks):
+            callback(domain.config.uuid, event)
+
+    def _require(self, instance_id: str) -> _FakeDomain:
+        domain = self._domains.get(_normalise_uuid(instance_id))
+        if domain is None:
+            raise DomainNotFound(f"no domain for instance {instance_id}")
+        return domain
+
+
+class FakeGuest:
+    def __init__(self, host: FakeHost, *, instance_id: str, name: str) -> None:
+        self._host = host
+        self.instance_id = instance_id
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"FakeGuest({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FakeGuest) and (self._host, self.instance_id) == (
+            other._host,
+            other.instance_id,
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.instance_id)
+
+    @property
+    def state(self) -> GuestState:
+        with self._host._lock:
+            domain = self._host._domains.get(self.instance_id)
+            if domain is None:
+                return GuestState.ABSENT
+            return GuestState.RUNNING if domain.running else GuestState.SHUTOFF
+
+    @property
+    def is_persistent(self) -> bool:
+        with self._host._lock:
+            return self._host._require(self.instance_id).persistent
+
+    def destroy(self) -> None:
+        with self._host._lock:
+            domain = self._host._domains.get(self.instance_id)
+            if domain is not None and domain.running:
+                self._host._stop(domain)
+
+    def undefine(self) -> None:
+        with self._host._lock:
+            domain = self._host._domains.get(self.instance_id)
+            if domain is None or not domain.persistent:
+                return
+            if domain.running:
+                domain.persistent = False  # libvirt: it becomes transient, gone when stopped
+            else:
+                del self._host._domains[self.instance_id]
+
+    def config(self) -> DomainConfig:
+        with self._host._lock:
+            return DomainConfig.parse_str(self._host._require(self.instance_id).xml)
+
+    def metadata(self) -> dict[str, str]:
+        config = self.config()
+        if config.metadata is None:
+            raise DriverError(f"instance {self.instance_id} has no HyperVM metadata")
+        return dict(config.metadata.values)
+
+    def qemu_pid(self) -> int | None:
+        return None
+
+    def wait_until_stopped(self, *, timeout_s: float, poll_s: float = 0.05) -> GuestState:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.state
+            if state in STOPPED_STATES or time.monotonic() >= deadline:
+                return state
+            time.sleep(poll_s)
+
+
+def _normalise_uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as error:
+        raise DriverError(f"invalid UUID {value!r}") from error
