@@ -42,9 +42,7 @@ def registry_authfile(registry: LocalRegistry, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="session")
-def test_images(
-    registry: LocalRegistry, registry_authfile: Path, oci_image_cache_dir: Path
-) -> dict[str, PushedImage]:
+def test_images(registry: LocalRegistry, registry_authfile: Path, oci_image_cache_dir: Path) -> dict[str, PushedImage]:
     """printer, httpd (also demo/hello:latest), sigterm, noentry — pushed once per session."""
     return build_and_push_test_images(
         cache_dir=oci_image_cache_dir, registry=registry.host_port, authfile=registry_authfile

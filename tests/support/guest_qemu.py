@@ -46,9 +46,7 @@ def make_busybox_tree(root: Path) -> Path:
     for applet in applets:
         if applet != "busybox":
             (root / "bin" / applet).symlink_to("busybox")
-    (root / "etc/passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
-    )
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
     (root / "etc/group").write_text("root:x:0:\napp:x:1000:\nextra:x:2000:app\n")
     (root / "home/app").mkdir(parents=True)
     os.chown(root / "home/app", 1000, 1000)
@@ -214,9 +212,7 @@ def boot_guest(
         *extra_qemu_args,
     ]
     started = time.monotonic()
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     guest = RunningGuest(log_path, control_path, process)
     try:
         if interact is not None:

@@ -195,9 +195,7 @@ def _busybox_sha256() -> str:
 
 
 def _run(argv: list[str], *, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, env=env, check=False
-    )
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, env=env, check=False)
     if result.returncode != 0:
         subcommand = next(arg for arg in argv[1:] if not arg.startswith("-"))
         raise ImageBuildError(f"{argv[0]} {subcommand} failed: {result.stderr.strip()[-2000:]}")
@@ -264,9 +262,7 @@ def read_layout_manifest(layout: Path, tag: str = LAYOUT_TAG) -> tuple[str, dict
 def _built_image(name: str, layout: Path) -> BuiltImage:
     digest, manifest = read_layout_manifest(layout)
     layer_bytes = sum(layer["size"] for layer in manifest["layers"])
-    return BuiltImage(
-        recipe_name=name, layout_path=layout, manifest_digest=digest, layer_bytes=layer_bytes
-    )
+    return BuiltImage(recipe_name=name, layout_path=layout, manifest_digest=digest, layer_bytes=layer_bytes)
 
 
 def _publish_layout(build_dir: Path, layout: Path, final: Path) -> None:
@@ -337,9 +333,7 @@ def build_image_from_layer_tars(
     return _built_image(name, final)
 
 
-def build_platform_index(
-    name: str, platform_images: list[tuple[BuiltImage, str]], cache_dir: Path
-) -> BuiltImage:
+def build_platform_index(name: str, platform_images: list[tuple[BuiltImage, str]], cache_dir: Path) -> BuiltImage:
     """A layout whose tag names an OCI image index with one entry per (image, architecture):
     a multi-platform image, as a docker buildx push would make. manifest_digest is the index's."""
     manifests = []
@@ -389,9 +383,7 @@ def build_platform_index(
         (layout / "index.json").write_text(json.dumps(top))
         _publish_layout(build_dir, layout, final)
     layer_bytes = max(built.layer_bytes for built, _ in platform_images)
-    return BuiltImage(
-        recipe_name=name, layout_path=final, manifest_digest=index_digest, layer_bytes=layer_bytes
-    )
+    return BuiltImage(recipe_name=name, layout_path=final, manifest_digest=index_digest, layer_bytes=layer_bytes)
 
 
 def push_image(

@@ -45,9 +45,7 @@ class LocalRegistry:
     def storage_dir(self) -> Path:
         return self.work_dir / "storage"
 
-    def write_authfile(
-        self, path: Path, *, username: str | None = None, password: str | None = None
-    ) -> Path:
+    def write_authfile(self, path: Path, *, username: str | None = None, password: str | None = None) -> Path:
         """Write a containers-auth.json for this registry (mode 0600). Defaults to the real
         credentials; pass others to test refusals."""
         token = f"{username or self.username}:{password or self.password}".encode()
@@ -165,9 +163,7 @@ def start_registry(
     for _attempt in range(attempts):
         port = port or _free_loopback_port()
         config_path = work_dir / "config.yml"
-        config_path.write_text(
-            _config_yaml(port=port, storage_dir=work_dir / "storage", htpasswd_path=htpasswd_path)
-        )
+        config_path.write_text(_config_yaml(port=port, storage_dir=work_dir / "storage", htpasswd_path=htpasswd_path))
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [str(REGISTRY_BINARY), "serve", str(config_path)],
@@ -192,9 +188,7 @@ def start_registry(
         last_error = f"exit code {process.poll()}" if process.poll() is not None else "timeout"
         registry.stop()
         port = None if attempts > 1 else port
-    raise RegistryStartError(
-        f"docker-registry did not answer /v2/ ({last_error}); log: {log_path.read_text()[-2000:]}"
-    )
+    raise RegistryStartError(f"docker-registry did not answer /v2/ ({last_error}); log: {log_path.read_text()[-2000:]}")
 
 
 def stop_registry(registry: LocalRegistry, *, remove_files: bool = True) -> None:

@@ -41,9 +41,9 @@ def test_cli_pushes_every_test_image_and_the_demo_image(
 
     assert result.returncode == 0, result.stderr
     pushed = dict(line.split(" ") for line in result.stdout.splitlines())
-    expected_references = {
-        f"{registry.host_port}/{recipe.repository}:latest" for recipe in TEST_RECIPES
-    } | {f"{registry.host_port}/{DEMO_REFERENCE_PATH}"}
+    expected_references = {f"{registry.host_port}/{recipe.repository}:latest" for recipe in TEST_RECIPES} | {
+        f"{registry.host_port}/{DEMO_REFERENCE_PATH}"
+    }
     assert set(pushed) == expected_references
     httpd_digest = build_image(HTTPD, oci_image_cache_dir).manifest_digest
     assert pushed[f"{registry.host_port}/{DEMO_REFERENCE_PATH}"] == httpd_digest

@@ -33,10 +33,12 @@ def owner_access(tenant, member_of):
 
 def test_worker_checks_a_registry_with_good_and_bad_credentials(live_stack, registry, owner_access):
     url = f"http://{registry.host_port}"
-    good = registry_create(access=owner_access, name="good", url=url, username=registry.username,
-                           password=registry.password, insecure=True)
-    bad = registry_create(access=owner_access, name="bad", url=url, username=registry.username,
-                          password="not-the-password", insecure=True)
+    good = registry_create(
+        access=owner_access, name="good", url=url, username=registry.username, password=registry.password, insecure=True
+    )
+    bad = registry_create(
+        access=owner_access, name="bad", url=url, username=registry.username, password="not-the-password", insecure=True
+    )
     for registry_row in (good, bad):
         check_registry.apply_async(args=[registry_row.pk], queue=live_stack.queue)
 

@@ -161,11 +161,7 @@ def encode_config(config: GuestConfig) -> bytes:
     )
     if len(payload) > CONFIG_MAX_PAYLOAD_BYTES:
         raise ConfigDiskError(f"config is {len(payload)} bytes, over the 1 MiB limit")
-    image = (
-        _HEADER.pack(CONFIG_MAGIC, CONFIG_VERSION, len(payload))
-        + payload
-        + struct.pack("<I", zlib.crc32(payload))
-    )
+    image = _HEADER.pack(CONFIG_MAGIC, CONFIG_VERSION, len(payload)) + payload + struct.pack("<I", zlib.crc32(payload))
     padding = -len(image) % _SECTOR_ALIGN_BYTES
     return image + b"\x00" * padding
 

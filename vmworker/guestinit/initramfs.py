@@ -131,9 +131,7 @@ def _module_bytes(path: Path) -> bytes:
     if name.endswith(".ko.zst"):
         # The stdlib of Python 3.11 has no zstd; the zstd tool reads stdin, no path argv.
         with open(path, "rb") as source:
-            result = subprocess.run(
-                ["zstd", "-dc"], stdin=source, capture_output=True, check=False, timeout=60
-            )
+            result = subprocess.run(["zstd", "-dc"], stdin=source, capture_output=True, check=False, timeout=60)
         if result.returncode != 0:
             raise InitramfsError(f"zstd failed on {path}: {result.stderr.decode(errors='replace')}")
         return result.stdout
@@ -143,9 +141,7 @@ def _module_bytes(path: Path) -> bytes:
 def _compiler_identity() -> bytes:
     """What besides the source decides the init's bytes: gcc and the static libc."""
     try:
-        version = subprocess.run(
-            ["gcc", "--version"], capture_output=True, check=True, timeout=30
-        ).stdout
+        version = subprocess.run(["gcc", "--version"], capture_output=True, check=True, timeout=30).stdout
         libc = subprocess.run(
             ["gcc", "-print-file-name=libc.a"], capture_output=True, check=True, timeout=30
         ).stdout.strip()
@@ -171,9 +167,7 @@ def compile_init(source: Path, output: Path) -> None:
     except (OSError, subprocess.SubprocessError) as exc:
         raise InitramfsError(f"compiling the guest init failed: {exc}") from exc
     if result.returncode != 0:
-        raise InitramfsError(
-            "compiling the guest init failed:\n" + result.stderr.decode(errors="replace")
-        )
+        raise InitramfsError("compiling the guest init failed:\n" + result.stderr.decode(errors="replace"))
 
 
 class NewcArchive:

@@ -86,8 +86,12 @@ class ImageCache:
         self.index_path = root / "index.json"
         self.index_lock_path = root / "index.lock"
         root.mkdir(parents=True, exist_ok=True)
-        root.chmod(0o700)
-        for directory in (self.images_dir, self.locks_dir, self.work_dir):
+        # QEMU runs as its own user and opens the read-only fs images: it may traverse root
+        # and images/ (no listing); the unpack work dir, where hostile trees live, stays 0700.
+        root.chmod(0o711)
+        self.images_dir.mkdir(exist_ok=True)
+        self.images_dir.chmod(0o711)
+        for directory in (self.locks_dir, self.work_dir):
             directory.mkdir(mode=0o700, exist_ok=True)
 
     @contextmanager
@@ -186,9 +190,7 @@ class ImageCache:
     def _evict(self, index: dict[str, Any], *, keep_digest: str, max_cache_bytes: int) -> list[str]:
         total = sum(data["size_bytes"] for data in index["images"].values())
         candidates = sorted(
-            (data["last_used"], digest)
-            for digest, data in index["images"].items()
-            if digest != keep_digest
+            (data["last_used"], digest) for digest, data in index["images"].items() if digest != keep_digest
         )
         evicted = []
         for _last_used, digest in candidates:
@@ -199,9 +201,7 @@ class ImageCache:
             total -= data["size_bytes"]
             evicted.append(digest)
         index["references"] = {
-            reference: digest
-            for reference, digest in index["references"].items()
-            if digest in index["images"]
+            reference: digest for reference, digest in index["references"].items() if digest in index["images"]
         }
         return evicted
 

@@ -25,9 +25,7 @@ class RegistryCredentials:
         return tuple(secret for secret in (self.password, token) if secret)
 
 
-def write_authfile(
-    path: Path, registry_domain: str, credentials: RegistryCredentials | None
-) -> None:
+def write_authfile(path: Path, registry_domain: str, credentials: RegistryCredentials | None) -> None:
     """A containers-auth.json with credentials for one registry, or none at all: an empty file
     still matters, it keeps skopeo from falling back to host-wide credentials."""
     auths: dict[str, dict[str, str]] = {}

@@ -222,20 +222,15 @@ def read_layout_image(layout: Path, tag: str, expected: ImageManifest) -> Platfo
     descriptors = [
         entry
         for entry in index.get("manifests") or []
-        if isinstance(entry, dict)
-        and (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION) == tag
+        if isinstance(entry, dict) and (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION) == tag
     ]
     if len(descriptors) != 1:
         raise ImageInvalid("the pulled layout does not hold exactly one image")
     manifest_digest = _digest_field(descriptors[0].get("digest"), "layout manifest")
-    manifest = parse_image_manifest(
-        _read_verified_blob(layout, manifest_digest, MAX_MANIFEST_BYTES, "manifest")
-    )
+    manifest = parse_image_manifest(_read_verified_blob(layout, manifest_digest, MAX_MANIFEST_BYTES, "manifest"))
     if (manifest.config_digest, manifest.layer_digests) != (
         expected.config_digest,
         expected.layer_digests,
     ):
         raise ImageInvalid("the pulled image does not match the manifest that was inspected")
-    return parse_image_config(
-        _read_verified_blob(layout, manifest.config_digest, MAX_CONFIG_BYTES, "config")
-    )
+    return parse_image_config(_read_verified_blob(layout, manifest.config_digest, MAX_CONFIG_BYTES, "config"))

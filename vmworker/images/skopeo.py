@@ -118,21 +118,16 @@ class SkopeoSession:
             )
         except subprocess.TimeoutExpired as error:
             raise ImageError(
-                f"timed out after {self.command_timeout_s:.0f} s talking to registry "
-                f"{self.reference.domain}"
+                f"timed out after {self.command_timeout_s:.0f} s talking to registry {self.reference.domain}"
             ) from error
         if completed.returncode != 0:
             stderr = redact(completed.stderr.decode(errors="replace"), self.credentials)
-            raise classify_failure(
-                self.reference, stderr, has_credentials=self.credentials is not None
-            )
+            raise classify_failure(self.reference, stderr, has_credentials=self.credentials is not None)
         return SkopeoResult(stdout=completed.stdout, argv=full_argv)
 
     def inspect_raw(self, reference: ImageReference) -> bytes:
         """The manifest (or index) bytes exactly as the registry serves them."""
-        return self.run(
-            ["inspect", "--raw", self._tls_flag("tls-verify"), reference.docker_transport()]
-        ).stdout
+        return self.run(["inspect", "--raw", self._tls_flag("tls-verify"), reference.docker_transport()]).stdout
 
     def copy_to_oci_layout(self, reference: ImageReference, layout: Path, tag: str) -> None:
         self.run(
@@ -158,17 +153,13 @@ def _last_message(stderr: str) -> str:
     return last.replace('\\"', '"')[:300]
 
 
-def classify_failure(
-    reference: ImageReference, stderr: str, *, has_credentials: bool
-) -> ImageError:
+def classify_failure(reference: ImageReference, stderr: str, *, has_credentials: bool) -> ImageError:
     detail = stderr[-DETAIL_MAX_CHARS:]
     lowered = stderr.lower()
     image = str(reference)
     domain = reference.domain
     if ("unauthorized" in lowered or "authentication required" in lowered) and not has_credentials:
-        return RegistryUnauthorized(
-            f"registry {domain} requires credentials for {reference.repository}", detail=detail
-        )
+        return RegistryUnauthorized(f"registry {domain} requires credentials for {reference.repository}", detail=detail)
     if "unauthorized" in lowered or "authentication required" in lowered:
         return RegistryUnauthorized(
             f"registry {domain} refused the credentials for {reference.repository}", detail=detail
@@ -176,8 +167,7 @@ def classify_failure(
     if "denied" in lowered:
         # Docker Hub answers "denied" for private and for nonexistent repositories alike.
         return RegistryUnauthorized(
-            f"registry {domain} denied access to {reference.repository} "
-            "(wrong credentials or no such repository)",
+            f"registry {domain} denied access to {reference.repository} (wrong credentials or no such repository)",
             detail=detail,
         )
     if "manifest unknown" in lowered or "name unknown" in lowered or "not found" in lowered:

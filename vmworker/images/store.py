@@ -112,11 +112,7 @@ class ImageStore:
         """Work dirs of processes that died mid-prepare (a live pid's dir is left alone)."""
         for path in self.cache.work_dir.iterdir():
             match = WORK_DIR_PATTERN.match(path.name)
-            if (
-                match
-                and int(match.group(1)) != os.getpid()
-                and not _process_alive(int(match.group(1)))
-            ):
+            if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
                 shutil.rmtree(path, ignore_errors=True)
 
     def prepare(
@@ -169,9 +165,7 @@ class ImageStore:
             # skopeo checks this too; the digest we record must never rest on trust alone.
             raise ImageInvalid(f"registry served a manifest that does not match {reference}")
         if media_type_of(raw) in INDEX_TYPES:
-            digest = select_platform_manifest(
-                raw, os_name=self.os_name, architecture=self.architecture
-            )
+            digest = select_platform_manifest(raw, os_name=self.os_name, architecture=self.architecture)
             raw = session.inspect_raw(reference.pinned(digest))
             if sha256_digest(raw) != digest:
                 raise ImageInvalid(f"registry served a manifest that does not match {reference}")
@@ -199,9 +193,7 @@ class ImageStore:
         pulled = time.monotonic()
 
         rootfs = work_dir / "rootfs"
-        unpack_rootfs(
-            layout, LAYOUT_TAG, rootfs, image=str(reference), timeout_s=self.command_timeout_s
-        )
+        unpack_rootfs(layout, LAYOUT_TAG, rootfs, image=str(reference), timeout_s=self.command_timeout_s)
         shutil.rmtree(layout)  # blobs are no longer needed; halves peak disk use
         unpacked = time.monotonic()
 
@@ -249,9 +241,7 @@ class ImageStore:
         )
 
     def _check_platform(self, reference: ImageReference, os_name: str, architecture: str) -> None:
-        if (os_name and os_name != self.os_name) or (
-            architecture and architecture != self.architecture
-        ):
+        if (os_name and os_name != self.os_name) or (architecture and architecture != self.architecture):
             raise ImageInvalid(
                 f"image {reference} is for {os_name or '?'}/{architecture or '?'}, "
                 f"this host runs {self.os_name}/{self.architecture}"

@@ -61,9 +61,7 @@ def test_output_is_tagged_and_exit_code_reported(boot_guest, erofs_rootfs):
         ("4321:extra", "uid=4321 gid=2000(extra) groups=2000(extra)", "/"),
     ],
 )
-def test_identity_env_workdir_and_hostname_are_applied(
-    boot_guest, erofs_rootfs, user, expected_id, expected_home
-):
+def test_identity_env_workdir_and_hostname_are_applied(boot_guest, erofs_rootfs, user, expected_id, expected_home):
     config = shell(
         'id; pwd; hostname; echo "greeting=$GREETING"; echo "home=$HOME"; echo "path=$PATH"',
         user=user,
@@ -108,9 +106,7 @@ def test_rootfs_read_only_overlay_writable_and_size_limited(boot_guest, erofs_ro
 
 def test_ext4_rootfs_attached_writable_is_still_never_written(boot_guest, ext4_rootfs):
     image_digest = hashlib.sha256(ext4_rootfs.read_bytes()).hexdigest()
-    config = shell(
-        "echo data > /etc/passwd && rm -rf /bin/busybox; sync; echo done", rootfs_type="ext4"
-    )
+    config = shell("echo data > /etc/passwd && rm -rf /bin/busybox; sync; echo done", rootfs_type="ext4")
 
     result = boot_guest(config, rootfs=ext4_rootfs, rootfs_readonly=False)
 
@@ -165,18 +161,14 @@ def test_an_app_ignoring_sigterm_is_killed_after_the_grace(boot_guest, erofs_roo
         (("/bin/not-executable",), "exec: /bin/not-executable: permission denied", 126),
     ],
 )
-def test_an_entrypoint_that_cannot_run_is_a_clear_error(
-    boot_guest, erofs_rootfs, argv, error, exit_code
-):
+def test_an_entrypoint_that_cannot_run_is_a_clear_error(boot_guest, erofs_rootfs, argv, error, exit_code):
     control_lines = []
 
     def listen_on_control(guest):
         guest.connect_control()  # before the guest boots, so nothing is dropped
         control_lines.extend(guest.read_control_until(b"exit ").decode().splitlines())
 
-    result = boot_guest(
-        dataclasses.replace(BASE, argv=argv), rootfs=erofs_rootfs, interact=listen_on_control
-    )
+    result = boot_guest(dataclasses.replace(BASE, argv=argv), rootfs=erofs_rootfs, interact=listen_on_control)
 
     assert control_lines[1:] == [f"error {error}", "oom 0", f"exit {exit_code}"]
     assert control_lines[0].startswith("init ")
@@ -207,9 +199,7 @@ def test_orphans_are_reaped_by_pid1(boot_guest, erofs_rootfs):
 def test_an_oom_killed_app_is_reported(boot_guest, erofs_rootfs):
     # dd fills a buffer of its block size: 400 MiB cannot fit in a 256 MiB guest (with
     # overcommit on, malloc succeeds and the OOM killer has to act).
-    config = shell(
-        "echo 1 > /proc/sys/vm/overcommit_memory; exec dd if=/dev/zero of=/dev/null bs=400M count=1"
-    )
+    config = shell("echo 1 > /proc/sys/vm/overcommit_memory; exec dd if=/dev/zero of=/dev/null bs=400M count=1")
 
     result = boot_guest(config, rootfs=erofs_rootfs)
 

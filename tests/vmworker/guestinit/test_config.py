@@ -142,9 +142,7 @@ def c_config_parser(tmp_path_factory) -> Path:
 
 def _run_c_parser(binary: Path, images: list[Path]) -> list[list[str]]:
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0"}
-    result = subprocess.run(
-        [str(binary), *map(str, images)], capture_output=True, env=env, timeout=120
-    )
+    result = subprocess.run([str(binary), *map(str, images)], capture_output=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
     blocks = result.stdout.decode("utf-8", "replace").split("== ")[1:]
     return [block.splitlines()[1:] for block in blocks]

@@ -63,9 +63,7 @@ def test_feeding_byte_by_byte_gives_the_same_records():
 
 
 def test_a_failed_start_reports_error_and_exit():
-    summary = parse_guest_log(
-        b"init 900.000\nerror exec: /app: no such file or directory\noom 0\nexit 127\n"
-    )
+    summary = parse_guest_log(b"init 900.000\nerror exec: /app: no such file or directory\noom 0\nexit 127\n")
 
     assert summary.errors == ("exec: /app: no such file or directory",)
     assert summary.exit_code == 127

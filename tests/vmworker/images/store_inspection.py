@@ -44,12 +44,7 @@ def dangerous_host_files(root: Path) -> list[str]:
             mode = os.lstat(path).st_mode
             if mode & (stat.S_ISUID | stat.S_ISGID):
                 findings.append(f"setuid/setgid: {path}")
-            if (
-                stat.S_ISCHR(mode)
-                or stat.S_ISBLK(mode)
-                or stat.S_ISFIFO(mode)
-                or stat.S_ISSOCK(mode)
-            ):
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
                 findings.append(f"special file: {path}")
             if stat.S_ISREG(mode) and mode & 0o111:
                 findings.append(f"executable: {path}")

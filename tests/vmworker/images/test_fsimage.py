@@ -43,9 +43,7 @@ def test_ext4_fallback_builds_a_readable_ext4_image(
 ) -> None:
     store = ImageStore(tmp_path / "ext4", max_cache_bytes=GIB, max_image_bytes=GIB, fs_type="ext4")
 
-    prepared = store.prepare(
-        test_images["printer"].reference, credentials=credentials, tls_verify=False
-    )
+    prepared = store.prepare(test_images["printer"].reference, credentials=credentials, tls_verify=False)
 
     assert prepared.fs_type == "ext4"
     assert prepared.fs_path.suffix == ".ext4"
@@ -60,7 +58,5 @@ def test_ext4_fallback_builds_a_readable_ext4_image(
         check=True,
     ).stdout
     assert "Mode:  0755" in listing
-    fsck = subprocess.run(
-        ["e2fsck", "-fn", str(prepared.fs_path)], capture_output=True, text=True, timeout=60
-    )
+    fsck = subprocess.run(["e2fsck", "-fn", str(prepared.fs_path)], capture_output=True, text=True, timeout=60)
     assert fsck.returncode == 0, fsck.stdout

@@ -29,9 +29,7 @@ DIGEST = "sha256:" + "ab" * 32
         ),
     ],
 )
-def test_references_normalise_like_the_docker_transport(
-    text: str, expected: ImageReference
-) -> None:
+def test_references_normalise_like_the_docker_transport(text: str, expected: ImageReference) -> None:
     assert parse_reference(text) == expected
 
 

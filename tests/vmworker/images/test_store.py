@@ -167,18 +167,12 @@ def test_least_recently_used_image_is_evicted_beyond_the_bound(
     one_image_bytes = probe.prepare(
         test_images["printer"].reference, credentials=credentials, tls_verify=False
     ).size_bytes
-    store = ImageStore(
-        store_root / "bounded", max_cache_bytes=int(one_image_bytes * 2.5), max_image_bytes=GIB
-    )
-    printer = store.prepare(
-        test_images["printer"].reference, credentials=credentials, tls_verify=False
-    )
+    store = ImageStore(store_root / "bounded", max_cache_bytes=int(one_image_bytes * 2.5), max_image_bytes=GIB)
+    printer = store.prepare(test_images["printer"].reference, credentials=credentials, tls_verify=False)
     httpd = store.prepare(test_images["httpd"].reference, credentials=credentials, tls_verify=False)
     store.prepare(test_images["printer"].reference, credentials=credentials, tls_verify=False)
 
-    sigterm = store.prepare(
-        test_images["sigterm"].reference, credentials=credentials, tls_verify=False
-    )
+    sigterm = store.prepare(test_images["sigterm"].reference, credentials=credentials, tls_verify=False)
 
     assert printer.fs_path.exists()
     assert sigterm.fs_path.exists()
@@ -195,13 +189,9 @@ def test_an_image_larger_than_the_whole_cache_is_still_returned(
     store_root: Path, credentials: RegistryCredentials, test_images: dict[str, PushedImage]
 ) -> None:
     store = ImageStore(store_root, max_cache_bytes=1, max_image_bytes=GIB)
-    first = store.prepare(
-        test_images["printer"].reference, credentials=credentials, tls_verify=False
-    )
+    first = store.prepare(test_images["printer"].reference, credentials=credentials, tls_verify=False)
 
-    second = store.prepare(
-        test_images["httpd"].reference, credentials=credentials, tls_verify=False
-    )
+    second = store.prepare(test_images["httpd"].reference, credentials=credentials, tls_verify=False)
 
     assert second.fs_path.exists()
     assert not first.fs_path.exists()
@@ -215,9 +205,7 @@ def system_temp_before() -> set[Path]:
     return set(SYSTEM_TEMP_DIR.iterdir())
 
 
-def _assert_clean_failure(
-    store_root: Path, error: ImageError, password: str, system_temp_before: set[Path]
-) -> None:
+def _assert_clean_failure(store_root: Path, error: ImageError, password: str, system_temp_before: set[Path]) -> None:
     assert set(SYSTEM_TEMP_DIR.iterdir()) <= system_temp_before
     assert work_dir_entries(store_root) == []
     assert unexpected_store_files(store_root) == []
@@ -238,9 +226,7 @@ def test_wrong_password_is_refused_as_unauthorized(
     with pytest.raises(RegistryUnauthorized) as raised:
         store.prepare(test_images["printer"].reference, credentials=wrong, tls_verify=False)
 
-    assert str(raised.value) == (
-        f"registry {registry.host_port} refused the credentials for hypervm-test/printer"
-    )
+    assert str(raised.value) == (f"registry {registry.host_port} refused the credentials for hypervm-test/printer")
     _assert_clean_failure(store_root, raised.value, wrong.password, system_temp_before)
 
 
@@ -379,9 +365,7 @@ def test_multi_platform_index_resolves_to_the_linux_amd64_image(
 ) -> None:
     printer = build_image(PRINTER, oci_image_cache_dir)
     noentry = build_image(NOENTRY, oci_image_cache_dir)
-    index = build_platform_index(
-        "multiplatform", [(noentry, "arm64"), (printer, "amd64")], oci_image_cache_dir
-    )
+    index = build_platform_index("multiplatform", [(noentry, "arm64"), (printer, "amd64")], oci_image_cache_dir)
     reference = push_image(
         index,
         registry=registry.host_port,
@@ -401,9 +385,7 @@ def test_reference_pinned_by_digest_prepares_that_image(
     pushed = test_images["sigterm"]
     repository = pushed.reference.rsplit(":", 1)[0]
 
-    prepared = store.prepare(
-        f"{repository}@{pushed.manifest_digest}", credentials=credentials, tls_verify=False
-    )
+    prepared = store.prepare(f"{repository}@{pushed.manifest_digest}", credentials=credentials, tls_verify=False)
 
     assert prepared.manifest_digest == pushed.manifest_digest
     assert prepared.config == EXPECTED_CONFIGS["sigterm"]

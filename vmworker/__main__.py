@@ -1,0 +1,5 @@
+import sys
+
+from vmworker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,627 @@
+"""The HyperVM lifecycle: an OCI image in, its app running in its own VM out.
+
+Contract (what the deploy pipeline and the operator CLI rely on):
+
+- ``boot(spec)`` pulls and prepares the image (cached per digest), builds or reuses the guest
+  initramfs, writes the guest config as data (a config disk), starts the domain through the
+  driver and returns once the guest init reports the app ``started`` — with timings per phase.
+  It is idempotent per ``instance_id``: a second call while the instance exists finds its
+  domain and its log instead of making another VM. On a boot failure the domain is destroyed
+  and ``BootFailed`` carries the guest's error and the console tail.
+- Each instance owns ``<state_dir>/instances/<uuid>/``: ``instance.json`` (what was asked),
+  ``config.img``, ``guest.log`` (the log port, written by QEMU: app output and guest events,
+  the durable record that survives a worker restart), ``console.log`` and ``ctl/control.sock``.
+- ``stop`` sends ``stop`` on the control port (the init SIGTERMs the app, SIGKILLs it after
+  the grace), waits for the ``exit`` record, then destroys whatever is left.
+- ``status``, ``logs``, ``follow`` read the instance's files; nothing here needs the process
+  that booted the VM to still be alive.
+
+No Django here: plain dataclasses in and out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vmworker.driver.errors import DriverError
+from vmworker.driver.guest import STOPPED_STATES, GuestState
+from vmworker.driver.kernel import pvh_kernel_for
+from vmworker.driver.probe import find_guest_kernel, probe_virt_type
+from vmworker.driver.spec import ChannelSpec, DiskSpec, DomainSpec, PortForward
+from vmworker.guestinit.config import CONFIG_DISK_SERIAL, GuestConfig, GuestNetwork, write_config_disk
+from vmworker.guestinit.initramfs import build_initramfs
+from vmworker.guestinit.protocol import (
+    CONTROL_PORT_NAME,
+    KERNEL_CMDLINE,
+    LOG_PORT_NAME,
+    STOP_COMMAND,
+    GuestEvent,
+    GuestLogParser,
+    GuestRecord,
+    OutputLine,
+)
+from vmworker.images.credentials import RegistryCredentials
+from vmworker.images.errors import ImageError
+from vmworker.images.manifest import ImageConfig
+from vmworker.images.store import ImageStore, PreparedImage
+
+logger = logging.getLogger("vmworker.runtime")
+
+ROOTFS_SERIAL = "hvm-rootfs"
+USER_NET_GUEST = GuestNetwork(ip_cidr="10.0.2.15/24", gateway="10.0.2.2")
+INSTANCE_FILE = "instance.json"
+GUEST_LOG = "guest.log"
+CONSOLE_LOG = "console.log"
+CONSOLE_TAIL_BYTES = 4096
+GiB = 1024**3
+
+
+class RuntimeFailure(Exception):
+    """Base of what the runtime raises; the message is one line a user understands."""
+
+
+class InvalidSpec(RuntimeFailure):
+    pass
+
+
+class NothingToRun(InvalidSpec):
+    """The image has no Entrypoint and no Cmd, and none was given."""
+
+
+class BootFailed(RuntimeFailure):
+    def __init__(self, message: str, *, console_tail: str = "", exit_code: int | None = None):
+        super().__init__(message)
+        self.console_tail = console_tail
+        self.exit_code = exit_code
+
+
+class InstanceNotFound(RuntimeFailure):
+    pass
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    state_dir: Path
+    libvirt_uri: str = "qemu:///system"
+    kernel: Path | None = None  # default: the newest /boot/vmlinuz-*-cloud-amd64
+    modules_root: Path = Path("/lib/modules")
+    virt_type: str | None = None  # "kvm" | "qemu" forces it; None: boot probe (cached)
+    publish_host_ip: str = "127.0.0.1"
+    image_cache_bytes: int = 20 * GiB
+    max_image_bytes: int = 4 * GiB
+    boot_timeout_s: float = 90.0
+    overlay_size_mib: int = 256
+    stop_grace_s: int = 10
+    min_memory_mib: int = 96  # the Debian cloud kernel does not start in 64 MiB
+    qemu_user: str = "libvirt-qemu"
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    image: str
+    instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    name: str = ""
+    credentials: RegistryCredentials | None = None
+    tls_verify: bool = True
+    entrypoint: tuple[str, ...] | None = None  # replaces the image's Entrypoint (and drops its Cmd)
+    command: tuple[str, ...] | None = None  # replaces the image's Cmd
+    shell_command: str | None = None  # Marathon's cmd: run by /bin/sh -c, instead of both
+    env: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    user: str | None = None
+    vcpus: int = 1
+    memory_mib: int = 128
+    cpu_quota_pct: int | None = None
+    ports: tuple[PortForward, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    hostname: str | None = None
+    stop_grace_s: int | None = None
+
+
+@dataclass(frozen=True)
+class BootResult:
+    instance_id: str
+    name: str
+    domain_name: str
+    image_digest: str
+    virt_type: str
+    timings_s: dict[str, float]
+    ports: tuple[PortForward, ...]
+    reused: bool  # the instance existed already (a re-delivered boot)
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    instance_id: str
+    name: str
+    image: str
+    state: str  # "booting" | "running" | "exited" | "lost" (domain gone without an exit record)
+    exit_code: int | None
+    oom: bool
+    errors: tuple[str, ...]
+    ports: tuple[PortForward, ...]
+    created_at: float
+
+
+def resolve_argv(
+    config: ImageConfig,
+    *,
+    entrypoint: tuple[str, ...] | None,
+    command: tuple[str, ...] | None,
+    shell_command: str | None,
+) -> tuple[str, ...]:
+    """Docker's rules: an Entrypoint override drops the image's Cmd; a Cmd override keeps the
+    Entrypoint. Marathon's ``cmd`` is a shell command line and replaces both."""
+    if shell_command is not None:
+        return ("/bin/sh", "-c", shell_command)
+    chosen_entrypoint = entrypoint if entrypoint is not None else config.entrypoint
+    if command is not None:
+        chosen_cmd = command
+    else:
+        chosen_cmd = () if entrypoint is not None else config.cmd
+    argv = tuple(chosen_entrypoint) + tuple(chosen_cmd)
+    if not argv:
+        raise NothingToRun("the image has no Entrypoint or Cmd and no command was given")
+    return argv
+
+
+def merge_env(image_env: tuple[str, ...], overrides: dict[str, str]) -> tuple[str, ...]:
+    merged: dict[str, str] = {}
+    for item in image_env:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    merged.update(overrides)
+    return tuple(f"{key}={value}" for key, value in merged.items())
+
+
+def _atomic_write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class HyperVMRuntime:
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        *,
+        host=None,
+        image_store: ImageStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.state_dir = Path(settings.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o755)  # QEMU (libvirt-qemu) must traverse to its files
+        self.instances_dir = self.state_dir / "instances"
+        self.instances_dir.mkdir(mode=0o755, exist_ok=True)
+        if host is None:
+            from vmworker.driver.host import Host
+
+            host = Host(settings.libvirt_uri)
+        self.host = host
+        self._image_store = image_store
+        self._clock = clock
+        self._virt_type: str | None = settings.virt_type
+        self._kernel: Path | None = None
+
+    # --- host-wide resources ------------------------------------------------------------
+
+    @property
+    def image_store(self) -> ImageStore:
+        if self._image_store is None:
+            self._image_store = ImageStore(
+                self.state_dir / "images",
+                max_cache_bytes=self.settings.image_cache_bytes,
+                max_image_bytes=self.settings.max_image_bytes,
+            )
+        return self._image_store
+
+    @property
+    def kernel_bzimage(self) -> Path:
+        return Path(self.settings.kernel) if self.settings.kernel else find_guest_kernel()
+
+    @property
+    def kernel_release(self) -> str:
+        return self.kernel_bzimage.name.removeprefix("vmlinuz-")
+
+    def boot_kernel(self) -> Path:
+        if self._kernel is None:
+            self._kernel = pvh_kernel_for(self.kernel_bzimage, self.state_dir / "kernel")
+        return self._kernel
+
+    def initramfs(self) -> Path:
+        return build_initramfs(
+            kernel_release=self.kernel_release,
+            modules_root=self.settings.modules_root,
+            cache_dir=self.state_dir / "initramfs",
+        )
+
+    def virt_type(self) -> str:
+        """Forced by settings, else the boot probe's answer, recorded in probe.json per kernel."""
+        if self._virt_type is None:
+            self._virt_type = self.probe()["virt_type"]
+        return self._virt_type
+
+    def probe(self, *, fresh: bool = False) -> dict:
+        record_path = self.state_dir / "probe.json"
+        kernel = str(self.kernel_bzimage)
+        if not fresh and record_path.exists():
+            record = json.loads(record_path.read_text())
+            if record.get("kernel") == kernel and record.get("uri") == self.settings.libvirt_uri:
+                return record
+        started = self._clock()
+        result = probe_virt_type(
+            self.host,
+            kernel=self.boot_kernel(),
+            work_dir=self.state_dir / "probe",
+            force=self.settings.virt_type,
+        )
+        record = {
+            "virt_type": result.virt_type,
+            "boot_s": result.boot_s,
+            "probe_s": round(self._clock() - started, 3),
+            "forced": result.forced,
+            "attempts": [asdict(attempt) for attempt in result.attempts],
+            "kernel": kernel,
+            "uri": self.settings.libvirt_uri,
+        }
+        if not result.forced:
+            _atomic_write_json(record_path, record)
+        return record
+
+    # --- instances ----------------------------------------------------------------------
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return self.instances_dir / str(uuid.UUID(instance_id))
+
+    def _qemu_writable_dir(self, path: Path) -> None:
+        """QEMU binds the control socket itself, as the qemu user."""
+        path.mkdir(mode=0o750, exist_ok=True)
+        try:
+            account = pwd.getpwnam(self.settings.qemu_user)
+        except KeyError:
+            path.chmod(0o777)
+            return
+        if os.geteuid() == 0:
+            os.chown(path, account.pw_uid, account.pw_gid)
+
+    def boot(self, spec: InstanceSpec, *, on_phase: Callable[[str], None] | None = None) -> BootResult:
+        instance_id = str(uuid.UUID(spec.instance_id))
+        directory = self.instance_dir(instance_id)
+        if (directory / INSTANCE_FILE).exists():
+            return self._resume_boot(instance_id)
+        if spec.memory_mib < self.settings.min_memory_mib:
+            raise InvalidSpec(f"memory must be at least {self.settings.min_memory_mib} MiB for the guest kernel")
+        if spec.vcpus < 1:
+            raise InvalidSpec("vcpus must be at least 1")
+        notify = on_phase or (lambda phase: None)
+        timings: dict[str, float] = {}
+
+        notify("pulling")
+        prepared = self.image_store.prepare(spec.image, credentials=spec.credentials, tls_verify=spec.tls_verify)
+        timings.update(prepared.timings_s)
+        argv = resolve_argv(
+            prepared.config, entrypoint=spec.entrypoint, command=spec.command, shell_command=spec.shell_command
+        )
+
+        notify("preparing")
+        started = self._clock()
+        initrd = self.initramfs()
+        kernel = self.boot_kernel()
+        virt_type = self.virt_type()
+        timings["initramfs"] = round(self._clock() - started, 4)
+
+        directory.mkdir(mode=0o755, parents=True)
+        try:
+            return self._start(spec, instance_id, directory, prepared, argv, kernel, initrd, virt_type, timings, notify)
+        except BaseException:
+            self._destroy_domain(instance_id)
+            raise
+
+    def _start(
+        self, spec, instance_id, directory, prepared: PreparedImage, argv, kernel, initrd, virt_type, timings, notify
+    ) -> BootResult:
+        name = spec.name or f"hvm-{instance_id[:8]}"
+        hostname = spec.hostname or name.replace("_", "-")[:63].strip("-") or "hypervm"
+        guest_config = GuestConfig(
+            hostname=hostname,
+            argv=argv,
+            env=merge_env(prepared.config.env, spec.env),
+            working_dir=spec.working_dir or prepared.config.working_dir or "/",
+            user=spec.user or prepared.config.user or "0:0",
+            rootfs_serial=ROOTFS_SERIAL,
+            rootfs_type=prepared.fs_type,
+            overlay_size_mib=self.settings.overlay_size_mib,
+            stop_grace_s=spec.stop_grace_s if spec.stop_grace_s is not None else self.settings.stop_grace_s,
+            network=USER_NET_GUEST if spec.ports else None,
+        )
+        config_disk = directory / "config.img"
+        write_config_disk(guest_config, config_disk)
+        config_disk.chmod(0o644)
+        control_dir = directory / "ctl"
+        self._qemu_writable_dir(control_dir)
+        (directory / GUEST_LOG).touch(mode=0o644)
+        _atomic_write_json(
+            directory / INSTANCE_FILE,
+            {
+                "instance_id": instance_id,
+                "name": name,
+                "image": spec.image,
+                "image_digest": prepared.manifest_digest,
+                "argv": list(argv),
+                "vcpus": spec.vcpus,
+                "memory_mib": spec.memory_mib,
+                "ports": [asdict(port) for port in spec.ports],
+                "virt_type": virt_type,
+                "created_at": time.time(),
+                "metadata": dict(spec.metadata),
+            },
+        )
+        domain = DomainSpec(
+            instance_id=instance_id,
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=KERNEL_CMDLINE,
+            vcpus=spec.vcpus,
+            memory_mib=spec.memory_mib,
+            console_log=directory / CONSOLE_LOG,
+            virt_type=virt_type,
+            cpu_quota_pct=spec.cpu_quota_pct,
+            disks=(
+                DiskSpec(path=prepared.fs_path, serial=ROOTFS_SERIAL, readonly=True),
+                DiskSpec(path=config_disk, serial=CONFIG_DISK_SERIAL, readonly=True),
+            ),
+            channels=(
+                ChannelSpec(name=LOG_PORT_NAME, path=directory / GUEST_LOG, kind="file"),
+                ChannelSpec(name=CONTROL_PORT_NAME, path=control_dir / "control.sock", kind="unix"),
+            ),
+            port_forwards=spec.ports,
+            metadata={"name": name, **{k: v for k, v in spec.metadata.items() if k != "instance"}},
+        )
+        notify("booting")
+        started = self._clock()
+        self.host.define_and_start(domain)
+        timings["define"] = round(self._clock() - started, 4)
+        self._wait_for_start(instance_id, directory, started, timings)
+        logger.info("runtime.booted", extra={"instance_id": instance_id, "timings": timings})
+        return BootResult(
+            instance_id=instance_id,
+            name=name,
+            domain_name=domain.domain_name,
+            image_digest=prepared.manifest_digest,
+            virt_type=virt_type,
+            timings_s=timings,
+            ports=spec.ports,
+            reused=False,
+        )
+
+    def _wait_for_start(self, instance_id: str, directory: Path, created_at: float, timings: dict) -> None:
+        """Until the init reports ``started``; records boot-to-init and init-to-exec."""
+        deadline = created_at + self.settings.boot_timeout_s
+        parser = GuestLogParser()
+        init_ms = None
+        errors: list[str] = []
+        with open(directory / GUEST_LOG, "rb") as log:
+            while True:
+                for record in parser.feed(log.read()):
+                    if not isinstance(record, GuestEvent):
+                        continue
+                    if record.name == "init" and "boot_to_init" not in timings:
+                        timings["boot_to_init"] = round(self._clock() - created_at, 4)
+                        init_ms = record.monotonic_ms
+                    elif record.name == "started":
+                        if init_ms is not None:
+                            timings["init_to_exec"] = round((record.monotonic_ms - init_ms) / 1000, 4)
+                        timings["boot_to_exec"] = round(self._clock() - created_at, 4)
+                        return
+                    elif record.name == "error":
+                        errors.append(record.value)
+                    elif record.name == "exit":
+                        self._destroy_domain(instance_id)
+                        reason = "; ".join(errors) or f"the guest exited with code {record.code} before the app started"
+                        raise BootFailed(reason, console_tail=self.console_tail(instance_id), exit_code=record.code)
+                if self._guest_state(instance_id) in STOPPED_STATES:
+                    for record in parser.feed(log.read()) + parser.close():
+                        if isinstance(record, GuestEvent) and record.name == "started":
+                            return
+                    raise BootFailed(
+                        "the VM stopped before the app started", console_tail=self.console_tail(instance_id)
+                    )
+                if self._clock() > deadline:
+                    self._destroy_domain(instance_id)
+                    raise BootFailed(
+                        f"the app did not start within {self.settings.boot_timeout_s:.0f} s",
+                        console_tail=self.console_tail(instance_id),
+                    )
+                time.sleep(0.02)
+
+    def _resume_boot(self, instance_id: str) -> BootResult:
+        """A boot re-delivered for an instance that exists: report it, never make a second VM."""
+        info = self._read_instance(instance_id)
+        directory = self.instance_dir(instance_id)
+        state = self._guest_state(instance_id)
+        timings: dict[str, float] = {}
+        if state not in STOPPED_STATES:
+            self._wait_for_start(instance_id, directory, self._clock(), timings)
+        return BootResult(
+            instance_id=instance_id,
+            name=info["name"],
+            domain_name=f"hvm-{instance_id}",
+            image_digest=info["image_digest"],
+            virt_type=info["virt_type"],
+            timings_s=timings,
+            ports=tuple(PortForward(**port) for port in info["ports"]),
+            reused=True,
+        )
+
+    def _read_instance(self, instance_id: str) -> dict:
+        try:
+            return json.loads((self.instance_dir(instance_id) / INSTANCE_FILE).read_text())
+        except FileNotFoundError:
+            raise InstanceNotFound(f"no instance {instance_id}") from None
+
+    def _guest_state(self, instance_id: str) -> GuestState:
+        guest = self.host.lookup(instance_id)
+        return GuestState.ABSENT if guest is None else guest.state
+
+    def _destroy_domain(self, instance_id: str) -> None:
+        try:
+            guest = self.host.lookup(instance_id)
+            if guest is not None:
+                guest.destroy()
+                guest.undefine()
+        except DriverError:
+            logger.warning("runtime.destroy_failed", extra={"instance_id": instance_id}, exc_info=True)
+
+    def stop(self, instance_id: str, *, timeout_s: float | None = None) -> InstanceStatus:
+        """SIGTERM to the app (through the init), SIGKILL after the grace, destroy after timeout_s."""
+        info = self._read_instance(instance_id)
+        directory = self.instance_dir(instance_id)
+        grace = timeout_s if timeout_s is not None else self.settings.stop_grace_s
+        if self._guest_state(instance_id) not in STOPPED_STATES:
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
+                    control.settimeout(5)
+                    control.connect(str(directory / "ctl" / "control.sock"))
+                    control.sendall(STOP_COMMAND)
+                deadline = self._clock() + grace + 5
+                while self._clock() < deadline and self._guest_state(instance_id) not in STOPPED_STATES:
+                    if self.status(instance_id).exit_code is not None:
+                        break
+                    time.sleep(0.05)
+            except OSError:
+                logger.warning("runtime.stop_channel_failed", extra={"instance_id": instance_id}, exc_info=True)
+            # The init powers off after "exit"; give it a moment, then make sure.
+            guest = self.host.lookup(instance_id)
+            if guest is not None:
+                guest.wait_until_stopped(timeout_s=3)
+        self._destroy_domain(instance_id)
+        logger.info("runtime.stopped", extra={"instance_id": instance_id, "instance_name": info["name"]})
+        return self.status(instance_id)
+
+    def remove(self, instance_id: str) -> None:
+        """Destroy the domain (if any) and delete the instance's files."""
+        self._destroy_domain(instance_id)
+        shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
+
+    def records(self, instance_id: str) -> list[GuestRecord]:
+        parser = GuestLogParser()
+        data = (self.instance_dir(instance_id) / GUEST_LOG).read_bytes()
+        return parser.feed(data) + parser.close()
+
+    def status(self, instance_id: str) -> InstanceStatus:
+        info = self._read_instance(instance_id)
+        exit_code = None
+        oom = False
+        started = False
+        errors = []
+        for record in self.records(instance_id):
+            if isinstance(record, GuestEvent):
+                if record.name == "exit":
+                    exit_code = record.code
+                elif record.name == "oom":
+                    oom = record.code == 1
+                elif record.name == "started":
+                    started = True
+                elif record.name == "error":
+                    errors.append(record.value)
+        guest_state = self._guest_state(instance_id)
+        if exit_code is not None:
+            state = "exited"
+        elif guest_state in STOPPED_STATES:
+            state = "lost"
+        else:
+            state = "running" if started else "booting"
+        return InstanceStatus(
+            instance_id=info["instance_id"],
+            name=info["name"],
+            image=info["image"],
+            state=state,
+            exit_code=exit_code,
+            oom=oom,
+            errors=tuple(errors),
+            ports=tuple(PortForward(**port) for port in info["ports"]),
+            created_at=info["created_at"],
+        )
+
+    def list_instances(self) -> list[InstanceStatus]:
+        statuses = []
+        for path in sorted(self.instances_dir.iterdir()):
+            if (path / INSTANCE_FILE).exists():
+                statuses.append(self.status(path.name))
+        return sorted(statuses, key=lambda status: status.created_at)
+
+    def find(self, name_or_id: str) -> str:
+        """An instance id from a name, a full id or a unique id prefix."""
+        matches = []
+        for path in self.instances_dir.iterdir():
+            if not (path / INSTANCE_FILE).exists():
+                continue
+            if path.name == name_or_id:
+                return path.name
+            info = json.loads((path / INSTANCE_FILE).read_text())
+            if info["name"] == name_or_id or path.name.startswith(name_or_id):
+                matches.append(path.name)
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise InstanceNotFound(f"no instance named {name_or_id!r}")
+        raise InstanceNotFound(f"{name_or_id!r} matches {len(matches)} instances; give more of the id")
+
+    def follow(self, instance_id: str, *, poll_s: float = 0.05, from_start: bool = True) -> Iterator[GuestRecord]:
+        """Every record, then new ones as the guest writes them, until its ``exit`` record or
+        until its domain is gone and the file is drained."""
+        path = self.instance_dir(instance_id) / GUEST_LOG
+        parser = GuestLogParser()
+        with open(path, "rb") as log:
+            if not from_start:
+                log.seek(0, os.SEEK_END)
+            while True:
+                chunk = log.read()
+                for record in parser.feed(chunk):
+                    yield record
+                    if isinstance(record, GuestEvent) and record.name == "exit":
+                        return
+                if not chunk and self._guest_state(instance_id) in STOPPED_STATES:
+                    yield from parser.feed(log.read())
+                    yield from parser.close()
+                    return
+                time.sleep(poll_s)
+
+    def console_tail(self, instance_id: str, *, max_bytes: int = CONSOLE_TAIL_BYTES) -> str:
+        path = self.instance_dir(instance_id) / CONSOLE_LOG
+        try:
+            with open(path, "rb") as console:
+                console.seek(max(0, path.stat().st_size - max_bytes))
+                return console.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+
+def output_lines(records: list[GuestRecord]) -> list[OutputLine]:
+    return [record for record in records if isinstance(record, OutputLine)]
+
+
+__all__ = [
+    "BootFailed",
+    "BootResult",
+    "HyperVMRuntime",
+    "ImageError",
+    "InstanceNotFound",
+    "InstanceSpec",
+    "InstanceStatus",
+    "InvalidSpec",
+    "NothingToRun",
+    "RuntimeSettings",
+]
