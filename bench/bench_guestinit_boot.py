@@ -87,9 +87,7 @@ def bench_guest_boot(*, repeats: int = 5, work_dir: Path | None = None) -> dict[
             figures[label] = {
                 "initramfs_bytes": image.stat().st_size,
                 "boot_to_init_ms": statistics.median(r.summary.init_ms for r in runs[label]),
-                "init_to_exec_ms": statistics.median(
-                    r.summary.init_to_exec_ms for r in runs[label]
-                ),
+                "init_to_exec_ms": statistics.median(r.summary.init_to_exec_ms for r in runs[label]),
                 "wall_s": statistics.median(r.wall_s for r in runs[label]),
             }
     return figures

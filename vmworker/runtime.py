@@ -10,7 +10,8 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   and ``BootFailed`` carries the guest's error and the console tail.
 - Each instance owns ``<state_dir>/instances/<uuid>/``: ``instance.json`` (what was asked),
   ``config.img``, ``guest.log`` (the log port, written by QEMU: app output and guest events,
-  the durable record that survives a worker restart), ``console.log`` and ``ctl/control.sock``.
+  the durable record that survives a worker restart) and ``console.log``; its control socket
+  is ``<socket_root>/<hash of state_dir>/<uuid>.sock`` (unix socket paths must stay short).
 - ``stop`` sends ``stop`` on the control port (the init SIGTERMs the app, SIGKILLs it after
   the grace), waits for the ``exit`` record, then destroys whatever is left.
 - ``status``, ``logs``, ``follow`` read the instance's files; nothing here needs the process
@@ -21,6 +22,7 @@ No Django here: plain dataclasses in and out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -104,6 +106,9 @@ class RuntimeSettings:
     stop_grace_s: int = 10
     min_memory_mib: int = 96  # the Debian cloud kernel does not start in 64 MiB
     qemu_user: str = "libvirt-qemu"
+    # Unix socket paths are limited to 107 bytes, which a state dir of any length can
+    # exceed: control sockets live under this short root instead (see control_socket()).
+    socket_root: Path = Path("/run/hypervm")
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,15 @@ class HyperVMRuntime:
     def instance_dir(self, instance_id: str) -> Path:
         return self.instances_dir / str(uuid.UUID(instance_id))
 
+    @property
+    def socket_dir(self) -> Path:
+        """Short, and derived from the state dir so that two runtimes never share one."""
+        digest = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
+        return Path(self.settings.socket_root) / digest
+
+    def control_socket(self, instance_id: str) -> Path:
+        return self.socket_dir / f"{uuid.UUID(instance_id)}.sock"
+
     def _qemu_writable_dir(self, path: Path) -> None:
         """QEMU binds the control socket itself, as the qemu user."""
         path.mkdir(mode=0o750, exist_ok=True)
@@ -349,8 +363,8 @@ class HyperVMRuntime:
         config_disk = directory / "config.img"
         write_config_disk(guest_config, config_disk)
         config_disk.chmod(0o644)
-        control_dir = directory / "ctl"
-        self._qemu_writable_dir(control_dir)
+        Path(self.settings.socket_root).mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._qemu_writable_dir(self.socket_dir)
         (directory / GUEST_LOG).touch(mode=0o644)
         _atomic_write_json(
             directory / INSTANCE_FILE,
@@ -384,7 +398,7 @@ class HyperVMRuntime:
             ),
             channels=(
                 ChannelSpec(name=LOG_PORT_NAME, path=directory / GUEST_LOG, kind="file"),
-                ChannelSpec(name=CONTROL_PORT_NAME, path=control_dir / "control.sock", kind="unix"),
+                ChannelSpec(name=CONTROL_PORT_NAME, path=self.control_socket(instance_id), kind="unix"),
             ),
             port_forwards=spec.ports,
             metadata={"name": name, **{k: v for k, v in spec.metadata.items() if k != "instance"}},
@@ -493,7 +507,7 @@ class HyperVMRuntime:
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
                     control.settimeout(5)
-                    control.connect(str(directory / "ctl" / "control.sock"))
+                    control.connect(str(self.control_socket(instance_id)))
                     control.sendall(STOP_COMMAND)
                 deadline = self._clock() + grace + 5
                 while self._clock() < deadline and self._guest_state(instance_id) not in STOPPED_STATES:
@@ -513,6 +527,7 @@ class HyperVMRuntime:
     def remove(self, instance_id: str) -> None:
         """Destroy the domain (if any) and delete the instance's files."""
         self._destroy_domain(instance_id)
+        self.control_socket(instance_id).unlink(missing_ok=True)
         shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
 
     def records(self, instance_id: str) -> list[GuestRecord]:
