@@ -501,7 +501,6 @@ class HyperVMRuntime:
     def stop(self, instance_id: str, *, timeout_s: float | None = None) -> InstanceStatus:
         """SIGTERM to the app (through the init), SIGKILL after the grace, destroy after timeout_s."""
         info = self._read_instance(instance_id)
-        directory = self.instance_dir(instance_id)
         grace = timeout_s if timeout_s is not None else self.settings.stop_grace_s
         if self._guest_state(instance_id) not in STOPPED_STATES:
             try:
