@@ -1,0 +1,67 @@
+from django.db import models
+
+
+class InstanceStatus(models.TextChoices):
+    STAGED = "staged"
+    PULLING = "pulling"
+    PREPARING = "preparing"
+    BOOTING = "booting"
+    RUNNING = "running"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    LOST = "lost"
+
+
+S = InstanceStatus
+# Allowed transitions: to-state -> the states it may come from. Every transition is a
+# compare-and-swap on this table, so a re-delivered task that finds the row already moved
+# on does nothing.
+INSTANCE_TRANSITIONS: dict[str, frozenset[str]] = {
+    S.PULLING: frozenset({S.STAGED}),
+    S.PREPARING: frozenset({S.STAGED, S.PULLING}),
+    S.BOOTING: frozenset({S.STAGED, S.PULLING, S.PREPARING}),
+    S.RUNNING: frozenset({S.BOOTING}),
+    S.HEALTHY: frozenset({S.RUNNING, S.UNHEALTHY}),
+    S.UNHEALTHY: frozenset({S.RUNNING, S.HEALTHY}),
+    S.STOPPING: frozenset({S.STAGED, S.PULLING, S.PREPARING, S.BOOTING, S.RUNNING, S.HEALTHY, S.UNHEALTHY}),
+    S.STOPPED: frozenset({S.STOPPING, S.RUNNING, S.HEALTHY, S.UNHEALTHY, S.BOOTING}),
+    S.FAILED: frozenset({S.STAGED, S.PULLING, S.PREPARING, S.BOOTING, S.RUNNING, S.HEALTHY, S.UNHEALTHY, S.STOPPING}),
+    S.LOST: frozenset({S.STAGED, S.PULLING, S.PREPARING, S.BOOTING, S.RUNNING, S.HEALTHY, S.UNHEALTHY, S.STOPPING}),
+}
+INSTANCE_ACTIVE = frozenset({S.STAGED, S.PULLING, S.PREPARING, S.BOOTING, S.RUNNING, S.HEALTHY, S.UNHEALTHY, S.STOPPING})
+INSTANCE_TERMINAL = frozenset({S.STOPPED, S.FAILED, S.LOST})
+INSTANCE_UP = frozenset({S.RUNNING, S.HEALTHY, S.UNHEALTHY})
+
+
+class DeploymentStatus(models.TextChoices):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class DeploymentKind(models.TextChoices):
+    START = "start"  # a new app: StartApplication, ScaleApplication
+    SCALE = "scale"  # only the count changes: ScaleApplication
+    RESTART = "restart"  # a config change or restart: rolling replacement, RestartApplication
+    STOP = "stop"  # app deletion: StopApplication
+
+
+class DeploymentAction(models.TextChoices):
+    START = "StartApplication"
+    STOP = "StopApplication"
+    SCALE = "ScaleApplication"
+    RESTART = "RestartApplication"
+
+
+class HostState(models.TextChoices):
+    UP = "up"
+    DOWN = "down"
+
+
+class VirtType(models.TextChoices):
+    KVM = "kvm"
+    QEMU = "qemu"

@@ -1,0 +1,7 @@
+from portal.models.app import App, AppVersion
+from portal.models.deployment import Deployment
+from portal.models.event import Event
+from portal.models.host import ComputeHost
+from portal.models.instance import Instance
+
+__all__ = ["App", "AppVersion", "ComputeHost", "Deployment", "Event", "Instance"]

@@ -1,0 +1,26 @@
+from django.db import models
+
+from portal.choices import HostState, VirtType
+
+
+class ComputeHost(models.Model):
+    """A compute host: one Celery worker bound to its own queue and its own libvirt URI.
+    Capacity is what the worker reported; what is claimed is summed from the live
+    instances placed on it, under this row's lock (see portal.scheduling)."""
+
+    name = models.CharField(max_length=128, unique=True)
+    queue = models.CharField(max_length=160, unique=True)
+    libvirt_uri = models.CharField(max_length=255)
+    vcpus = models.PositiveIntegerField()
+    memory_mib = models.PositiveIntegerField()
+    virt_type = models.CharField(max_length=8, choices=VirtType.choices)
+    probe_s = models.FloatField(null=True)
+    state = models.CharField(max_length=8, choices=HostState.choices, default=HostState.UP)
+    registered_at = models.DateTimeField(auto_now_add=True)
+    last_heartbeat_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
