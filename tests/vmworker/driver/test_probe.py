@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from vmworker.driver.designer import DesignPolicy
+from vmworker.driver.errors import DriverError
 from vmworker.driver.fake import FakeHost
 from vmworker.driver.host import Host
 from vmworker.driver.probe import KVM_DEVICE, PROBE_NAME_PREFIX, probe_virt_type
@@ -46,3 +49,20 @@ def test_the_probe_chooses_tcg_on_a_host_whose_kvm_cannot_boot(vm_workdir: Path,
     finally:
         host.close()
     print(f"probe: {result}")
+
+
+@pytest.mark.vm
+def test_a_kvm_attempt_that_hangs_is_timed_out_and_destroyed(vm_workdir: Path, guest_kernel: Path) -> None:
+    # With QEMU's default CPU model (no host-passthrough) KVM on these hosts hangs instead of aborting.
+    host = Host("qemu:///system", design_policy=DesignPolicy(kvm_cpu_mode=None))
+    try:
+        with pytest.raises(DriverError, match="kvm: "):
+            probe_virt_type(
+                host, kernel=guest_kernel, work_dir=vm_workdir / "probe-hang", timeout_s=5, candidates=("kvm",)
+            )
+
+        assert not [g for g in host.list_guests() if g.name.startswith(PROBE_NAME_PREFIX)]
+        leftover = subprocess.run(["pgrep", "-f", f"guest={PROBE_NAME_PREFIX}"], capture_output=True, text=True)
+        assert leftover.stdout == ""
+    finally:
+        host.close()
