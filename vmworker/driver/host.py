@@ -215,10 +215,19 @@ class Host:
         xml = config.to_xml()
 
         def create(connection: libvirt.virConnect) -> None:
-            if persistent:
-                connection.defineXML(xml).create()
-            else:
+            if not persistent:
                 connection.createXML(xml, 0)
+                return
+            domain = connection.defineXML(xml)
+            try:
+                domain.create()
+            except libvirt.libvirtError:
+                # Leave no shut-off definition behind: it would pass for a started instance.
+                try:
+                    domain.undefine()
+                except libvirt.libvirtError:
+                    logger.warning("driver.undefine_after_failed_start_failed", extra={"domain": config.name})
+                raise
 
         try:
             self._call(f"start domain {config.name}", create)
