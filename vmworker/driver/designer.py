@@ -13,8 +13,7 @@ Contract: ``design_domain(spec)`` returns a ``DomainConfig`` whose XML libvirt 9
 - the serial console is a ``<serial type='file' append='on'>``: libvirtd opens the per-instance
   log file and hands QEMU the descriptor, so QEMU itself appends to it; it keeps earlier boots,
   needs no worker process (libvirtd is not in the write path, so it survives a worker restart),
-  and is not rotated (a pty with
-  ``<log>`` would go through virtlogd, which rotates at 2 MiB).
+  and is not rotated (a pty with ``<log>`` would go through virtlogd, which rotates at 2 MiB).
 - disks are virtio-blk, read-only when asked, each with a ``<serial>`` the guest finds it by.
 - channels are virtio-serial ports: ``file`` (host reads what the guest appended) or ``unix``
   ``mode='bind'`` (libvirt listens, the host connects).
