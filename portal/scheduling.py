@@ -58,12 +58,13 @@ def _usage_by_host(host_ids: list[int]) -> dict[int, dict]:
     return {row["host_id"]: row for row in rows}
 
 
-def _ports_by_host(host_ids: list[int]) -> dict[int, set[int]]:
-    used: dict[int, set[int]] = {host_id: set() for host_id in host_ids}
-    for host_id, ports in Instance.objects.filter(host_id__in=host_ids, status__in=INSTANCE_ACTIVE).values_list(
-        "host_id", "host_ports"
-    ):
-        used[host_id].update(ports or [])
+def _ports_by_address(addresses: set[str]) -> dict[str, set[int]]:
+    """Ports in use per publish address: hosts on one machine share 127.0.0.1's ports."""
+    used: dict[str, set[int]] = {address: set() for address in addresses}
+    for address, ports in Instance.objects.filter(
+        host__publish_ip__in=addresses, status__in=INSTANCE_ACTIVE
+    ).values_list("host__publish_ip", "host_ports"):
+        used[address].update(ports or [])
     return used
 
 
@@ -95,7 +96,9 @@ def instance_place(request: PlacementRequest) -> Placement:
     if not hosts:
         raise NoValidHost("No compute host is up.")
     ids = [host.id for host in hosts]
-    usage, ports, app_counts = _usage_by_host(ids), _ports_by_host(ids), _app_count_by_host(request.app_id, ids)
+    usage, app_counts = _usage_by_host(ids), _app_count_by_host(request.app_id, ids)
+    used_ports = _ports_by_address({host.publish_ip for host in hosts})
+    ports = {host.id: used_ports[host.publish_ip] for host in hosts}
     reasons = []
     candidates = []
     for host in hosts:

@@ -51,7 +51,8 @@ def host_name() -> str | None:
 
 @cache
 def runtime() -> HyperVMRuntime:
-    state_dir = Path(os.environ.get("HYPERVM_STATE_DIR", settings.STATE_DIR / "hosts" / (host_name() or "local")))
+    # Not under the repo: QEMU runs as libvirt-qemu and must traverse every parent directory.
+    state_dir = Path(os.environ.get("HYPERVM_STATE_DIR", f"/var/lib/hypervm/hosts/{host_name() or 'local'}"))
     return HyperVMRuntime(
         RuntimeSettings(
             state_dir=state_dir,
@@ -73,6 +74,7 @@ def _register(name: str) -> None:
         memory_mib=capabilities.memory_mib,
         virt_type=probe["virt_type"],
         probe_s=probe.get("probe_s") or round(time.monotonic() - started, 3),
+        publish_ip=runtime().settings.publish_host_ip,
     )
 
 

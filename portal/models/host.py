@@ -11,6 +11,8 @@ class ComputeHost(models.Model):
     name = models.CharField(max_length=128, unique=True)
     queue = models.CharField(max_length=160, unique=True)
     libvirt_uri = models.CharField(max_length=255)
+    # Published ports listen here; hosts sharing an address (several on one machine) share its ports.
+    publish_ip = models.GenericIPAddressField(default="127.0.0.1")
     vcpus = models.PositiveIntegerField()
     memory_mib = models.PositiveIntegerField()
     virt_type = models.CharField(max_length=8, choices=VirtType.choices)

@@ -205,12 +205,20 @@ def app_converge(*, app_id: int) -> None:
                     break
 
         if deployment is not None:
-            done = not old and len(new) == n and all(_is_healthy(i, has_checks | _version_has_checks(new)) for i in new)
+            # Done when the old instances have really stopped, not just been asked to.
+            stopping = any(i.status == InstanceStatus.STOPPING for i in active)
+            done = (
+                not old
+                and not stopping
+                and len(new) == n
+                and all(_is_healthy(i, has_checks | _version_has_checks(new)) for i in new)
+            )
             deployment.progress = {
                 "target": n,
                 "new": len(new),
                 "old": len(old),
                 "new_healthy": sum(_is_healthy(i, has_checks | _version_has_checks(new)) for i in new),
+                "stopping": sum(i.status == InstanceStatus.STOPPING for i in active),
                 "note": progress_note,
             }
             if done:

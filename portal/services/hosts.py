@@ -21,13 +21,21 @@ def host_queue(name: str) -> str:
 
 
 def host_register(
-    *, name: str, libvirt_uri: str, vcpus: int, memory_mib: int, virt_type: str, probe_s: float | None
+    *,
+    name: str,
+    libvirt_uri: str,
+    vcpus: int,
+    memory_mib: int,
+    virt_type: str,
+    probe_s: float | None,
+    publish_ip: str = "127.0.0.1",
 ) -> ComputeHost:
     host, _ = ComputeHost.objects.update_or_create(
         name=name,
         defaults={
             "queue": host_queue(name),
             "libvirt_uri": libvirt_uri,
+            "publish_ip": publish_ip,
             "vcpus": vcpus,
             "memory_mib": memory_mib,
             "virt_type": virt_type,

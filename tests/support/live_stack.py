@@ -112,3 +112,102 @@ def live_stack(django_db_setup, django_db_blocker, celery_queue, tmp_path_factor
         _stop(worker)
         web_log.close()
         worker_log.close()
+
+
+@dataclass
+class HostWorker:
+    name: str
+    state_dir: Path
+    process: subprocess.Popen
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            _stop(self.process)
+
+
+@pytest.fixture(scope="session")
+def celery_beat(live_stack, tmp_path_factory):
+    """Celery beat on this session's queue: the reconciler runs every few seconds."""
+    log_dir = tmp_path_factory.mktemp("beat")
+    with open(log_dir / "beat.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "portal",
+                "beat",
+                "--schedule",
+                str(log_dir / "schedule"),
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=ROOT,
+            env=stack_env(live_stack.queue),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def compute_hosts(live_stack, celery_beat, tmp_path_factory):
+    """start(name) -> HostWorker: a Celery worker acting as one compute host (its own queue,
+    its own runtime state dir). All are stopped, and every VM they made destroyed, at the end."""
+    import shutil
+    import tempfile
+
+    from vmworker.runtime import HyperVMRuntime, RuntimeSettings
+
+    workers: list[HostWorker] = []
+    prefix = live_stack.queue
+
+    def start(name: str) -> HostWorker:
+        full_name = f"{prefix}-{name}"
+        state_dir = Path(tempfile.mkdtemp(prefix=f"hypervm-{full_name}-", dir="/var/tmp"))
+        state_dir.chmod(0o755)
+        log_path = live_stack.log_dir / f"host-{name}.log"
+        env = stack_env(live_stack.queue) | {"HYPERVM_HOST_NAME": full_name, "HYPERVM_STATE_DIR": str(state_dir)}
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "portal",
+                    "worker",
+                    "-Q",
+                    f"host.{full_name}",
+                    "-c",
+                    "3",
+                    "-n",
+                    f"{full_name}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--loglevel",
+                    "INFO",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        worker = HostWorker(name=full_name, state_dir=state_dir, process=process, log_path=log_path)
+        workers.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.stop()
+            runtime = HyperVMRuntime(RuntimeSettings(state_dir=worker.state_dir))
+            for status in runtime.list_instances():
+                runtime.remove(status.instance_id)
+            shutil.rmtree(worker.state_dir, ignore_errors=True)

@@ -1,0 +1,188 @@
+"""The deploy pipeline against the real stack: PostgreSQL, Redis, the web server, a portal
+Celery worker, Celery beat (the reconciler) and host workers booting real HyperVMs (TCG)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+from django.db import close_old_connections
+
+from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, HostState, InstanceStatus
+from portal.marathon import parse_app_definition
+from portal.models import App, ComputeHost, Deployment, Instance
+from portal.selectors import app_definition, app_get
+from portal.services.apps import app_create, app_delete, app_scale, app_update
+from tenants.access import tenant_access_resolve
+from tenants.choices import TenantRole
+from tenants.selectors import quota_usage
+from tenants.services import registry_create
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+WAIT_S = 150
+
+
+def wait_until(what: str, predicate, timeout_s: float = WAIT_S, poll_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        close_old_connections()
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            rows = list(Instance.objects.values_list("app__marathon_id", "status", "host__name", "failure_reason"))
+            raise AssertionError(f"timed out waiting for {what}; instances: {rows}")
+        time.sleep(poll_s)
+
+
+def active(app_marathon_id: str) -> list[Instance]:
+    return list(
+        Instance.objects.filter(app__marathon_id=app_marathon_id, status__in=INSTANCE_ACTIVE)
+        .select_related("host")
+        .order_by("created_at")
+    )
+
+
+def deployment_done(deployment) -> bool:
+    return Deployment.objects.get(pk=deployment.pk).status == DeploymentStatus.SUCCEEDED
+
+
+@pytest.fixture
+def access(tenant, member_of, registry, test_images):
+    owner = member_of(tenant, TenantRole.OWNER)
+    access = tenant_access_resolve(user=owner, slug=tenant.slug)
+    registry_create(
+        access=access,
+        name="local",
+        url=f"http://{registry.host_port}",
+        username=registry.username,
+        password=registry.password,
+        insecure=True,
+    )
+    return access
+
+
+@pytest.fixture
+def one_host(compute_hosts):
+    worker = compute_hosts("h1")
+    wait_until("host h1 registered", lambda: ComputeHost.objects.filter(name=worker.name).exists(), 60)
+    return worker
+
+
+def http_app(test_images, *, app_id="/web", instances=2, **extra) -> dict:
+    return {
+        "id": app_id,
+        "instances": instances,
+        "cpus": 0.5,
+        "mem": 128,
+        "container": {
+            "docker": {"image": test_images["httpd"].reference},
+            "portMappings": [{"containerPort": 8080, "hostPort": 0}],
+        },
+        "networks": [{"mode": "container/bridge"}],
+        "healthChecks": [
+            {
+                "protocol": "HTTP",
+                "path": "/",
+                "portIndex": 0,
+                "intervalSeconds": 1,
+                "timeoutSeconds": 2,
+                "gracePeriodSeconds": 60,
+                "maxConsecutiveFailures": 3,
+            }
+        ],
+        **extra,
+    }
+
+
+def test_deploy_roll_scale_and_delete(access, one_host, test_images):
+    deployment = app_create(access=access, definition=parse_app_definition(http_app(test_images)))
+    wait_until("2 healthy instances", lambda: deployment_done(deployment))
+    for instance in active("/web"):
+        assert instance.status == InstanceStatus.HEALTHY and instance.host.name == one_host.name
+        page = urllib.request.urlopen(f"http://127.0.0.1:{instance.host_ports[0]}/", timeout=5).read()
+        assert b"Hello from a HyperVM" in page
+        assert set(instance.timings_s) >= {"define", "boot_to_init", "init_to_exec"}
+
+    app = app_get(tenant=access.tenant, marathon_id="/web")
+    changed = dataclasses.replace(app_definition(app), env={"COLOR": "blue"})
+    rollout = app_update(access=access, app=app, definition=changed)
+    lowest_healthy = 2
+    while not deployment_done(rollout):
+        close_old_connections()
+        lowest_healthy = min(lowest_healthy, sum(i.status == InstanceStatus.HEALTHY for i in active("/web")))
+        assert time.monotonic() < time.monotonic() + WAIT_S
+        time.sleep(0.2)
+    assert lowest_healthy >= 2  # minimumHealthCapacity 1: never below 2 healthy
+    assert {i.version_id for i in active("/web")} == {
+        app_get(tenant=access.tenant, marathon_id="/web").current_version_id
+    }
+
+    scale_up = app_scale(access=access, app=app_get(tenant=access.tenant, marathon_id="/web"), instances=3)
+    wait_until("3 healthy", lambda: deployment_done(scale_up))
+    assert len(active("/web")) == 3
+    scale_down = app_scale(access=access, app=app_get(tenant=access.tenant, marathon_id="/web"), instances=1)
+    wait_until("1 left", lambda: deployment_done(scale_down) and len(active("/web")) == 1)
+
+    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/web"))
+    wait_until("app gone", lambda: not App.objects.filter(marathon_id="/web").exists())
+    assert all(value == 0 for value in quota_usage(tenant=access.tenant).values())
+    from vmworker.runtime import HyperVMRuntime, RuntimeSettings
+
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=one_host.state_dir))
+    assert [s for s in runtime.list_instances() if s.state in ("running", "booting")] == []
+
+
+def test_a_killed_vm_is_marked_and_replaced_with_backoff(access, one_host, test_images):
+    definition = parse_app_definition(http_app(test_images, app_id="/crashy", instances=1, backoffSeconds=2))
+    deployment = app_create(access=access, definition=definition)
+    wait_until("healthy", lambda: deployment_done(deployment))
+    victim = active("/crashy")[0]
+    from vmworker.runtime import HyperVMRuntime, RuntimeSettings
+
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=one_host.state_dir))
+    pid = runtime.host.lookup(str(victim.pk)).qemu_pid()
+    os.kill(pid, signal.SIGKILL)
+    lost = wait_until(
+        "the reconciler marks it", lambda: Instance.objects.filter(pk=victim.pk, status=InstanceStatus.LOST).first(), 60
+    )
+    assert "disappeared" in lost.failure_reason
+    app = App.objects.get(marathon_id="/crashy")
+    assert app.launch_failures == 1 and app.next_launch_at is not None
+    replacement = wait_until(
+        "a healthy replacement",
+        lambda: next((i for i in active("/crashy") if i.pk != victim.pk and i.status == InstanceStatus.HEALTHY), None),
+    )
+    assert replacement.created_at >= app.next_launch_at - __import__("datetime").timedelta(milliseconds=50)
+
+
+def test_instances_of_a_dead_host_are_rescheduled(access, compute_hosts, test_images, settings):
+    first, second = compute_hosts("a"), compute_hosts("b")
+    wait_until(
+        "two hosts",
+        lambda: ComputeHost.objects.filter(name__in=[first.name, second.name], state=HostState.UP).count() == 2,
+        60,
+    )
+    definition = parse_app_definition(
+        http_app(test_images, app_id="/spread", instances=2, constraints=[["hostname", "UNIQUE"]])
+    )
+    deployment = app_create(access=access, definition=definition)
+    wait_until("healthy on both", lambda: deployment_done(deployment))
+    assert {i.host.name for i in active("/spread")} == {first.name, second.name}
+    doomed = next(i for i in active("/spread") if i.host.name == first.name)
+    first.stop()
+    wait_until("lost", lambda: Instance.objects.filter(pk=doomed.pk, status=InstanceStatus.LOST).exists(), 60)
+    assert ComputeHost.objects.get(name=first.name).state == HostState.DOWN
+    # UNIQUE can no longer hold with one host: scale the constraint away so both fit on it.
+    app = app_get(tenant=access.tenant, marathon_id="/spread")
+    relaxed = dataclasses.replace(app_definition(app), constraints=())
+    rollout = app_update(access=access, app=app, definition=relaxed)
+    wait_until("rescheduled", lambda: deployment_done(rollout))
+    assert {i.host.name for i in active("/spread")} == {second.name}
+    assert len(active("/spread")) == 2
+    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/spread"))
+    wait_until("app gone", lambda: not App.objects.filter(marathon_id="/spread").exists())
