@@ -14,7 +14,7 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from portal.marathon import MarathonValidationError
 from tenants.access import RoleRequired, TenantNotFound
-from tenants.errors import DomainError
+from tenants.errors import DomainError, InvalidInput
 
 
 class MarathonApiError(Exception):
@@ -45,6 +45,12 @@ def marathon_error_body(exc: Exception) -> tuple[int, dict[str, object]] | None:
         return exc.status, {"message": exc.message, **exc.extra}
     if isinstance(exc, MarathonValidationError):
         return 422, exc.as_marathon_json()
+    if isinstance(exc, InvalidInput) and exc.field and exc.field.startswith("/"):
+        # A service refusing one field of the definition (a Marathon path): same shape as the parser's.
+        return 422, {
+            "message": MarathonValidationError.message,
+            "details": [{"path": exc.field, "errors": [exc.message]}],
+        }
     if isinstance(exc, DomainError):
         body: dict[str, object] = {"message": exc.message}
         deployment_ids = getattr(exc, "deployment_ids", None)
