@@ -10,3 +10,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.dev")
 app = Celery("portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The host side is not a Django app; its Celery glue is vmworker/tasks.py.
+app.autodiscover_tasks(["vmworker"])

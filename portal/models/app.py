@@ -11,7 +11,7 @@ class App(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="apps")
     marathon_id = models.CharField(max_length=255)
-    current_version = models.ForeignKey("AppVersion", on_delete=models.PROTECT, null=True, related_name="+")
+    current_version = models.ForeignKey("AppVersion", on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     deleting = models.BooleanField(default=False)
     last_scaling_at = models.DateTimeField(null=True)

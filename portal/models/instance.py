@@ -14,7 +14,7 @@ class Instance(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="instances")
     app = models.ForeignKey("App", on_delete=models.CASCADE, related_name="instances")
-    version = models.ForeignKey("AppVersion", on_delete=models.PROTECT, related_name="instances")
+    version = models.ForeignKey("AppVersion", on_delete=models.CASCADE, related_name="instances")
     deployment = models.ForeignKey("Deployment", on_delete=models.SET_NULL, null=True, related_name="instances")
     host = models.ForeignKey("ComputeHost", on_delete=models.PROTECT, null=True, related_name="instances")
     status = models.CharField(max_length=12, choices=InstanceStatus.choices, default=InstanceStatus.STAGED)

@@ -156,3 +156,19 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("PORTAL_LOG_LEVEL", "INFO")},
 }
+
+# Compute hosts and placement.
+HOST_HEARTBEAT_INTERVAL_S = float(os.environ.get("PORTAL_HOST_HEARTBEAT_INTERVAL_S", "3"))
+HOST_HEARTBEAT_EXPIRY_S = float(os.environ.get("PORTAL_HOST_HEARTBEAT_EXPIRY_S", "15"))
+CPU_ALLOCATION_RATIO = float(os.environ.get("PORTAL_CPU_ALLOCATION_RATIO", "8"))
+HOST_RESERVED_MEMORY_MIB = int(os.environ.get("PORTAL_HOST_RESERVED_MEMORY_MIB", "1024"))
+HOST_PORT_RANGE = (
+    int(os.environ.get("PORTAL_HOST_PORT_MIN", "20000")),
+    int(os.environ.get("PORTAL_HOST_PORT_MAX", "30000")),
+)
+RECONCILE_INTERVAL_S = float(os.environ.get("PORTAL_RECONCILE_INTERVAL_S", "2"))
+GUEST_MIN_MEMORY_MIB = 96  # the guest kernel does not start in less
+
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {"task": "portal.reconcile", "schedule": RECONCILE_INTERVAL_S, "options": {"expires": 10}},
+}

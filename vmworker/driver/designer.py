@@ -4,14 +4,16 @@ Contract: ``design_domain(spec)`` returns a ``DomainConfig`` whose XML libvirt 9
 ``qemu:///system`` (TCG or KVM). Decisions, and why:
 
 - machine ``pc`` (i440fx): under TCG with direct kernel boot it reaches the console sentinel as
-  fast as q35 (medians 3.13 vs 3.16 s PVH, 4.07 vs 4.20 s bzImage, 5 interleaved runs each,
-  bench/bench_driver_boot.py) and needs no PCIe root ports, so libvirt's slot assignment stays
-  simple (0x02 upwards on pci.0). ``microvm`` boots, but libvirt 9.0 cannot give it virtio-pci
+  fast as q35 or faster (medians of two runs of 5, bench/bench_driver_boot.py: bzImage 3.86-4.07
+  vs 4.20-4.26 s, PVH vmlinux 3.13-3.20 vs 3.16-3.42 s) and needs no PCIe root ports, so libvirt's
+  slot assignment stays simple (0x02 upwards on pci.0). ``microvm`` boots, but libvirt 9.0 cannot give it virtio-pci
   devices ("No PCI buses available"), so it is not an option.
 - direct kernel boot (kernel + initrd + cmdline); ``console=ttyS0`` and ``panic=-1`` are added
   when missing so a panicking guest reboots, which ``on_reboot=destroy`` turns into "gone".
-- the serial console is a ``<serial type='file' append='on'>``: the per-instance log is a plain
-  file written through virtlogd, it keeps earlier boots and survives a worker/libvirtd restart.
+- the serial console is a ``<serial type='file' append='on'>``: libvirtd opens the per-instance
+  log file and hands QEMU the descriptor, so QEMU itself appends to it; it keeps earlier boots,
+  needs no worker process (libvirtd is not in the write path, so it survives a worker restart),
+  and is not rotated (a pty with ``<log>`` would go through virtlogd, which rotates at 2 MiB).
 - disks are virtio-blk, read-only when asked, each with a ``<serial>`` the guest finds it by.
 - channels are virtio-serial ports: ``file`` (host reads what the guest appended) or ``unix``
   ``mode='bind'`` (libvirt listens, the host connects).

@@ -152,8 +152,8 @@ class FakeHost:
             paths += [disk.source_path for disk in config.devices_of(DiskConfig)]
             missing = [path for path in paths if path and not Path(path).exists()]
             if missing:
-                if not domain.persistent:
-                    del self._domains[config.uuid]
+                # Like Host.define_and_start: a definition that never started is removed again.
+                del self._domains[config.uuid]
                 raise DriverError(f"start domain {config.name}: cannot open {missing[0]}")
         domain.running = True
         self._emit(domain, "started")

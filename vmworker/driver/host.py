@@ -103,6 +103,7 @@ class Host:
         self._connection: libvirt.virConnect | None = None
         self._connection_lock = threading.RLock()
         self._lifecycle_callbacks: list[LifecycleCallback] = []
+        self._event_callback_id: int | None = None
 
     def __repr__(self) -> str:
         return f"Host({self.uri!r})"
@@ -132,7 +133,7 @@ class Host:
                 # The test driver has no keepalive; a local driver without it still works.
                 logger.debug("driver.keepalive_unsupported", extra={"uri": self.uri, "e": error})
             try:
-                connection.domainEventRegisterAny(
+                self._event_callback_id = connection.domainEventRegisterAny(
                     None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle_event, None
                 )
             except libvirt.libvirtError as error:
@@ -144,11 +145,19 @@ class Host:
     def _drop_connection(self) -> None:
         with self._connection_lock:
             connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                connection.close()
-            except libvirt.libvirtError:
-                pass
+            callback_id, self._event_callback_id = self._event_callback_id, None
+        if connection is None:
+            return
+        try:
+            if callback_id is not None:
+                # The registration holds a reference: without this the connection never closes.
+                connection.domainEventDeregisterAny(callback_id)
+        except libvirt.libvirtError:
+            pass  # a dropped connection has no registrations left to remove
+        try:
+            connection.close()
+        except libvirt.libvirtError:
+            pass
 
     def close(self) -> None:
         self._drop_connection()
@@ -206,10 +215,19 @@ class Host:
         xml = config.to_xml()
 
         def create(connection: libvirt.virConnect) -> None:
-            if persistent:
-                connection.defineXML(xml).create()
-            else:
+            if not persistent:
                 connection.createXML(xml, 0)
+                return
+            domain = connection.defineXML(xml)
+            try:
+                domain.create()
+            except libvirt.libvirtError:
+                # Leave no shut-off definition behind: it would pass for a started instance.
+                try:
+                    domain.undefine()
+                except libvirt.libvirtError:
+                    logger.warning("driver.undefine_after_failed_start_failed", extra={"domain": config.name})
+                raise
 
         try:
             self._call(f"start domain {config.name}", create)

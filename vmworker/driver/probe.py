@@ -46,6 +46,7 @@ class ProbeAttempt:
     succeeded: bool
     boot_s: float | None  # create call -> sentinel on the console
     reason: str
+    domain_name: str | None = None  # the probe domain booted (destroyed since), if any
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,15 @@ class ProbeResult:
     boot_s: float | None
     forced: bool
     attempts: tuple[ProbeAttempt, ...]
+
+
+class ProbeFailed(DriverError):
+    """No candidate booted the probe guest; ``attempts`` says why for each."""
+
+    def __init__(self, attempts: tuple[ProbeAttempt, ...]) -> None:
+        self.attempts = attempts
+        summary = "; ".join(f"{attempt.virt_type}: {attempt.reason}" for attempt in attempts)
+        super().__init__(f"no virt type could boot the probe guest ({summary})")
 
 
 def find_guest_kernel(pattern: str = DEFAULT_KERNEL_GLOB) -> Path:
@@ -104,8 +114,7 @@ def probe_virt_type(
         )
         if attempt.succeeded:
             return ProbeResult(virt_type=virt_type, boot_s=attempt.boot_s, forced=False, attempts=tuple(attempts))
-    summary = "; ".join(f"{a.virt_type}: {a.reason}" for a in attempts)
-    raise DriverError(f"no virt type could boot the probe guest ({summary})")
+    raise ProbeFailed(tuple(attempts))
 
 
 def _boot_probe_guest(
@@ -131,14 +140,15 @@ def _boot_probe_guest(
         guest = host.define_and_start(spec)
         boot_s = wait_for_console_text(console_log, DEFAULT_SENTINEL, timeout_s=timeout_s, until_stopped=guest)
         if boot_s is not None:
-            return ProbeAttempt(virt_type, True, boot_s, "sentinel seen on the console")
+            return ProbeAttempt(virt_type, True, boot_s, "sentinel seen on the console", spec.domain_name)
         if guest.state in STOPPED_STATES:
             reason = "guest stopped before the sentinel"
         else:
             reason = f"no sentinel within {timeout_s:g} s"
-        return ProbeAttempt(virt_type, False, None, reason + _diagnostics(console_log, spec.domain_name))
+        reason += _diagnostics(console_log, spec.domain_name)
+        return ProbeAttempt(virt_type, False, None, reason, spec.domain_name)
     except DriverError as error:
-        return ProbeAttempt(virt_type, False, None, f"{error}")
+        return ProbeAttempt(virt_type, False, None, f"{error}", spec.domain_name)
     finally:
         if guest is not None:
             guest.destroy()  # a hung KVM QEMU must not outlive its attempt

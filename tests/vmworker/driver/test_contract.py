@@ -24,7 +24,7 @@ from tests.vmworker.driver.backends import (
     make_backend,
 )
 from vmworker.driver.config import ChannelConfig, DiskConfig
-from vmworker.driver.errors import DomainExists, DomainNotFound
+from vmworker.driver.errors import DomainExists, DomainNotFound, DriverError
 from vmworker.driver.guest import GuestState
 from vmworker.driver.probe import wait_for_console_text
 from vmworker.driver.spec import PortForward
@@ -101,6 +101,18 @@ def test_our_uuid_held_by_a_domain_of_another_name_is_refused(backend: Backend) 
 
     with pytest.raises(DomainExists):
         backend.host.define_and_start(spec)
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["transient", "persistent"])
+def test_a_domain_that_cannot_start_leaves_nothing_behind(backend: Backend, persistent: bool) -> None:
+    if backend.kind == "test":
+        pytest.skip("libvirt's test driver starts domains without opening their kernel")
+    spec = backend.spec(kernel=backend.workdir / "no-such-vmlinuz")
+
+    with pytest.raises(DriverError, match="no-such-vmlinuz"):
+        backend.host.define_and_start(spec, persistent=persistent)
+
+    assert backend.host.lookup(spec.instance_id) is None
 
 
 def test_destroy_removes_a_transient_domain_and_is_idempotent(backend: Backend) -> None:

@@ -68,13 +68,14 @@ def test_lifecycle_events_arrive_for_our_domains(qemu_backend: Backend) -> None:
     events: list[tuple[str, str]] = []
     stopped = threading.Event()
 
+    spec = qemu_backend.spec()
+
     def record(instance_id: str, event: str) -> None:
         events.append((instance_id, event))
-        if event == "stopped":
+        if (instance_id, event) == (spec.instance_id, "stopped"):  # other VMs may run on this host
             stopped.set()
 
     qemu_backend.host.register_lifecycle_callback(record)
-    spec = qemu_backend.spec()
     guest = qemu_backend.host.define_and_start(spec)
     assert wait_for_console_text(spec.console_log, SENTINEL, timeout_s=30) is not None
 
@@ -82,5 +83,5 @@ def test_lifecycle_events_arrive_for_our_domains(qemu_backend: Backend) -> None:
 
     assert stopped.wait(timeout=10)
     ours = [event for instance_id, event in events if instance_id == spec.instance_id]
-    assert "started" in ours
-    assert ours[-1] == "stopped"
+    # libvirt may report "shutdown" after "stopped" when a domain is destroyed: no order asserted.
+    assert {"started", "stopped"} <= set(ours)

@@ -1,0 +1,125 @@
+"""Placement: filters then weighers over registered compute hosts (Nova's shape), with the
+capacity claimed under the host rows' locks so two placements never overbook one host.
+
+What a host has in use is summed from the live instances placed on it, so nothing drifts;
+published host ports are allocated per host from a range, avoiding those in use."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from portal.choices import INSTANCE_ACTIVE, HostState
+from portal.marathon.app_definition import Constraint
+from portal.models import ComputeHost, Instance
+from tenants.errors import DomainError
+
+
+class NoValidHost(DomainError):
+    status_code = 503
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    app_id: int
+    vcpus: int
+    memory_mib: int
+    host_ports: tuple[int, ...]  # one per published port, in order; 0 = allocate one
+    constraints: tuple[Constraint, ...]
+
+    @property
+    def fixed_host_ports(self) -> set[int]:
+        return {port for port in self.host_ports if port}
+
+
+@dataclass(frozen=True)
+class Placement:
+    host: ComputeHost
+    host_ports: tuple[int, ...]  # the request's ports with every 0 replaced by an allocated one
+
+
+def hosts_alive():
+    cutoff = timezone.now() - timedelta(seconds=settings.HOST_HEARTBEAT_EXPIRY_S)
+    return ComputeHost.objects.filter(state=HostState.UP, last_heartbeat_at__gte=cutoff)
+
+
+def _usage_by_host(host_ids: list[int]) -> dict[int, dict]:
+    rows = (
+        Instance.objects.filter(host_id__in=host_ids, status__in=INSTANCE_ACTIVE)
+        .values("host_id")
+        .annotate(vcpus=Sum("vcpus"), memory_mib=Sum("memory_mib"))
+    )
+    return {row["host_id"]: row for row in rows}
+
+
+def _ports_by_host(host_ids: list[int]) -> dict[int, set[int]]:
+    used: dict[int, set[int]] = {host_id: set() for host_id in host_ids}
+    for host_id, ports in Instance.objects.filter(host_id__in=host_ids, status__in=INSTANCE_ACTIVE).values_list(
+        "host_id", "host_ports"
+    ):
+        used[host_id].update(ports or [])
+    return used
+
+
+def _app_count_by_host(app_id: int, host_ids: list[int]) -> dict[int, int]:
+    rows = (
+        Instance.objects.filter(app_id=app_id, host_id__in=host_ids, status__in=INSTANCE_ACTIVE)
+        .values("host_id")
+        .annotate(n=Count("id"))
+    )
+    return {row["host_id"]: row["n"] for row in rows}
+
+
+def _constraints_allow(host: ComputeHost, constraints, app_instances_here: int) -> bool:
+    for constraint in constraints:
+        if constraint.operator == "UNIQUE" and app_instances_here > 0:
+            return False
+        if constraint.operator == "CLUSTER" and constraint.value and host.name != constraint.value:
+            return False
+        if constraint.operator == "MAX_PER" and app_instances_here >= int(constraint.value or 1):
+            return False
+    return True
+
+
+def instance_place(request: PlacementRequest) -> Placement:
+    """Must run in the caller's transaction: the chosen host's row stays locked until commit."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("instance_place must run inside transaction.atomic()")
+    hosts = list(hosts_alive().select_for_update().order_by("id"))
+    if not hosts:
+        raise NoValidHost("No compute host is up.")
+    ids = [host.id for host in hosts]
+    usage, ports, app_counts = _usage_by_host(ids), _ports_by_host(ids), _app_count_by_host(request.app_id, ids)
+    reasons = []
+    candidates = []
+    for host in hosts:
+        used = usage.get(host.id, {"vcpus": 0, "memory_mib": 0})
+        free_vcpus = math.floor(host.vcpus * settings.CPU_ALLOCATION_RATIO) - (used["vcpus"] or 0)
+        free_memory = host.memory_mib - settings.HOST_RESERVED_MEMORY_MIB - (used["memory_mib"] or 0)
+        if free_vcpus < request.vcpus or free_memory < request.memory_mib:
+            reasons.append(f"{host.name}: not enough capacity")
+            continue
+        if request.fixed_host_ports & ports[host.id]:
+            reasons.append(f"{host.name}: host port taken")
+            continue
+        if not _constraints_allow(host, request.constraints, app_counts.get(host.id, 0)):
+            reasons.append(f"{host.name}: constraints")
+            continue
+        candidates.append((free_memory / max(host.memory_mib, 1), host))
+    if not candidates:
+        raise NoValidHost("No host can take the instance (" + "; ".join(reasons) + ").")
+    host = max(candidates, key=lambda pair: (pair[0], -pair[1].id))[1]
+    taken = ports[host.id] | request.fixed_host_ports
+    first, last = settings.HOST_PORT_RANGE
+    free = (port for port in range(first, last) if port not in taken)
+    try:
+        host_ports = tuple(port or next(free) for port in request.host_ports)
+    except StopIteration:
+        raise NoValidHost(f"{host.name}: no free host ports left in {first}-{last}.") from None
+    return Placement(host=host, host_ports=host_ports)

@@ -1,0 +1,87 @@
+"""Reads of the deploy domain; every query is narrowed to a tenant first."""
+
+import uuid
+
+from django.db.models import QuerySet
+
+from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, InstanceStatus
+from portal.marathon import AppDefinition
+from portal.models import App, AppVersion, Deployment, Instance
+
+
+def app_list(
+    *, tenant, id_contains: str | None = None, cmd_contains: str | None = None, label: str | None = None
+) -> QuerySet[App]:
+    apps = App.objects.for_tenant(tenant).filter(deleting=False).select_related("current_version")
+    if id_contains:
+        apps = apps.filter(marathon_id__icontains=id_contains)
+    if cmd_contains:
+        apps = apps.filter(current_version__definition__app__cmd__icontains=cmd_contains)
+    if label:
+        key, sep, value = label.partition("==")
+        if not sep:
+            key, sep, value = label.partition("=")
+        key = key.strip()
+        lookup = (
+            {f"current_version__definition__app__labels__{key}": value.strip()}
+            if sep
+            else {"current_version__definition__app__labels__has_key": key}
+        )
+        apps = apps.filter(**lookup)
+    return apps
+
+
+def app_get(*, tenant, marathon_id: str) -> App | None:
+    return app_list(tenant=tenant).filter(marathon_id=marathon_id).first()
+
+
+def app_definition(app: App, version: AppVersion | None = None) -> AppDefinition:
+    return AppDefinition.from_stored((version or app.current_version).definition)
+
+
+def app_versions(app: App) -> QuerySet[AppVersion]:
+    return app.versions.order_by("-created_at", "-id")
+
+
+def instance_list(*, tenant, app: App | None = None, active_only: bool = True) -> QuerySet[Instance]:
+    instances = Instance.objects.for_tenant(tenant).select_related("app", "host", "version")
+    if app is not None:
+        instances = instances.filter(app=app)
+    if active_only:
+        instances = instances.filter(status__in=INSTANCE_ACTIVE)
+    return instances.order_by("created_at")
+
+
+def instance_by_task_id(*, tenant, task_id: str) -> Instance | None:
+    _, sep, tail = task_id.rpartition(".instance-")
+    try:
+        instance_id = uuid.UUID(tail) if sep else None
+    except ValueError:
+        return None
+    return instance_list(tenant=tenant, active_only=False).filter(pk=instance_id).first() if instance_id else None
+
+
+def deployment_list_running(*, tenant) -> QuerySet[Deployment]:
+    return Deployment.objects.for_tenant(tenant).filter(status=DeploymentStatus.RUNNING).order_by("created_at")
+
+
+def app_counts(app: App) -> dict:
+    instances = list(Instance.objects.filter(app=app, status__in=INSTANCE_ACTIVE).values_list("status", flat=True))
+    has_checks = bool(app_definition(app).health_checks) if app.current_version_id else False
+    return {
+        "staged": sum(
+            s in (InstanceStatus.STAGED, InstanceStatus.PULLING, InstanceStatus.PREPARING, InstanceStatus.BOOTING)
+            for s in instances
+        ),
+        "running": sum(
+            s in (InstanceStatus.RUNNING, InstanceStatus.HEALTHY, InstanceStatus.UNHEALTHY) for s in instances
+        ),
+        "healthy": sum(s == InstanceStatus.HEALTHY for s in instances) if has_checks else 0,
+        "unhealthy": sum(s == InstanceStatus.UNHEALTHY for s in instances) if has_checks else 0,
+    }
+
+
+def host_list():
+    from portal.models import ComputeHost
+
+    return ComputeHost.objects.all()

@@ -1,0 +1,275 @@
+"""The deployment engine: drives an app's live instances toward its current version.
+
+``app_converge`` is idempotent and cheap; it runs under the app row's lock after every
+instance change, after every API change and from the reconciler. It follows Marathon's
+TaskReplaceActor: with n target instances, ``minHealthy = ceil(n * minimumHealthCapacity)``
+healthy instances (old and new together) stay up at every moment and old + new never exceed
+``maxCapacity = floor(n * (1 + maximumOverCapacity))``; old instances go as new ones become
+healthy. A scale only changes the count (killSelection picks the victims). Failed launches
+are retried with Marathon's backoff (backoffSeconds * backoffFactor^k, capped)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, InstanceStatus
+from portal.events import event_publish, marathon_timestamp
+from portal.marathon import AppDefinition
+from portal.models import App, Deployment, Instance
+from portal.scheduling import NoValidHost, PlacementRequest, instance_place
+from portal.services.instances import CLAIM_KIND, instance_transition
+from tenants.errors import QuotaExceeded
+from tenants.services import ResourceRequest, quota_reserve
+
+logger = logging.getLogger(__name__)
+
+
+def instance_resources(definition: AppDefinition, min_memory_mib: int) -> tuple[int, int]:
+    """vCPUs (whole, at least 1) and memory MiB (at least what the guest kernel needs)."""
+    from django.conf import settings
+
+    return max(1, math.ceil(definition.cpus)), max(
+        int(math.ceil(definition.memory_mib)), min_memory_mib or settings.GUEST_MIN_MEMORY_MIB
+    )
+
+
+def requested_host_ports(definition: AppDefinition) -> tuple[int, ...]:
+    """One host port per published port: container port mappings with a hostPort (0 =
+    allocate) in bridge mode, every port definition in host mode (the app binds $PORTi)."""
+    from portal.marathon.app_definition import NetworkMode
+
+    if definition.network_mode is NetworkMode.HOST:
+        return tuple(
+            definition.port_definitions[i].port if definition.require_ports else 0
+            for i in range(len(definition.port_definitions))
+        )
+    mappings = definition.container.port_mappings if definition.container else ()
+    return tuple(mapping.host_port or 0 for mapping in mappings if mapping.host_port is not None)
+
+
+def _is_healthy(instance: Instance, has_checks: dict[int, bool]) -> bool:
+    if instance.status == InstanceStatus.HEALTHY:
+        return True
+    return instance.status == InstanceStatus.RUNNING and not has_checks[instance.version_id]
+
+
+def _version_has_checks(instances: list[Instance]) -> dict[int, bool]:
+    return {i.version_id: bool(AppDefinition.from_stored(i.version.definition).health_checks) for i in instances}
+
+
+def instance_stop(instance: Instance, *, reason: str = "") -> None:
+    """Ask the instance's host to stop it; an unplaced one is simply stopped."""
+    if instance.host_id is None:
+        instance_transition(instance_id=instance.pk, to=InstanceStatus.STOPPING)
+        instance_transition(instance_id=instance.pk, to=InstanceStatus.STOPPED, failure_reason=reason)
+        return
+    if instance_transition(instance_id=instance.pk, to=InstanceStatus.STOPPING) is not None:
+        from vmworker.tasks import stop_instance
+
+        queue = instance.host.queue
+        transaction.on_commit(lambda: stop_instance.apply_async(args=[str(instance.pk)], queue=queue))
+
+
+def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
+    try:
+        with transaction.atomic():
+            placement = instance_place(
+                PlacementRequest(
+                    app_id=instance.app_id,
+                    vcpus=instance.vcpus,
+                    memory_mib=instance.memory_mib,
+                    host_ports=requested_host_ports(definition),
+                    constraints=definition.constraints,
+                )
+            )
+            instance.host = placement.host
+            instance.host_ports = list(placement.host_ports)
+            instance.save(update_fields=["host", "host_ports", "updated_at"])
+    except NoValidHost as exc:
+        if instance.failure_reason != exc.message:
+            Instance.objects.filter(pk=instance.pk).update(failure_reason=exc.message)
+        return False
+    from vmworker.tasks import boot_instance
+
+    queue = placement.host.queue
+    transaction.on_commit(lambda: boot_instance.apply_async(args=[str(instance.pk)], queue=queue))
+    return True
+
+
+def instance_create(*, app: App, definition: AppDefinition, deployment: Deployment | None) -> Instance:
+    """A new staged instance with its quota claim, placed and its boot queued when a host fits.
+    Raises QuotaExceeded (nothing written)."""
+    vcpus, memory_mib = instance_resources(definition, 0)
+    with transaction.atomic():
+        instance = Instance.objects.create(
+            tenant=app.tenant,
+            app=app,
+            version=app.current_version,
+            deployment=deployment,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            phase_times={InstanceStatus.STAGED: timezone.now().isoformat()},
+        )
+        quota_reserve(
+            tenant=app.tenant,
+            owner_kind=CLAIM_KIND,
+            owner_id=str(instance.pk),
+            request=ResourceRequest(
+                vcpus=vcpus, memory_mib=memory_mib, instances=1, published_ports=len(requested_host_ports(definition))
+            ),
+        )
+    _place_and_boot(instance, definition)
+    return instance
+
+
+def _kill_order(instances: list[Instance], kill_selection: str, has_checks) -> list[Instance]:
+    """Not-yet-healthy first (killing them costs no capacity), then by killSelection."""
+    youngest_first = kill_selection != "OLDEST_FIRST"
+    return sorted(
+        instances,
+        key=lambda i: (
+            _is_healthy(i, has_checks),
+            -i.created_at.timestamp() if youngest_first else i.created_at.timestamp(),
+        ),
+    )
+
+
+def app_converge(*, app_id: int) -> None:
+    with transaction.atomic():
+        app = (
+            App.objects.select_for_update(of=("self",))
+            .select_related("tenant", "current_version")
+            .filter(pk=app_id)
+            .first()
+        )
+        if app is None:
+            return
+        deployment = app.deployments.filter(status=DeploymentStatus.RUNNING).order_by("-created_at").first()
+        active = list(
+            Instance.objects.select_related("version", "host", "tenant", "app")
+            .filter(app=app, status__in=INSTANCE_ACTIVE)
+            .order_by("created_at")
+        )
+        if app.deleting:
+            _converge_deleting(app, deployment, active)
+            return
+        definition = AppDefinition.from_stored(app.current_version.definition)
+        live = [i for i in active if i.status != InstanceStatus.STOPPING]
+        has_checks = _version_has_checks(live)
+        new = [i for i in live if i.version_id == app.current_version_id]
+        old = [i for i in live if i.version_id != app.current_version_id]
+        n = definition.instances
+        strategy = definition.upgrade_strategy
+        min_healthy = math.ceil(n * strategy.minimum_health_capacity)
+        max_capacity = max(n, math.floor(n * (1 + strategy.maximum_over_capacity)))
+
+        # Too many of the current version: scale down.
+        if len(new) > n:
+            for victim in _kill_order(new, definition.kill_selection, has_checks)[: len(new) - n]:
+                instance_stop(victim, reason="scaled down")
+                new.remove(victim)
+
+        # Old instances go while enough healthy ones remain (unhealthy old ones cost nothing).
+        killable = max(0, sum(_is_healthy(i, has_checks) for i in new + old) - min_healthy)
+        for victim in _kill_order(old, definition.kill_selection, has_checks):
+            if _is_healthy(victim, has_checks):
+                if killable == 0:
+                    continue
+                killable -= 1
+            instance_stop(victim, reason="replaced by a new version")
+            old.remove(victim)
+
+        # Unplaced staged instances: try placing them again.
+        for waiting in [i for i in new if i.host_id is None and i.status == InstanceStatus.STAGED]:
+            _place_and_boot(waiting, definition)
+
+        # Start new instances while capacity allows (and the launch backoff has passed).
+        room = max_capacity - (len(old) + len(new))
+        missing = n - len(new)
+        if missing > 0 and room <= 0 and min_healthy >= max_capacity and all(_is_healthy(i, has_checks) for i in new):
+            room = 1  # Marathon's special case: one extra so a full {1, 0} strategy can progress
+        progress_note = ""
+        if missing > 0 and app.next_launch_at and timezone.now() < app.next_launch_at:
+            progress_note = f"launch backoff until {marathon_timestamp(app.next_launch_at)}"
+        else:
+            for _ in range(max(0, min(room, missing))):
+                try:
+                    new.append(instance_create(app=app, definition=definition, deployment=deployment))
+                except QuotaExceeded as exc:
+                    progress_note = f"waiting for quota: {exc.message}"
+                    break
+
+        if deployment is not None:
+            done = not old and len(new) == n and all(_is_healthy(i, has_checks | _version_has_checks(new)) for i in new)
+            deployment.progress = {
+                "target": n,
+                "new": len(new),
+                "old": len(old),
+                "new_healthy": sum(_is_healthy(i, has_checks | _version_has_checks(new)) for i in new),
+                "note": progress_note,
+            }
+            if done:
+                _deployment_finish(deployment, DeploymentStatus.SUCCEEDED)
+            else:
+                deployment.save(update_fields=["progress"])
+
+
+def _converge_deleting(app: App, deployment: Deployment | None, active: list[Instance]) -> None:
+    for instance in active:
+        if instance.status != InstanceStatus.STOPPING:
+            instance_stop(instance, reason="app deleted")
+    if any(Instance.objects.filter(app=app, status__in=INSTANCE_ACTIVE)):
+        return
+    if deployment is not None:
+        _deployment_finish(deployment, DeploymentStatus.SUCCEEDED)
+    event_publish(tenant=app.tenant, kind="app_terminated_event", data={"appId": app.marathon_id})
+    app.delete()
+
+
+def _deployment_finish(deployment: Deployment, status: str, reason: str = "") -> None:
+    deployment.status = status
+    deployment.finished_at = timezone.now()
+    deployment.current_step = len(deployment.steps) or 1
+    deployment.failure_reason = reason
+    deployment.save()
+    kind = "deployment_success" if status == DeploymentStatus.SUCCEEDED else "deployment_failed"
+    event_publish(
+        tenant=deployment.tenant,
+        app=deployment.app,
+        kind=kind,
+        data={"id": str(deployment.pk), "plan": deployment_plan_json(deployment)},
+    )
+
+
+def deployment_plan_json(deployment: Deployment) -> dict:
+    empty_group = {"id": "/", "apps": [], "groups": [], "dependencies": [], "version": deployment.version}
+    return {
+        "id": str(deployment.pk),
+        "version": deployment.version,
+        "steps": deployment.steps,
+        "original": empty_group,
+        "target": empty_group,
+    }
+
+
+def app_record_launch_failure(*, app_id: int) -> None:
+    with transaction.atomic():
+        app = App.objects.select_for_update(of=("self",)).select_related("current_version").filter(pk=app_id).first()
+        if app is None or app.current_version is None:
+            return
+        definition = AppDefinition.from_stored(app.current_version.definition)
+        app.launch_failures += 1
+        delay_s = min(
+            definition.backoff_s * definition.backoff_factor ** (app.launch_failures - 1), definition.max_launch_delay_s
+        )
+        app.next_launch_at = timezone.now() + timedelta(seconds=delay_s)
+        app.save(update_fields=["launch_failures", "next_launch_at"])
+
+
+def app_record_launch_success(*, app_id: int) -> None:
+    App.objects.filter(pk=app_id, launch_failures__gt=0).update(launch_failures=0, next_launch_at=None)

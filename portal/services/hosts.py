@@ -1,0 +1,72 @@
+"""Compute hosts: registration and heartbeats (from each host's worker), expiry and the
+periodic reconcile (from beat)."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from portal.choices import INSTANCE_ACTIVE, HostState, InstanceStatus
+from portal.models import App, ComputeHost, Instance
+from portal.scheduling import hosts_alive
+from portal.services.instances import instance_transition
+
+logger = logging.getLogger(__name__)
+
+
+def host_queue(name: str) -> str:
+    return f"host.{name}"
+
+
+def host_register(
+    *, name: str, libvirt_uri: str, vcpus: int, memory_mib: int, virt_type: str, probe_s: float | None
+) -> ComputeHost:
+    host, _ = ComputeHost.objects.update_or_create(
+        name=name,
+        defaults={
+            "queue": host_queue(name),
+            "libvirt_uri": libvirt_uri,
+            "vcpus": vcpus,
+            "memory_mib": memory_mib,
+            "virt_type": virt_type,
+            "probe_s": probe_s,
+            "state": HostState.UP,
+            "last_heartbeat_at": timezone.now(),
+        },
+    )
+    logger.info("host.registered", extra={"host": name, "virt_type": virt_type})
+    return host
+
+
+def host_heartbeat(*, name: str) -> bool:
+    """False when the host's row is gone (e.g. removed by an admin): the worker registers again."""
+    return bool(ComputeHost.objects.filter(name=name).update(last_heartbeat_at=timezone.now(), state=HostState.UP))
+
+
+def hosts_expire() -> list[str]:
+    """Hosts whose heartbeat stopped go down; their instances are lost (and so replaced)."""
+    alive_ids = set(hosts_alive().values_list("id", flat=True))
+    expired = list(ComputeHost.objects.filter(state=HostState.UP).exclude(id__in=alive_ids))
+    for host in expired:
+        with transaction.atomic():
+            if ComputeHost.objects.filter(pk=host.pk, state=HostState.UP).update(state=HostState.DOWN) == 0:
+                continue
+        logger.warning("host.expired", extra={"host": host.name})
+        for instance_id in Instance.objects.filter(host=host, status__in=INSTANCE_ACTIVE).values_list("pk", flat=True):
+            instance_transition(
+                instance_id=instance_id, to=InstanceStatus.LOST, failure_reason=f"host {host.name} stopped heartbeating"
+            )
+    return [host.name for host in expired]
+
+
+def reconcile_all() -> None:
+    from portal.services.deployments import app_converge
+    from vmworker.tasks import reconcile_host
+
+    hosts_expire()
+    for app_id in App.objects.values_list("pk", flat=True):
+        app_converge(app_id=app_id)
+    for host in hosts_alive():
+        reconcile_host.apply_async(args=[host.name], queue=host.queue, expires=30)

@@ -1,0 +1,88 @@
+"""Instance state changes: compare-and-swap on portal.choices.INSTANCE_TRANSITIONS, the
+quota claim released when an instance ends, an event for every change (after commit)."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from portal.choices import INSTANCE_TERMINAL, INSTANCE_TRANSITIONS, InstanceStatus
+from portal.events import event_publish, marathon_timestamp
+from portal.models import Instance
+from tenants.services import claim_release
+
+logger = logging.getLogger(__name__)
+CLAIM_KIND = "instance"
+
+MARATHON_TASK_STATUS = {
+    InstanceStatus.STAGED: "TASK_STAGING",
+    InstanceStatus.PULLING: "TASK_STAGING",
+    InstanceStatus.PREPARING: "TASK_STAGING",
+    InstanceStatus.BOOTING: "TASK_STARTING",
+    InstanceStatus.RUNNING: "TASK_RUNNING",
+    InstanceStatus.HEALTHY: "TASK_RUNNING",
+    InstanceStatus.UNHEALTHY: "TASK_RUNNING",
+    InstanceStatus.STOPPING: "TASK_KILLING",
+    InstanceStatus.STOPPED: "TASK_KILLED",
+    InstanceStatus.FAILED: "TASK_FAILED",
+    InstanceStatus.LOST: "TASK_LOST",
+}
+
+
+def instance_transition(*, instance_id, to: str, **fields) -> Instance | None:
+    """Move the instance to ``to`` if its current status allows it; None (and nothing
+    written) when it does not: a re-delivered task or a late report is a no-op."""
+    allowed = INSTANCE_TRANSITIONS[to]
+    with transaction.atomic():
+        instance = (
+            Instance.objects.select_for_update(of=("self",))
+            .select_related("app", "tenant", "host", "version")
+            .filter(pk=instance_id, status__in=allowed)
+            .first()
+        )
+        if instance is None:
+            return None
+        now = timezone.now()
+        instance.phase_times = {**instance.phase_times, to: now.isoformat()}
+        instance.status = to
+        for name, value in fields.items():
+            setattr(instance, name, value)
+        instance.save()
+        if to in INSTANCE_TERMINAL:
+            claim_release(tenant=instance.tenant, owner_kind=CLAIM_KIND, owner_id=str(instance.pk))
+        _publish_status(instance, message=fields.get("failure_reason", ""))
+        transaction.on_commit(lambda: _after_change(instance.app_id))
+    logger.info("instance.transition", extra={"instance_id": str(instance_id), "status": to})
+    return instance
+
+
+def _publish_status(instance: Instance, *, message: str = "") -> None:
+    event_publish(
+        tenant=instance.tenant,
+        app=instance.app,
+        instance=instance,
+        kind="status_update_event",
+        data={
+            "slaveId": instance.host.name if instance.host else "",
+            "taskId": instance.task_id,
+            "taskStatus": MARATHON_TASK_STATUS[InstanceStatus(instance.status)],
+            "message": message,
+            "appId": instance.app.marathon_id,
+            "host": instance.host.name if instance.host else "",
+            "ipAddresses": [],
+            "ports": instance.host_ports,
+            "version": instance.version.version,
+            "status": instance.status,
+            "instanceId": str(instance.pk),
+            "phaseTimes": instance.phase_times,
+            "at": marathon_timestamp(),
+        },
+    )
+
+
+def _after_change(app_id: int) -> None:
+    from portal.tasks import converge_app
+
+    converge_app.delay(app_id)

@@ -1,0 +1,343 @@
+"""Celery entry points of a compute host: the only place where the ORM meets the runtime.
+
+A host's worker consumes its own queue (``host.<name>``) and is configured by environment:
+``HYPERVM_HOST_NAME`` (this host), ``HYPERVM_STATE_DIR``, ``HYPERVM_LIBVIRT_URI``,
+``HYPERVM_VIRT_TYPE`` (force kvm/qemu; default: boot probe). At start it registers the host
+(capacity, virt type) and heartbeats from a thread. Tasks take ids, load rows, call the runtime
+and move the instance through its state machine by compare-and-swap: a re-delivered task
+finds the row already moved on (or the runtime finds the domain it made) and does no harm.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutting_down
+from django.conf import settings
+from django.utils import timezone
+
+from portal.choices import INSTANCE_UP, InstanceStatus
+from portal.marathon import AppDefinition
+from portal.marathon.app_definition import HealthCheckProbe, NetworkMode
+from portal.models import Instance
+from portal.services.deployments import app_record_launch_failure, app_record_launch_success
+from portal.services.hosts import host_heartbeat, host_register
+from portal.services.instances import instance_transition
+from tenants.crypto import secret_decrypt
+from tenants.selectors import registry_for_image
+from vmworker.driver.errors import DriverError
+from vmworker.driver.spec import PortForward
+from vmworker.images.credentials import RegistryCredentials
+from vmworker.images.errors import ImageError
+from vmworker.runtime import HyperVMRuntime, InstanceNotFound, InstanceSpec, RuntimeFailure, RuntimeSettings
+
+logger = logging.getLogger(__name__)
+_heartbeat_stop = threading.Event()
+
+
+def host_name() -> str | None:
+    return os.environ.get("HYPERVM_HOST_NAME")
+
+
+@cache
+def runtime() -> HyperVMRuntime:
+    state_dir = Path(os.environ.get("HYPERVM_STATE_DIR", settings.STATE_DIR / "hosts" / (host_name() or "local")))
+    return HyperVMRuntime(
+        RuntimeSettings(
+            state_dir=state_dir,
+            libvirt_uri=os.environ.get("HYPERVM_LIBVIRT_URI", "qemu:///system"),
+            virt_type=os.environ.get("HYPERVM_VIRT_TYPE") or None,
+            publish_host_ip=os.environ.get("HYPERVM_PUBLISH_HOST_IP", "127.0.0.1"),
+        )
+    )
+
+
+def _register(name: str) -> None:
+    started = time.monotonic()
+    probe = runtime().probe()
+    capabilities = runtime().host.capabilities()
+    host_register(
+        name=name,
+        libvirt_uri=runtime().settings.libvirt_uri,
+        vcpus=capabilities.cpus,
+        memory_mib=capabilities.memory_mib,
+        virt_type=probe["virt_type"],
+        probe_s=probe.get("probe_s") or round(time.monotonic() - started, 3),
+    )
+
+
+@worker_ready.connect
+def register_this_host(sender=None, **kwargs) -> None:
+    name = host_name()
+    if not name:
+        return  # a portal-only worker
+    _register(name)
+    thread = threading.Thread(target=_heartbeat_loop, args=(name,), name="host-heartbeat", daemon=True)
+    thread.start()
+
+
+@worker_shutting_down.connect
+def stop_heartbeat(**kwargs) -> None:
+    _heartbeat_stop.set()
+
+
+def _heartbeat_loop(name: str) -> None:
+    from django.db import close_old_connections
+
+    while not _heartbeat_stop.wait(settings.HOST_HEARTBEAT_INTERVAL_S):
+        try:
+            if not host_heartbeat(name=name):
+                _register(name)
+        except Exception:
+            logger.warning("host.heartbeat_failed", extra={"host": name}, exc_info=True)
+        finally:
+            close_old_connections()
+
+
+def _credentials(instance: Instance, image: str) -> tuple[RegistryCredentials | None, bool]:
+    """The tenant's registry for the image's host: credentials decrypted here, in the worker
+    (they never travel through the broker), and whether TLS is verified."""
+    registry = registry_for_image(tenant=instance.tenant, image=image)
+    if registry is None:
+        return None, True
+    password = secret_decrypt(registry.password_encrypted) if registry.has_password else ""
+    credentials = RegistryCredentials(registry.username, password) if registry.username else None
+    return credentials, not registry.insecure
+
+
+def guest_ports(definition: AppDefinition, host_ports: list[int]) -> tuple[list[PortForward], dict[str, str]]:
+    """Host forwards and the $PORTi environment, Marathon style: host networking gives the app
+    its host ports to bind ($PORT0...); bridge mappings forward to the container port."""
+    ip = runtime().settings.publish_host_ip
+    env: dict[str, str] = {}
+    if definition.network_mode is NetworkMode.HOST:
+        guest = list(host_ports)
+    else:
+        mappings = [
+            m for m in (definition.container.port_mappings if definition.container else ()) if m.host_port is not None
+        ]
+        guest = [mapping.container_port or host_port for mapping, host_port in zip(mappings, host_ports, strict=True)]
+    for index, port in enumerate(guest):
+        env[f"PORT{index}"] = str(port)
+    if guest:
+        env["PORT"] = str(guest[0])
+        env["PORTS"] = ",".join(str(port) for port in guest)
+    forwards = [
+        PortForward(host_ip=ip, host_port=host_port, guest_port=guest_port)
+        for host_port, guest_port in zip(host_ports, guest, strict=True)
+    ]
+    return forwards, env
+
+
+def instance_spec(instance: Instance) -> InstanceSpec:
+    definition = AppDefinition.from_stored(instance.version.definition)
+    image = definition.container.docker.image
+    credentials, tls_verify = _credentials(instance, image)
+    forwards, port_env = guest_ports(definition, instance.host_ports)
+    return InstanceSpec(
+        image=image,
+        instance_id=str(instance.pk),
+        name=f"{instance.app.marathon_id.strip('/').replace('/', '-')}-{str(instance.pk)[:8]}",
+        credentials=credentials,
+        tls_verify=tls_verify,
+        shell_command=definition.cmd,
+        command=tuple(definition.args) if definition.args else None,
+        env={
+            **port_env,
+            "MARATHON_APP_ID": instance.app.marathon_id,
+            "MARATHON_APP_VERSION": instance.version.version,
+            "MESOS_TASK_ID": instance.task_id,
+            **dict(definition.env),
+        },
+        user=definition.user,
+        vcpus=instance.vcpus,
+        memory_mib=instance.memory_mib,
+        cpu_quota_pct=max(1, round(definition.cpus * 100 / instance.vcpus))
+        if definition.cpus < instance.vcpus
+        else None,
+        ports=tuple(forwards),
+        metadata={"tenant": instance.tenant.slug, "app": instance.app.marathon_id, "host": host_name() or ""},
+        stop_grace_s=definition.task_kill_grace_period_s,
+    )
+
+
+PHASE_TO_STATUS = {"preparing": InstanceStatus.PREPARING, "booting": InstanceStatus.BOOTING}
+
+
+@shared_task(name="vmworker.boot_instance", acks_late=True)
+def boot_instance(instance_id: str) -> None:
+    instance = Instance.objects.select_related("app", "version", "tenant", "host").filter(pk=instance_id).first()
+    if instance is None:
+        return
+    if instance_transition(instance_id=instance_id, to=InstanceStatus.PULLING) is None and instance.status not in (
+        InstanceStatus.PULLING,
+        InstanceStatus.PREPARING,
+        InstanceStatus.BOOTING,
+    ):
+        return  # already running, stopped or failed: a re-delivered task does nothing
+    try:
+        result = runtime().boot(
+            instance_spec(instance),
+            on_phase=lambda phase: (
+                phase in PHASE_TO_STATUS and instance_transition(instance_id=instance_id, to=PHASE_TO_STATUS[phase])
+            ),
+        )
+    except (ImageError, RuntimeFailure, DriverError) as exc:
+        tail = getattr(exc, "console_tail", "") or ""
+        logger.warning("instance.boot_failed", extra={"instance_id": instance_id, "reason": str(exc)})
+        instance_transition(
+            instance_id=instance_id,
+            to=InstanceStatus.FAILED,
+            failure_reason=str(exc)[:1000],
+            console_tail=tail[-4000:],
+            exit_code=getattr(exc, "exit_code", None),
+        )
+        app_record_launch_failure(app_id=instance.app_id)
+        return
+    instance_transition(instance_id=instance_id, to=InstanceStatus.BOOTING)  # when resumed from PULLING
+    if (
+        instance_transition(
+            instance_id=instance_id,
+            to=InstanceStatus.RUNNING,
+            timings_s=result.timings_s,
+            ip_address="10.0.2.15" if result.ports else "",
+        )
+        is not None
+    ):
+        app_record_launch_success(app_id=instance.app_id)
+
+
+@shared_task(name="vmworker.stop_instance", acks_late=True)
+def stop_instance(instance_id: str) -> None:
+    instance = Instance.objects.filter(pk=instance_id).first()
+    if instance is None:
+        return
+    exit_code = None
+    try:
+        exit_code = runtime().stop(instance_id).exit_code
+    except InstanceNotFound:
+        pass  # never booted on this host
+    instance_transition(instance_id=instance_id, to=InstanceStatus.STOPPED, exit_code=exit_code)
+
+
+@shared_task(name="vmworker.reconcile_host", acks_late=True)
+def reconcile_host(name: str) -> None:
+    """What libvirt and the instance files say, against what the database says; then health."""
+    if name != host_name():
+        return
+    for instance in Instance.objects.select_related("app", "version").filter(host__name=name, status__in=INSTANCE_UP):
+        try:
+            status = runtime().status(str(instance.pk))
+        except InstanceNotFound:
+            status = None
+        if status is None or status.state == "lost":
+            reason = "the VM disappeared (its QEMU process ended without an exit report)"
+            if instance_transition(
+                instance_id=instance.pk,
+                to=InstanceStatus.LOST,
+                failure_reason=reason,
+                console_tail=runtime().console_tail(str(instance.pk))[-4000:],
+            ):
+                app_record_launch_failure(app_id=instance.app_id)
+        elif status.state == "exited":
+            reason = f"the app exited with code {status.exit_code}" + (" (OOM)" if status.oom else "")
+            if instance_transition(
+                instance_id=instance.pk,
+                to=InstanceStatus.FAILED,
+                failure_reason=reason,
+                exit_code=status.exit_code,
+                oom_killed=status.oom,
+            ):
+                app_record_launch_failure(app_id=instance.app_id)
+        else:
+            _check_health(instance)
+    _destroy_orphans(name)
+
+
+def _destroy_orphans(name: str) -> None:
+    """Domains this host runs for instances the database says have ended."""
+    running = {s.instance_id for s in runtime().list_instances() if s.state in ("running", "booting")}
+    if not running:
+        return
+    ended = Instance.objects.filter(pk__in=running).exclude(
+        status__in=[
+            *INSTANCE_UP,
+            InstanceStatus.STAGED,
+            InstanceStatus.PULLING,
+            InstanceStatus.PREPARING,
+            InstanceStatus.BOOTING,
+            InstanceStatus.STOPPING,
+        ]
+    )
+    for instance_id in ended.values_list("pk", flat=True):
+        runtime().remove(str(instance_id))
+
+
+def _probe(check, host_port: int) -> tuple[bool, str]:
+    if check.probe is HealthCheckProbe.TCP:
+        try:
+            with socket.create_connection(("127.0.0.1", host_port), timeout=check.timeout_s):
+                return True, ""
+        except OSError as exc:
+            return False, f"TCP connect failed: {exc}"
+    scheme = "https" if check.probe is HealthCheckProbe.HTTPS else "http"
+    url = f"{scheme}://127.0.0.1:{host_port}{check.path or '/'}"
+    try:
+        with urllib.request.urlopen(url, timeout=check.timeout_s) as response:  # noqa: S310 (loopback only)
+            return 200 <= response.status < 400, f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return 200 <= exc.code < 400, f"HTTP {exc.code}"
+    except OSError as exc:
+        return False, f"HTTP request failed: {exc}"
+
+
+def _check_health(instance: Instance) -> None:
+    definition = AppDefinition.from_stored(instance.version.definition)
+    if not definition.health_checks:
+        return
+    now = timezone.now()
+    health = dict(instance.health)
+    last = health.get("lastCheckAt")
+    check = definition.health_checks[0]
+    if last and (now - datetime.fromisoformat(last)).total_seconds() < check.interval_s:
+        return
+    index = check.port_index or 0
+    port = check.port or (instance.host_ports[index] if index < len(instance.host_ports) else None)
+    if port is None:
+        return
+    alive, cause = _probe(check, port)
+    stamp = now.isoformat()
+    health["lastCheckAt"] = stamp
+    health["alive"] = alive
+    if alive:
+        health.setdefault("firstSuccess", stamp)
+        health["lastSuccess"] = stamp
+        health["consecutiveFailures"] = 0
+    else:
+        health["lastFailure"] = stamp
+        health["lastFailureCause"] = cause
+        running_since = datetime.fromisoformat(instance.phase_times.get(InstanceStatus.RUNNING, stamp))
+        in_grace = "firstSuccess" not in health and (now - running_since).total_seconds() < check.grace_period_s
+        if not in_grace:
+            health["consecutiveFailures"] = health.get("consecutiveFailures", 0) + 1
+    Instance.objects.filter(pk=instance.pk).update(health=health)
+    if alive:
+        instance_transition(instance_id=instance.pk, to=InstanceStatus.HEALTHY, health=health)
+    elif health.get("consecutiveFailures", 0):
+        instance_transition(instance_id=instance.pk, to=InstanceStatus.UNHEALTHY, health=health)
+        limit = check.max_consecutive_failures
+        if limit and health["consecutiveFailures"] >= limit:
+            from portal.services.deployments import instance_stop
+
+            instance.refresh_from_db()
+            instance_stop(instance, reason=f"unhealthy: {cause}")
