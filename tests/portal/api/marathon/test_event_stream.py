@@ -6,7 +6,7 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
+from django.db import connections
 
 from portal.api.marathon.event_stream import HEARTBEAT_FRAME, event_stream_frames
 from portal.models import Event
@@ -38,7 +38,7 @@ def collect(tenant, *, event_types=frozenset(), after_attach=(), count: int, kee
         while len(received) < count + (0 if keep_heartbeats else received.count(HEARTBEAT_FRAME)):
             received.append(await asyncio.wait_for(anext(frames), timeout=5))
         await frames.aclose()
-        await sync_to_async(connection.close)()  # the stream's thread holds its own connection
+        await sync_to_async(connections.close_all)()  # the stream's thread holds its own connection
         return received if keep_heartbeats else [frame for frame in received if frame != HEARTBEAT_FRAME]
 
     return asyncio.run(scenario())
