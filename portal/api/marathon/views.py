@@ -390,21 +390,14 @@ class TasksDeleteView(MarathonView):
         if not isinstance(task_ids, list) or not all(isinstance(task_id, str) for task_id in task_ids):
             raise MarathonValidationError([{"path": "/ids", "errors": ["must be an array of task id strings"]}])
         scale, force = kill_flags(request)
-        instances = [self._instance_or_skip(task_id) for task_id in task_ids]
-        instances_by_app: dict[int, list] = {}
-        for instance in instances:
-            if instance is not None and instance.status in INSTANCE_ACTIVE:
-                instances_by_app.setdefault(instance.app_id, []).append(instance)
-        with transaction.atomic():  # one kill per app; all of them or none
-            deployments = [
-                app_services.instance_kill(access=self.access, instances=app_instances, scale=scale, force=force)
-                for app_instances in instances_by_app.values()
-            ]
-        started = [deployment for deployment in deployments if deployment is not None]
-        if scale and started:
-            return deployment_response(started[-1])
-        killed = _reloaded([instance for app_instances in instances_by_app.values() for instance in app_instances])
-        return JsonResponse({"tasks": [self.renderer.task(instance) for instance in killed]})
+        found = [self._instance_or_skip(task_id) for task_id in task_ids]
+        instances = list(
+            {instance.pk: instance for instance in found if instance and instance.status in INSTANCE_ACTIVE}.values()
+        )
+        deployment = app_services.instance_kill(access=self.access, instances=instances, scale=scale, force=force)
+        if scale and deployment is not None:
+            return deployment_response(deployment)
+        return JsonResponse({"tasks": [self.renderer.task(instance) for instance in _reloaded(instances)]})
 
     def _instance_or_skip(self, task_id: str):
         """Unknown ids are skipped, as Marathon does; a malformed one is a 400."""
