@@ -10,5 +10,6 @@ urlpatterns = [
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("tenants.api.urls")),
+    path("", include("portal.api.marathon.urls")),  # Marathon clients append /v2/... to the root
     path("", include("tenants.urls")),
 ]
