@@ -160,29 +160,38 @@ def test_a_killed_vm_is_marked_and_replaced_with_backoff(access, one_host, test_
     assert replacement.created_at >= app.next_launch_at - __import__("datetime").timedelta(milliseconds=50)
 
 
-def test_instances_of_a_dead_host_are_rescheduled(access, compute_hosts, test_images, settings):
+def test_instances_of_a_dead_host_are_rescheduled(access, compute_hosts, test_images):
     first, second = compute_hosts("a"), compute_hosts("b")
     wait_until(
         "two hosts",
         lambda: ComputeHost.objects.filter(name__in=[first.name, second.name], state=HostState.UP).count() == 2,
         60,
     )
-    definition = parse_app_definition(
-        http_app(test_images, app_id="/spread", instances=2, constraints=[["hostname", "UNIQUE"]])
+    ComputeHost.objects.exclude(name__in=[first.name, second.name]).delete()  # hosts of earlier tests
+    deployment = app_create(
+        access=access, definition=parse_app_definition(http_app(test_images, app_id="/spread", instances=2))
     )
-    deployment = app_create(access=access, definition=definition)
-    wait_until("healthy on both", lambda: deployment_done(deployment))
-    assert {i.host.name for i in active("/spread")} == {first.name, second.name}
+    wait_until("healthy", lambda: deployment_done(deployment))
+    assert {i.host.name for i in active("/spread")} == {first.name, second.name}  # the weigher spreads them
     doomed = next(i for i in active("/spread") if i.host.name == first.name)
+
+    # The machine dies: its worker stops heartbeating and its VMs are gone with it.
     first.stop()
-    wait_until("lost", lambda: Instance.objects.filter(pk=doomed.pk, status=InstanceStatus.LOST).exists(), 60)
+    from vmworker.runtime import HyperVMRuntime, RuntimeSettings
+
+    dead = HyperVMRuntime(RuntimeSettings(state_dir=first.state_dir))
+    for status in dead.list_instances():
+        dead.remove(status.instance_id)
+
+    lost = wait_until("lost", lambda: Instance.objects.filter(pk=doomed.pk, status=InstanceStatus.LOST).first(), 60)
+    assert "stopped heartbeating" in lost.failure_reason
     assert ComputeHost.objects.get(name=first.name).state == HostState.DOWN
-    # UNIQUE can no longer hold with one host: scale the constraint away so both fit on it.
-    app = app_get(tenant=access.tenant, marathon_id="/spread")
-    relaxed = dataclasses.replace(app_definition(app), constraints=())
-    rollout = app_update(access=access, app=app, definition=relaxed)
-    wait_until("rescheduled", lambda: deployment_done(rollout))
-    assert {i.host.name for i in active("/spread")} == {second.name}
-    assert len(active("/spread")) == 2
+    wait_until(
+        "rescheduled on the live host",
+        lambda: (
+            len(active("/spread")) == 2
+            and all(i.status == InstanceStatus.HEALTHY and i.host.name == second.name for i in active("/spread"))
+        ),
+    )
     app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/spread"))
     wait_until("app gone", lambda: not App.objects.filter(marathon_id="/spread").exists())
