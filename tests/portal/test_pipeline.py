@@ -3,7 +3,6 @@ Celery worker, Celery beat (the reconciler) and host workers booting real HyperV
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -15,8 +14,8 @@ from django.db import close_old_connections
 from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, HostState, InstanceStatus
 from portal.marathon import parse_app_definition
 from portal.models import App, ComputeHost, Deployment, Instance
-from portal.selectors import app_definition, app_get
-from portal.services.apps import app_create, app_delete, app_scale, app_update
+from portal.selectors import app_get
+from portal.services.apps import app_create, app_delete
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.selectors import quota_usage
@@ -99,36 +98,62 @@ def http_app(test_images, *, app_id="/web", instances=2, **extra) -> dict:
     }
 
 
-def test_deploy_roll_scale_and_delete(access, one_host, test_images):
-    deployment = app_create(access=access, definition=parse_app_definition(http_app(test_images)))
-    wait_until("2 healthy instances", lambda: deployment_done(deployment))
-    for instance in active("/web"):
-        assert instance.status == InstanceStatus.HEALTHY and instance.host.name == one_host.name
-        page = urllib.request.urlopen(f"http://127.0.0.1:{instance.host_ports[0]}/", timeout=5).read()
+@pytest.fixture
+def marathon(live_stack, access):
+    """The real marathon-python client, with a token pinned to the test tenant."""
+    import collections
+    import collections.abc
+
+    collections.Iterable = collections.abc.Iterable  # API-NOTES pitfall 5 (Python >= 3.10)
+    from marathon import MarathonClient
+
+    from tenants.services import api_token_create
+
+    _, key = api_token_create(user=access.actor, name="marathon", tenant=access.tenant)
+    return MarathonClient(live_stack.url, auth_token=key, timeout=15)
+
+
+def test_marathon_client_deploys_rolls_scales_and_deletes(marathon, access, one_host, test_images):
+    from marathon.models import MarathonApp
+
+    marathon.create_app("/web", MarathonApp.from_json(http_app(test_images)))
+    wait_until(
+        "2 healthy instances",
+        lambda: (
+            len(marathon.get_app("/web").tasks) == 2
+            and marathon.get_app("/web").tasks_healthy == 2
+            and not marathon.list_deployments()
+        ),
+    )
+    for task in marathon.list_tasks("/web"):
+        assert task.host == one_host.name and task.state == "TASK_RUNNING"
+        page = urllib.request.urlopen(f"http://127.0.0.1:{task.ports[0]}/", timeout=5).read()
         assert b"Hello from a HyperVM" in page
+    for instance in active("/web"):
         assert set(instance.timings_s) >= {"define", "boot_to_init", "init_to_exec"}
 
-    app = app_get(tenant=access.tenant, marathon_id="/web")
-    changed = dataclasses.replace(app_definition(app), env={"COLOR": "blue"})
-    rollout = app_update(access=access, app=app, definition=changed)
+    app = marathon.get_app("/web")
+    app.env = {"COLOR": "blue"}
+    marathon.update_app("/web", app)
     lowest_healthy = 2
-    while not deployment_done(rollout):
+    deadline = time.monotonic() + WAIT_S
+    while marathon.list_deployments():
         close_old_connections()
         lowest_healthy = min(lowest_healthy, sum(i.status == InstanceStatus.HEALTHY for i in active("/web")))
-        assert time.monotonic() < time.monotonic() + WAIT_S
+        assert time.monotonic() < deadline, "the rolling update did not finish"
         time.sleep(0.2)
-    assert lowest_healthy >= 2  # minimumHealthCapacity 1: never below 2 healthy
-    assert {i.version_id for i in active("/web")} == {
-        app_get(tenant=access.tenant, marathon_id="/web").current_version_id
-    }
+    assert lowest_healthy >= 2  # minimumHealthCapacity 1 with 2 instances: never below 2 healthy
+    current = app_get(tenant=access.tenant, marathon_id="/web").current_version_id
+    assert {i.version_id for i in active("/web")} == {current}
+    assert {i.app.marathon_id for i in active("/web")} == {"/web"}
+    assert all(task.version == marathon.get_app("/web").version for task in marathon.list_tasks("/web"))
 
-    scale_up = app_scale(access=access, app=app_get(tenant=access.tenant, marathon_id="/web"), instances=3)
-    wait_until("3 healthy", lambda: deployment_done(scale_up))
-    assert len(active("/web")) == 3
-    scale_down = app_scale(access=access, app=app_get(tenant=access.tenant, marathon_id="/web"), instances=1)
-    wait_until("1 left", lambda: deployment_done(scale_down) and len(active("/web")) == 1)
+    marathon.scale_app("/web", instances=3)
+    wait_until("3 healthy", lambda: not marathon.list_deployments() and marathon.get_app("/web").tasks_healthy == 3)
+    marathon.scale_app("/web", instances=1)
+    wait_until("1 left", lambda: not marathon.list_deployments() and len(marathon.list_tasks("/web")) == 1)
 
-    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/web"))
+    marathon.delete_app("/web")
     wait_until("app gone", lambda: not App.objects.filter(marathon_id="/web").exists())
     assert all(value == 0 for value in quota_usage(tenant=access.tenant).values())
     from vmworker.runtime import HyperVMRuntime, RuntimeSettings
