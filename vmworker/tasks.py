@@ -30,7 +30,7 @@ from portal.choices import INSTANCE_UP, InstanceStatus
 from portal.marathon import AppDefinition
 from portal.marathon.app_definition import HealthCheckProbe, NetworkMode
 from portal.models import Instance
-from portal.services.deployments import app_record_launch_failure, app_record_launch_success
+from portal.services.deployments import app_record_launch_success
 from portal.services.hosts import host_heartbeat, host_register
 from portal.services.instances import instance_transition
 from tenants.crypto import secret_decrypt
@@ -200,11 +200,11 @@ def boot_instance(instance_id: str) -> None:
         instance_transition(
             instance_id=instance_id,
             to=InstanceStatus.FAILED,
+            launch_failed=True,
             failure_reason=str(exc)[:1000],
             console_tail=tail[-4000:],
             exit_code=getattr(exc, "exit_code", None),
         )
-        app_record_launch_failure(app_id=instance.app_id)
         return
     instance_transition(instance_id=instance_id, to=InstanceStatus.BOOTING)  # when resumed from PULLING
     if (
@@ -244,23 +244,23 @@ def reconcile_host(name: str) -> None:
             status = None
         if status is None or status.state == "lost":
             reason = "the VM disappeared (its QEMU process ended without an exit report)"
-            if instance_transition(
+            instance_transition(
                 instance_id=instance.pk,
                 to=InstanceStatus.LOST,
+                launch_failed=True,
                 failure_reason=reason,
                 console_tail=runtime().console_tail(str(instance.pk))[-4000:],
-            ):
-                app_record_launch_failure(app_id=instance.app_id)
+            )
         elif status.state == "exited":
             reason = f"the app exited with code {status.exit_code}" + (" (OOM)" if status.oom else "")
-            if instance_transition(
+            instance_transition(
                 instance_id=instance.pk,
                 to=InstanceStatus.FAILED,
+                launch_failed=True,
                 failure_reason=reason,
                 exit_code=status.exit_code,
                 oom_killed=status.oom,
-            ):
-                app_record_launch_failure(app_id=instance.app_id)
+            )
         else:
             _check_health(instance)
     _destroy_orphans(name)

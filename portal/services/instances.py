@@ -31,9 +31,11 @@ MARATHON_TASK_STATUS = {
 }
 
 
-def instance_transition(*, instance_id, to: str, **fields) -> Instance | None:
+def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **fields) -> Instance | None:
     """Move the instance to ``to`` if its current status allows it; None (and nothing
-    written) when it does not: a re-delivered task or a late report is a no-op."""
+    written) when it does not: a re-delivered task or a late report is a no-op.
+    ``launch_failed`` counts the end toward the app's launch backoff in the same transaction,
+    so the replacement the engine starts after commit already waits for it."""
     allowed = INSTANCE_TRANSITIONS[to]
     with transaction.atomic():
         instance = (
@@ -52,6 +54,10 @@ def instance_transition(*, instance_id, to: str, **fields) -> Instance | None:
         instance.save()
         if to in INSTANCE_TERMINAL:
             claim_release(tenant=instance.tenant, owner_kind=CLAIM_KIND, owner_id=str(instance.pk))
+        if launch_failed:
+            from portal.services.deployments import app_record_launch_failure
+
+            app_record_launch_failure(app_id=instance.app_id)
         _publish_status(instance, message=fields.get("failure_reason", ""))
         transaction.on_commit(lambda: _after_change(instance.app_id))
     logger.info("instance.transition", extra={"instance_id": str(instance_id), "status": to})

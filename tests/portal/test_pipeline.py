@@ -67,7 +67,8 @@ def access(tenant, member_of, registry, test_images):
 
 @pytest.fixture
 def one_host(compute_hosts):
-    worker = compute_hosts("h1")
+    compute_hosts.kill_all_but("h1")
+    worker = compute_hosts.start("h1")
     wait_until("host h1 registered", lambda: ComputeHost.objects.filter(name=worker.name).exists(), 60)
     return worker
 
@@ -186,13 +187,18 @@ def test_a_killed_vm_is_marked_and_replaced_with_backoff(access, one_host, test_
 
 
 def test_instances_of_a_dead_host_are_rescheduled(access, compute_hosts, test_images):
-    first, second = compute_hosts("a"), compute_hosts("b")
+    compute_hosts.kill_all_but("a", "b")
+    first, second = compute_hosts.start("a"), compute_hosts.start("b")
     wait_until(
         "two hosts",
         lambda: ComputeHost.objects.filter(name__in=[first.name, second.name], state=HostState.UP).count() == 2,
         60,
     )
-    ComputeHost.objects.exclude(name__in=[first.name, second.name]).delete()  # hosts of earlier tests
+    wait_until(
+        "earlier hosts down",
+        lambda: not ComputeHost.objects.exclude(name__in=[first.name, second.name]).filter(state=HostState.UP).exists(),
+        60,
+    )
     deployment = app_create(
         access=access, definition=parse_app_definition(http_app(test_images, app_id="/spread", instances=2))
     )
@@ -200,13 +206,7 @@ def test_instances_of_a_dead_host_are_rescheduled(access, compute_hosts, test_im
     assert {i.host.name for i in active("/spread")} == {first.name, second.name}  # the weigher spreads them
     doomed = next(i for i in active("/spread") if i.host.name == first.name)
 
-    # The machine dies: its worker stops heartbeating and its VMs are gone with it.
-    first.stop()
-    from vmworker.runtime import HyperVMRuntime, RuntimeSettings
-
-    dead = HyperVMRuntime(RuntimeSettings(state_dir=first.state_dir))
-    for status in dead.list_instances():
-        dead.remove(status.instance_id)
+    compute_hosts.kill_machine("a")
 
     lost = wait_until("lost", lambda: Instance.objects.filter(pk=doomed.pk, status=InstanceStatus.LOST).first(), 60)
     assert "stopped heartbeating" in lost.failure_reason

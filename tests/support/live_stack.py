@@ -155,24 +155,24 @@ def celery_beat(live_stack, tmp_path_factory):
         _stop(process)
 
 
-@pytest.fixture(scope="session")
-def compute_hosts(live_stack, celery_beat, tmp_path_factory):
-    """start(name) -> HostWorker: a Celery worker acting as one compute host (its own queue,
-    its own runtime state dir). All are stopped, and every VM they made destroyed, at the end."""
-    import shutil
-    import tempfile
+class HostPool:
+    """Celery workers acting as compute hosts, one per name (each with its own queue and
+    runtime state dir), all on this machine."""
 
-    from vmworker.runtime import HyperVMRuntime, RuntimeSettings
+    def __init__(self, live_stack):
+        self.live_stack = live_stack
+        self.workers: dict[str, HostWorker] = {}
 
-    workers: list[HostWorker] = []
-    prefix = live_stack.queue
+    def start(self, name: str) -> HostWorker:
+        import tempfile
 
-    def start(name: str) -> HostWorker:
-        full_name = f"{prefix}-{name}"
+        if name in self.workers and self.workers[name].process.poll() is None:
+            return self.workers[name]
+        full_name = f"{self.live_stack.queue}-{name}"
         state_dir = Path(tempfile.mkdtemp(prefix=f"hypervm-{full_name}-", dir="/var/tmp"))
         state_dir.chmod(0o755)
-        log_path = live_stack.log_dir / f"host-{name}.log"
-        env = stack_env(live_stack.queue) | {"HYPERVM_HOST_NAME": full_name, "HYPERVM_STATE_DIR": str(state_dir)}
+        log_path = self.live_stack.log_dir / f"host-{name}.log"
+        env = stack_env(self.live_stack.queue) | {"HYPERVM_HOST_NAME": full_name, "HYPERVM_STATE_DIR": str(state_dir)}
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 [
@@ -198,16 +198,37 @@ def compute_hosts(live_stack, celery_beat, tmp_path_factory):
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        worker = HostWorker(name=full_name, state_dir=state_dir, process=process, log_path=log_path)
-        workers.append(worker)
-        return worker
+        self.workers[name] = HostWorker(name=full_name, state_dir=state_dir, process=process, log_path=log_path)
+        return self.workers[name]
 
-    try:
-        yield start
-    finally:
-        for worker in workers:
-            worker.stop()
-            runtime = HyperVMRuntime(RuntimeSettings(state_dir=worker.state_dir))
-            for status in runtime.list_instances():
-                runtime.remove(status.instance_id)
+    def kill_machine(self, name: str) -> None:
+        """As if the machine died: its worker stops heartbeating and its VMs are gone."""
+        from vmworker.runtime import HyperVMRuntime, RuntimeSettings
+
+        worker = self.workers[name]
+        worker.stop()
+        runtime = HyperVMRuntime(RuntimeSettings(state_dir=worker.state_dir))
+        for status in runtime.list_instances():
+            runtime.remove(status.instance_id)
+
+    def kill_all_but(self, *keep: str) -> None:
+        for name, worker in self.workers.items():
+            if name not in keep and worker.process.poll() is None:
+                self.kill_machine(name)
+
+    def close(self) -> None:
+        import shutil
+
+        for name, worker in self.workers.items():
+            self.kill_machine(name)
             shutil.rmtree(worker.state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def compute_hosts(live_stack, celery_beat):
+    """A HostPool; every worker is stopped and every VM it made destroyed at the end."""
+    pool = HostPool(live_stack)
+    try:
+        yield pool
+    finally:
+        pool.close()
