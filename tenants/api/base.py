@@ -5,13 +5,12 @@ narrows the queryset to the tenant. Subclasses declare queryset, serializer_clas
 
 from rest_framework import viewsets
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.views import APIView
 
 from tenants.access import TenantAccess, tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.models import ApiToken
-
-READ_ACTIONS = {"list", "retrieve", "get", "head", "options", "metadata"}
 
 
 class TenantScopedMixin:
@@ -29,7 +28,7 @@ class TenantScopedMixin:
         self.access = tenant_access_resolve(user=request.user, slug=kwargs["tenant_slug"], token=token)
         action = self._action_name(request)
         needed = self.required_roles.get(
-            action, self.default_read_role if action in READ_ACTIONS else self.default_write_role
+            action, self.default_read_role if request.method in SAFE_METHODS else self.default_write_role
         )
         if not self.access.allows(needed):
             raise PermissionDenied(f"This needs the {needed} role in this tenant.")

@@ -1,6 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from portal.api import views as deploy_views
 from tenants.api import views
 
 router = SimpleRouter()
@@ -8,6 +9,9 @@ router.register("tenants", views.TenantViewSet, basename="tenant")
 router.register(r"tenants/(?P<tenant_slug>[^/.]+)/members", views.MembershipViewSet, basename="membership")
 router.register(r"tenants/(?P<tenant_slug>[^/.]+)/registries", views.ImageRegistryViewSet, basename="registry")
 router.register("tokens", views.ApiTokenViewSet, basename="token")
+router.register(r"tenants/(?P<tenant_slug>[^/.]+)/apps", deploy_views.AppViewSet, basename="app")
+router.register(r"tenants/(?P<tenant_slug>[^/.]+)/instances", deploy_views.InstanceViewSet, basename="instance")
+router.register(r"tenants/(?P<tenant_slug>[^/.]+)/deployments", deploy_views.DeploymentViewSet, basename="deployment")
 
 urlpatterns = [
     path("tenants/<str:tenant_slug>/quota/", views.QuotaView.as_view(), name="quota"),

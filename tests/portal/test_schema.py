@@ -13,6 +13,10 @@ def test_openapi_schema_lists_the_tenant_endpoints(client, platform_admin):
         "/api/v1/tenants/{tenant_slug}/quota/",
         "/api/v1/tenants/{tenant_slug}/registries/{id}/check/",
         "/api/v1/tokens/",
+        "/api/v1/tenants/{tenant_slug}/apps/",
+        "/api/v1/tenants/{tenant_slug}/apps/{id}/scale/",
+        "/api/v1/tenants/{tenant_slug}/instances/",
+        "/api/v1/tenants/{tenant_slug}/deployments/{id}/",
     ):
         assert path in paths
 

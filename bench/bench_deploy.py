@@ -1,0 +1,200 @@
+"""Benchmark of issue 4: the portal's deploy overhead, and 20 apps deployed at once.
+
+Not a test: prints figures. Uses the dev database (a throw-away tenant, removed at the end),
+its own registry on 127.0.0.1, one compute-host worker (portal + host queue) and beat.
+
+1. baseline: the runtime alone boots the HTTP image with a published port (warm image cache)
+   until the page answers; portal: a Marathon definition through ``app_create`` until the page
+   answers on the allocated host port (warm cache on that host). Ratio portal / runtime
+   (target <= 1.15x), medians over the repeats.
+2. 20 one-instance apps submitted at once -> all running; total vs one app (target <= 3x on
+   these 2 cores).
+
+    python -m bench.bench_deploy [--repeats 3] [--apps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.dev")
+# 20 one-vCPU VMs on a 2-core host: allow that much overcommit (TCG guests mostly idle once up).
+os.environ.setdefault("PORTAL_CPU_ALLOCATION_RATIO", "16")
+django.setup()
+
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.db import close_old_connections  # noqa: E402
+
+from portal.choices import INSTANCE_ACTIVE, InstanceStatus  # noqa: E402
+from portal.marathon import parse_app_definition  # noqa: E402
+from portal.models import App, ComputeHost, Instance  # noqa: E402
+from portal.services.apps import app_create, app_delete  # noqa: E402
+from tenants.access import tenant_access_resolve  # noqa: E402
+from tenants.models import Quota, Tenant  # noqa: E402
+from tenants.services import registry_create, tenant_create  # noqa: E402
+from tests.support.oci_images import HTTPD, build_and_push  # noqa: E402
+from tests.support.registry import start_registry, stop_registry  # noqa: E402
+from vmworker.driver.spec import PortForward  # noqa: E402
+from vmworker.images import RegistryCredentials  # noqa: E402
+from vmworker.runtime import HyperVMRuntime, InstanceSpec, RuntimeSettings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 600
+
+
+def wait_page(port: int, started: float) -> float:
+    while time.monotonic() - started < TIMEOUT_S:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
+            return time.monotonic() - started
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing answered on {port}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_json(image: str, app_id: str) -> dict:
+    return {"id": app_id, "instances": 1, "cpus": 0.1, "mem": 128,
+            "container": {"docker": {"image": image}, "portMappings": [{"containerPort": 8080, "hostPort": 0}]},
+            "networks": [{"mode": "container/bridge"}]}
+
+
+def deploy_until_page(access, image: str, app_id: str) -> float:
+    started = time.monotonic()
+    app_create(access=access, definition=parse_app_definition(app_json(image, app_id)))
+    instance = Instance.objects.filter(app__marathon_id=app_id, app__tenant=access.tenant).first()
+    return wait_page(instance.host_ports[0], started)
+
+
+def delete_all(access) -> None:
+    for app in App.objects.filter(tenant=access.tenant, deleting=False):
+        app_delete(access=access, app=app, force=True)
+    deadline = time.monotonic() + TIMEOUT_S
+    while App.objects.filter(tenant=access.tenant).exists() and time.monotonic() < deadline:
+        close_old_connections()
+        time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--apps", type=int, default=20)
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="hypervm-bench-deploy-", dir="/var/tmp"))
+    scratch.chmod(0o755)
+    registry = start_registry(scratch / "registry")
+    processes: list[subprocess.Popen] = []
+    name = f"bench-{uuid.uuid4().hex[:6]}"
+    admin = get_user_model().objects.filter(is_staff=True).first() or get_user_model().objects.create(
+        username=name, is_staff=True)
+    tenant = tenant_create(actor=admin, slug=name, name="Benchmark", owner=admin)
+    Quota.objects.filter(tenant=tenant).update(instances=100, vcpus=400, memory_mib=100 * 1024, published_ports=100)
+    access = tenant_access_resolve(user=admin, slug=tenant.slug)
+    try:
+        authfile = registry.write_authfile(scratch / "auth.json")
+        image = build_and_push(HTTPD, cache_dir=scratch / "layouts", registry=registry.host_port,
+                               authfile=authfile).reference
+        registry_create(access=access, name="bench", url=f"http://{registry.host_port}", username=registry.username,
+                        password=registry.password, insecure=True)
+        credentials = RegistryCredentials(registry.username, registry.password)
+
+        queue = f"bench-{name}"
+        host_dir = scratch / "host"
+        env = os.environ | {"DJANGO_SETTINGS_MODULE": "portal.settings.dev", "PORTAL_CELERY_QUEUE": queue,
+                            "HYPERVM_HOST_NAME": name, "HYPERVM_STATE_DIR": str(host_dir)}
+        log = open(scratch / "worker.log", "wb")  # noqa: SIM115
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", f"{queue},host.{name}", "-c", "8",
+             "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "portal", "beat", "--schedule", str(scratch / "beat")],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        os.environ["PORTAL_CELERY_QUEUE"] = queue
+        from django.conf import settings
+
+        settings.CELERY_TASK_DEFAULT_QUEUE = queue
+        from portal.celery import app as celery_app
+
+        celery_app.conf.task_default_queue = queue
+        deadline = time.monotonic() + 120
+        while not ComputeHost.objects.filter(name=name).exists():
+            assert time.monotonic() < deadline, "the host worker did not register"
+            time.sleep(0.5)
+        ComputeHost.objects.exclude(name=name).update(state="down")  # place only on the bench host
+
+        runtime = HyperVMRuntime(RuntimeSettings(state_dir=scratch / "runtime"))
+        deploy_until_page(access, image, "/warm")  # warms the host's image cache and probe
+        delete_all(access)
+        baseline, portal = [], []
+        for index in range(args.repeats + 1):
+            port = free_port()
+            spec = InstanceSpec(image=image, credentials=credentials, tls_verify=False,
+                                ports=(PortForward("127.0.0.1", port, 8080),))
+            started = time.monotonic()
+            runtime.boot(spec)
+            elapsed = wait_page(port, started)
+            runtime.remove(spec.instance_id)
+            portal_s = deploy_until_page(access, image, f"/single-{index}")
+            delete_all(access)
+            if index:  # the first pair warms the runtime's own cache
+                baseline.append(elapsed)
+                portal.append(portal_s)
+
+        started = time.monotonic()
+        for index in range(args.apps):
+            app_create(access=access, definition=parse_app_definition(app_json(image, f"/many-{index}")))
+        while Instance.objects.filter(app__tenant=tenant, status__in=INSTANCE_ACTIVE).exclude(
+                status__in=[InstanceStatus.RUNNING, InstanceStatus.HEALTHY]).exists():
+            close_old_connections()
+            assert time.monotonic() - started < TIMEOUT_S, "the apps did not all start"
+            time.sleep(0.2)
+        many_s = time.monotonic() - started
+        failed = Instance.objects.filter(app__tenant=tenant, status=InstanceStatus.FAILED).count()
+        delete_all(access)
+
+        runtime_median, portal_median = statistics.median(baseline), statistics.median(portal)
+        print(f"deploy -> page answers: portal {portal_median:.2f} s vs runtime {runtime_median:.2f} s "
+              f"= {portal_median / runtime_median:.3f}x (target <= 1.15x); runs portal {portal} runtime {baseline}")
+        print(f"{args.apps} apps at once -> all running: {many_s:.1f} s = {many_s / portal_median:.2f}x one app "
+              f"(target <= 3x on 2 cores); failed launches: {failed}")
+    finally:
+        for process in processes:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for state_dir in (scratch / "host", scratch / "runtime"):
+            if state_dir.exists():
+                leftover = HyperVMRuntime(RuntimeSettings(state_dir=state_dir))
+                for status in leftover.list_instances():
+                    leftover.remove(status.instance_id)
+        Tenant.objects.filter(pk=tenant.pk).delete()
+        ComputeHost.objects.filter(name=name).delete()
+        stop_registry(registry)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

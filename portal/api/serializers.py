@@ -1,0 +1,93 @@
+"""Native /api/v1 shapes of the deploy domain (serializers shape only; rules are services)."""
+
+from rest_framework import serializers
+
+from portal.models import App, AppVersion, Deployment, Instance
+from portal.selectors import app_counts, app_definition
+
+
+class InstanceSerializer(serializers.ModelSerializer):
+    app = serializers.CharField(source="app.marathon_id", read_only=True)
+    host = serializers.CharField(source="host.name", read_only=True, default=None)
+    version = serializers.CharField(source="version.version", read_only=True)
+    task_id = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Instance
+        fields = [
+            "id",
+            "task_id",
+            "app",
+            "version",
+            "status",
+            "host",
+            "host_ports",
+            "vcpus",
+            "memory_mib",
+            "exit_code",
+            "oom_killed",
+            "failure_reason",
+            "phase_times",
+            "timings_s",
+            "health",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class AppSerializer(serializers.ModelSerializer):
+    version = serializers.CharField(source="current_version.version", read_only=True)
+    definition = serializers.SerializerMethodField()
+    counts = serializers.SerializerMethodField()
+
+    class Meta:
+        model = App
+        fields = [
+            "id",
+            "marathon_id",
+            "version",
+            "definition",
+            "counts",
+            "created_at",
+            "last_scaling_at",
+            "last_config_change_at",
+        ]
+        read_only_fields = fields
+
+    def get_definition(self, app) -> dict:
+        return app_definition(app).to_marathon_json()
+
+    def get_counts(self, app) -> dict:
+        return app_counts(app)
+
+
+class AppVersionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AppVersion
+        fields = ["version", "created_at", "definition"]
+        read_only_fields = fields
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Deployment
+        fields = [
+            "id",
+            "app_marathon_id",
+            "version",
+            "kind",
+            "status",
+            "steps",
+            "current_step",
+            "progress",
+            "failure_reason",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class ScaleSerializer(serializers.Serializer):
+    instances = serializers.IntegerField(min_value=0, max_value=10000)
+    force = serializers.BooleanField(required=False, default=False)
