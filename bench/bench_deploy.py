@@ -82,7 +82,11 @@ def deploy_until_page(access, image: str, app_id: str) -> float:
     started = time.monotonic()
     app_create(access=access, definition=parse_app_definition(app_json(image, app_id)))
     instance = Instance.objects.filter(app__marathon_id=app_id, app__tenant=access.tenant).first()
-    return wait_page(instance.host_ports[0], started)
+    elapsed = wait_page(instance.host_ports[0], started)
+    instance.refresh_from_db()
+    print(f"  {app_id}: page after {elapsed:.2f} s; phases {instance.phase_times}; timings {instance.timings_s}",
+          flush=True)
+    return elapsed
 
 
 def delete_all(access) -> None:
