@@ -43,6 +43,33 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=5)
 
 
+def start_celery_worker(*, queues: str, name: str, env: dict, log, concurrency: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "portal",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 @dataclass(frozen=True)
 class LiveStack:
     url: str
@@ -70,30 +97,7 @@ def live_stack(django_db_setup, django_db_blocker, celery_queue, tmp_path_factor
         stdout=web_log,
         stderr=subprocess.STDOUT,
     )
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "-Q",
-            celery_queue,
-            "-c",
-            "1",
-            "-n",
-            f"{celery_queue}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-    )
+    worker = start_celery_worker(queues=celery_queue, name=celery_queue, env=env, log=worker_log, concurrency=1)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -174,30 +178,7 @@ class HostPool:
         log_path = self.live_stack.log_dir / f"host-{name}.log"
         env = stack_env(self.live_stack.queue) | {"HYPERVM_HOST_NAME": full_name, "HYPERVM_STATE_DIR": str(state_dir)}
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "portal",
-                    "worker",
-                    "-Q",
-                    f"host.{full_name}",
-                    "-c",
-                    "3",
-                    "-n",
-                    f"{full_name}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--loglevel",
-                    "INFO",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            process = start_celery_worker(queues=f"host.{full_name}", name=full_name, env=env, log=log, concurrency=3)
         self.workers[name] = HostWorker(name=full_name, state_dir=state_dir, process=process, log_path=log_path)
         return self.workers[name]
 
