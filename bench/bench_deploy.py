@@ -73,9 +73,14 @@ def free_port() -> int:
 
 
 def app_json(image: str, app_id: str) -> dict:
-    return {"id": app_id, "instances": 1, "cpus": 0.1, "mem": 128,
-            "container": {"docker": {"image": image}, "portMappings": [{"containerPort": 8080, "hostPort": 0}]},
-            "networks": [{"mode": "container/bridge"}]}
+    return {
+        "id": app_id,
+        "instances": 1,
+        "cpus": 0.1,
+        "mem": 128,
+        "container": {"docker": {"image": image}, "portMappings": [{"containerPort": 8080, "hostPort": 0}]},
+        "networks": [{"mode": "container/bridge"}],
+    }
 
 
 def deploy_until_page(access, image: str, app_id: str) -> float:
@@ -84,8 +89,10 @@ def deploy_until_page(access, image: str, app_id: str) -> float:
     instance = Instance.objects.filter(app__marathon_id=app_id, app__tenant=access.tenant).first()
     elapsed = wait_page(instance.host_ports[0], started)
     instance.refresh_from_db()
-    print(f"  {app_id}: page after {elapsed:.2f} s; phases {instance.phase_times}; timings {instance.timings_s}",
-          flush=True)
+    print(
+        f"  {app_id}: page after {elapsed:.2f} s; phases {instance.phase_times}; timings {instance.timings_s}",
+        flush=True,
+    )
     return elapsed
 
 
@@ -110,30 +117,68 @@ def main() -> None:
     processes: list[subprocess.Popen] = []
     name = f"bench-{uuid.uuid4().hex[:6]}"
     admin = get_user_model().objects.filter(is_staff=True).first() or get_user_model().objects.create(
-        username=name, is_staff=True)
+        username=name, is_staff=True
+    )
     tenant = tenant_create(actor=admin, slug=name, name="Benchmark", owner=admin)
     Quota.objects.filter(tenant=tenant).update(instances=100, vcpus=400, memory_mib=100 * 1024, published_ports=100)
     access = tenant_access_resolve(user=admin, slug=tenant.slug)
     try:
         authfile = registry.write_authfile(scratch / "auth.json")
-        image = build_and_push(HTTPD, cache_dir=scratch / "layouts", registry=registry.host_port,
-                               authfile=authfile).reference
-        registry_create(access=access, name="bench", url=f"http://{registry.host_port}", username=registry.username,
-                        password=registry.password, insecure=True)
+        image = build_and_push(
+            HTTPD, cache_dir=scratch / "layouts", registry=registry.host_port, authfile=authfile
+        ).reference
+        registry_create(
+            access=access,
+            name="bench",
+            url=f"http://{registry.host_port}",
+            username=registry.username,
+            password=registry.password,
+            insecure=True,
+        )
         credentials = RegistryCredentials(registry.username, registry.password)
 
         queue = f"bench-{name}"
         host_dir = scratch / "host"
-        env = os.environ | {"DJANGO_SETTINGS_MODULE": "portal.settings.dev", "PORTAL_CELERY_QUEUE": queue,
-                            "HYPERVM_HOST_NAME": name, "HYPERVM_STATE_DIR": str(host_dir)}
+        env = os.environ | {
+            "DJANGO_SETTINGS_MODULE": "portal.settings.dev",
+            "PORTAL_CELERY_QUEUE": queue,
+            "HYPERVM_HOST_NAME": name,
+            "HYPERVM_STATE_DIR": str(host_dir),
+        }
         log = open(scratch / "worker.log", "wb")  # noqa: SIM115
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", f"{queue},host.{name}", "-c", "8",
-             "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "beat", "--schedule", str(scratch / "beat")],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "portal",
+                    "worker",
+                    "-Q",
+                    f"{queue},host.{name}",
+                    "-c",
+                    "8",
+                    "-n",
+                    f"{name}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "portal", "beat", "--schedule", str(scratch / "beat")],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         os.environ["PORTAL_CELERY_QUEUE"] = queue
         from django.conf import settings
 
@@ -153,8 +198,9 @@ def main() -> None:
         baseline, portal = [], []
         for index in range(args.repeats + 1):
             port = free_port()
-            spec = InstanceSpec(image=image, credentials=credentials, tls_verify=False,
-                                ports=(PortForward("127.0.0.1", port, 8080),))
+            spec = InstanceSpec(
+                image=image, credentials=credentials, tls_verify=False, ports=(PortForward("127.0.0.1", port, 8080),)
+            )
             started = time.monotonic()
             runtime.boot(spec)
             elapsed = wait_page(port, started)
@@ -168,8 +214,11 @@ def main() -> None:
         started = time.monotonic()
         for index in range(args.apps):
             app_create(access=access, definition=parse_app_definition(app_json(image, f"/many-{index}")))
-        while Instance.objects.filter(app__tenant=tenant, status__in=INSTANCE_ACTIVE).exclude(
-                status__in=[InstanceStatus.RUNNING, InstanceStatus.HEALTHY]).exists():
+        while (
+            Instance.objects.filter(app__tenant=tenant, status__in=INSTANCE_ACTIVE)
+            .exclude(status__in=[InstanceStatus.RUNNING, InstanceStatus.HEALTHY])
+            .exists()
+        ):
             close_old_connections()
             assert time.monotonic() - started < TIMEOUT_S, "the apps did not all start"
             time.sleep(0.2)
@@ -178,10 +227,14 @@ def main() -> None:
         delete_all(access)
 
         runtime_median, portal_median = statistics.median(baseline), statistics.median(portal)
-        print(f"deploy -> page answers: portal {portal_median:.2f} s vs runtime {runtime_median:.2f} s "
-              f"= {portal_median / runtime_median:.3f}x (target <= 1.15x); runs portal {portal} runtime {baseline}")
-        print(f"{args.apps} apps at once -> all running: {many_s:.1f} s = {many_s / portal_median:.2f}x one app "
-              f"(target <= 3x on 2 cores); failed launches: {failed}")
+        print(
+            f"deploy -> page answers: portal {portal_median:.2f} s vs runtime {runtime_median:.2f} s "
+            f"= {portal_median / runtime_median:.3f}x (target <= 1.15x); runs portal {portal} runtime {baseline}"
+        )
+        print(
+            f"{args.apps} apps at once -> all running: {many_s:.1f} s = {many_s / portal_median:.2f}x one app "
+            f"(target <= 3x on 2 cores); failed launches: {failed}"
+        )
     finally:
         for process in processes:
             process.terminate()

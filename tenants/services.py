@@ -113,6 +113,7 @@ def membership_change_role(*, access, membership: Membership, role: str) -> Memb
     _require_owner_power(access=access, role=role, membership=membership)
     owners = _owners_locked(membership.tenant)
     membership.refresh_from_db()
+    _require_owner_power(access=access, role=role, membership=membership)  # the role may have changed
     if membership.role == TenantRole.OWNER and role != TenantRole.OWNER and len(owners) <= 1:
         raise Conflict("The last owner cannot be demoted; make another member owner first.", field="role")
     old = membership.role
@@ -133,6 +134,7 @@ def membership_remove(*, access, membership: Membership) -> None:
     _require_owner_power(access=access, role=membership.role, membership=membership)
     owners = _owners_locked(membership.tenant)
     membership.refresh_from_db()
+    _require_owner_power(access=access, role=membership.role, membership=membership)
     if membership.role == TenantRole.OWNER and len(owners) <= 1:
         raise Conflict("The last owner cannot be removed; make another member owner first.")
     username = membership.user.username

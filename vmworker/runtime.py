@@ -219,6 +219,7 @@ class HyperVMRuntime:
         self._clock = clock
         self._virt_type: str | None = settings.virt_type
         self._kernel: Path | None = None
+        self._initramfs: Path | None = None
 
     # --- host-wide resources ------------------------------------------------------------
 
@@ -246,11 +247,13 @@ class HyperVMRuntime:
         return self._kernel
 
     def initramfs(self) -> Path:
-        return build_initramfs(
-            kernel_release=self.kernel_release,
-            modules_root=self.settings.modules_root,
-            cache_dir=self.state_dir / "initramfs",
-        )
+        if self._initramfs is None or not self._initramfs.exists():
+            self._initramfs = build_initramfs(
+                kernel_release=self.kernel_release,
+                modules_root=self.settings.modules_root,
+                cache_dir=self.state_dir / "initramfs",
+            )
+        return self._initramfs
 
     def virt_type(self) -> str:
         """Forced by settings, else the boot probe's answer, recorded in probe.json per kernel."""
@@ -336,11 +339,11 @@ class HyperVMRuntime:
         virt_type = self.virt_type()
         timings["initramfs"] = round(self._clock() - started, 4)
 
-        directory.mkdir(mode=0o755, parents=True)
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)  # a crashed earlier attempt may have made it
         try:
             return self._start(spec, instance_id, directory, prepared, argv, kernel, initrd, virt_type, timings, notify)
         except BaseException:
-            self._destroy_domain(instance_id)
+            self.remove(instance_id)  # the reason and the console tail travel in the exception
             raise
 
     def _start(
@@ -468,6 +471,8 @@ class HyperVMRuntime:
         timings: dict[str, float] = {}
         if state not in STOPPED_STATES:
             self._wait_for_start(instance_id, directory, self._clock(), timings)
+        elif self.status(instance_id).state != "exited":
+            raise BootFailed("the VM of this instance is gone", console_tail=self.console_tail(instance_id))
         return BootResult(
             instance_id=instance_id,
             name=info["name"],

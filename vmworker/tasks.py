@@ -26,7 +26,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from django.conf import settings
 from django.utils import timezone
 
-from portal.choices import INSTANCE_UP, InstanceStatus
+from portal.choices import INSTANCE_ACTIVE, INSTANCE_UP, InstanceStatus
 from portal.marathon import AppDefinition
 from portal.marathon.app_definition import HealthCheckProbe, NetworkMode
 from portal.models import Instance
@@ -175,6 +175,15 @@ def instance_spec(instance: Instance) -> InstanceSpec:
     )
 
 
+TRANSITIONAL = (
+    InstanceStatus.STAGED,
+    InstanceStatus.PULLING,
+    InstanceStatus.PREPARING,
+    InstanceStatus.BOOTING,
+    InstanceStatus.STOPPING,
+)
+STOP_RETRY_S = 60
+RESEND_BOOT_S = 60
 PHASE_TO_STATUS = {"preparing": InstanceStatus.PREPARING, "booting": InstanceStatus.BOOTING}
 
 
@@ -209,6 +218,9 @@ def boot_instance(instance_id: str) -> None:
         )
         return
     instance_transition(instance_id=instance_id, to=InstanceStatus.BOOTING)  # when resumed from PULLING
+    if not Instance.objects.filter(pk=instance_id, status=InstanceStatus.BOOTING).exists():
+        runtime().remove(instance_id)  # stopped (or failed) while it booted: its quota is gone, so is the VM
+        return
     if (
         instance_transition(
             instance_id=instance_id,
@@ -266,36 +278,64 @@ def reconcile_host(name: str) -> None:
         else:
             _check_health(instance)
     _destroy_orphans(name)
+    _retry_stuck(name)
 
 
 def _destroy_orphans(name: str) -> None:
-    """Domains this host runs for instances the database says have ended."""
+    """VMs this host runs whose instance has ended or no longer exists (e.g. its app was
+    deleted while a stop failed): the database is the truth, the VM goes."""
     running = {s.instance_id for s in runtime().list_instances() if s.state in ("running", "booting")}
     if not running:
         return
-    ended = Instance.objects.filter(pk__in=running).exclude(
-        status__in=[
-            *INSTANCE_UP,
-            InstanceStatus.STAGED,
-            InstanceStatus.PULLING,
-            InstanceStatus.PREPARING,
-            InstanceStatus.BOOTING,
-            InstanceStatus.STOPPING,
-        ]
+    live = {
+        str(pk)
+        for pk in Instance.objects.filter(pk__in=running, status__in=INSTANCE_ACTIVE).values_list("pk", flat=True)
+    }
+    for instance_id in running - live:
+        runtime().remove(instance_id)
+
+
+def _retry_stuck(name: str) -> None:
+    """Instances whose boot or stop task died (a worker crash, a lost message): a boot stuck
+    past the boot timeout fails (and is replaced); a stop is sent again."""
+    now = timezone.now()
+    boot_limit_s = runtime().settings.boot_timeout_s * 3
+    for instance in Instance.objects.select_related("host").filter(host__name=name, status__in=TRANSITIONAL):
+        entered = instance.phase_times.get(instance.status)
+        age_s = (now - datetime.fromisoformat(entered)).total_seconds() if entered else 0
+        if instance.status == InstanceStatus.STOPPING and age_s > STOP_RETRY_S:
+            _restart_clock(instance, now)
+            stop_instance.apply_async(args=[str(instance.pk)], queue=instance.host.queue)
+        elif instance.status == InstanceStatus.STAGED:
+            if age_s > RESEND_BOOT_S:  # placed, but its boot message never ran
+                _restart_clock(instance, now)
+                boot_instance.apply_async(args=[str(instance.pk)], queue=instance.host.queue)
+        elif instance.status != InstanceStatus.STOPPING and age_s > boot_limit_s:
+            runtime().remove(str(instance.pk))
+            instance_transition(
+                instance_id=instance.pk,
+                to=InstanceStatus.FAILED,
+                launch_failed=True,
+                failure_reason=f"the boot did not finish within {boot_limit_s:.0f} s",
+            )
+
+
+def _restart_clock(instance: Instance, now) -> None:
+    """A message was sent again: wait a full period before the next resend (no flooding)."""
+    Instance.objects.filter(pk=instance.pk, status=instance.status).update(
+        phase_times={**instance.phase_times, instance.status: now.isoformat()}
     )
-    for instance_id in ended.values_list("pk", flat=True):
-        runtime().remove(str(instance_id))
 
 
 def _probe(check, host_port: int) -> tuple[bool, str]:
     if check.probe is HealthCheckProbe.TCP:
         try:
-            with socket.create_connection(("127.0.0.1", host_port), timeout=check.timeout_s):
+            with socket.create_connection((runtime().settings.publish_host_ip, host_port), timeout=check.timeout_s):
                 return True, ""
         except OSError as exc:
             return False, f"TCP connect failed: {exc}"
     scheme = "https" if check.probe is HealthCheckProbe.HTTPS else "http"
-    url = f"{scheme}://127.0.0.1:{host_port}{check.path or '/'}"
+    url = f"{scheme}://{runtime().settings.publish_host_ip}:{host_port}{check.path or '/'}"
     try:
         with urllib.request.urlopen(url, timeout=check.timeout_s) as response:  # noqa: S310 (loopback only)
             return 200 <= response.status < 400, f"HTTP {response.status}"

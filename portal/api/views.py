@@ -110,13 +110,13 @@ class AppViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
 class InstanceViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
     queryset = Instance.objects.select_related("app", "host", "version").order_by("-created_at")
     serializer_class = InstanceSerializer
-    filterset_fields = ["app", "status"]
+    filterset_fields = {"app__marathon_id": ["exact"], "status": ["exact"]}
 
 
 class DeploymentViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
     queryset = Deployment.objects.order_by("-created_at")
     serializer_class = DeploymentSerializer
-    filterset_fields = ["status", "app"]
+    filterset_fields = {"app_marathon_id": ["exact"], "status": ["exact"]}
     required_roles = {"destroy": WRITE}
 
     @extend_schema(request=None, responses={202: DeploymentSerializer})

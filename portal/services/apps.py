@@ -13,7 +13,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from portal.choices import DeploymentKind, DeploymentStatus
+from portal.choices import INSTANCE_ACTIVE, DeploymentKind, DeploymentStatus
 from portal.events import event_publish, marathon_timestamp
 from portal.marathon import AppDefinition
 from portal.marathon.app_definition import HealthCheckProbe
@@ -212,7 +212,7 @@ def app_update(
         chosen = kind or (DeploymentKind.SCALE if scale_only else DeploymentKind.RESTART)
         if chosen == DeploymentKind.SCALE:
             # The running instances stay: they move to the new version without a restart.
-            Instance.objects.filter(app=app, version=previous).update(version=version)
+            Instance.objects.filter(app=app, version=previous, status__in=INSTANCE_ACTIVE).update(version=version)
         return _deployment_create(app=app, kind=chosen, version=version.version, previous=previous)
 
 

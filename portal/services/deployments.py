@@ -59,7 +59,8 @@ def _is_healthy(instance: Instance, has_checks: dict[int, bool]) -> bool:
 
 
 def _version_has_checks(instances: list[Instance]) -> dict[int, bool]:
-    return {i.version_id: bool(AppDefinition.from_stored(i.version.definition).health_checks) for i in instances}
+    versions = {i.version_id: i.version for i in instances}  # parse each version once
+    return {pk: bool(AppDefinition.from_stored(v.definition).health_checks) for pk, v in versions.items()}
 
 
 def instance_stop(instance: Instance, *, reason: str = "") -> None:
@@ -206,19 +207,16 @@ def app_converge(*, app_id: int) -> None:
 
         if deployment is not None:
             # Done when the old instances have really stopped, not just been asked to.
-            stopping = any(i.status == InstanceStatus.STOPPING for i in active)
-            done = (
-                not old
-                and not stopping
-                and len(new) == n
-                and all(_is_healthy(i, has_checks | _version_has_checks(new)) for i in new)
-            )
+            stopping = sum(i.status == InstanceStatus.STOPPING for i in active)
+            has_checks |= _version_has_checks([i for i in new if i.version_id not in has_checks])
+            new_healthy = sum(_is_healthy(i, has_checks) for i in new)
+            done = not old and not stopping and len(new) == n and new_healthy == n
             deployment.progress = {
                 "target": n,
                 "new": len(new),
                 "old": len(old),
-                "new_healthy": sum(_is_healthy(i, has_checks | _version_has_checks(new)) for i in new),
-                "stopping": sum(i.status == InstanceStatus.STOPPING for i in active),
+                "new_healthy": new_healthy,
+                "stopping": stopping,
                 "note": progress_note,
             }
             if done:
@@ -231,7 +229,7 @@ def _converge_deleting(app: App, deployment: Deployment | None, active: list[Ins
     for instance in active:
         if instance.status != InstanceStatus.STOPPING:
             instance_stop(instance, reason="app deleted")
-    if any(Instance.objects.filter(app=app, status__in=INSTANCE_ACTIVE)):
+    if Instance.objects.filter(app=app, status__in=INSTANCE_ACTIVE).exists():
         return
     if deployment is not None:
         _deployment_finish(deployment, DeploymentStatus.SUCCEEDED)

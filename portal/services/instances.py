@@ -38,6 +38,12 @@ def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **
     so the replacement the engine starts after commit already waits for it."""
     allowed = INSTANCE_TRANSITIONS[to]
     with transaction.atomic():
+        if launch_failed:
+            # The engine locks App then Instance; take them in the same order (no deadlock).
+            from portal.models import App
+
+            app_id = Instance.objects.filter(pk=instance_id).values_list("app_id", flat=True).first()
+            list(App.objects.select_for_update().filter(pk=app_id).values_list("pk", flat=True))
         instance = (
             Instance.objects.select_for_update(of=("self",))
             .select_related("app", "tenant", "host", "version")
