@@ -576,7 +576,7 @@ class HyperVMRuntime:
 
     def list_instances(self) -> list[InstanceStatus]:
         statuses = []
-        for path in sorted(self.instances_dir.iterdir()):
+        for path in self.instances_dir.iterdir():
             if (path / INSTANCE_FILE).exists():
                 statuses.append(self.status(path.name))
         return sorted(statuses, key=lambda status: status.created_at)

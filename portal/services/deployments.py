@@ -211,7 +211,7 @@ def app_converge(*, app_id: int) -> None:
             has_checks |= _version_has_checks([i for i in new if i.version_id not in has_checks])
             new_healthy = sum(_is_healthy(i, has_checks) for i in new)
             done = not old and not stopping and len(new) == n and new_healthy == n
-            deployment.progress = {
+            progress = {
                 "target": n,
                 "new": len(new),
                 "old": len(old),
@@ -220,8 +220,10 @@ def app_converge(*, app_id: int) -> None:
                 "note": progress_note,
             }
             if done:
+                deployment.progress = progress
                 _deployment_finish(deployment, DeploymentStatus.SUCCEEDED)
-            else:
+            elif progress != deployment.progress:  # the reconciler calls this every few seconds
+                deployment.progress = progress
                 deployment.save(update_fields=["progress"])
 
 

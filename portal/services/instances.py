@@ -15,6 +15,11 @@ from tenants.services import claim_release
 
 logger = logging.getLogger(__name__)
 CLAIM_KIND = "instance"
+# Only these change what the deployment engine decides (capacity, health, replacements);
+# pulling/preparing/booting/stopping would only queue converges that do nothing.
+ENGINE_RELEVANT = frozenset(
+    {InstanceStatus.RUNNING, InstanceStatus.HEALTHY, InstanceStatus.UNHEALTHY, *INSTANCE_TERMINAL}
+)
 
 MARATHON_TASK_STATUS = {
     InstanceStatus.STAGED: "TASK_STAGING",
@@ -65,7 +70,8 @@ def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **
 
             app_record_launch_failure(app_id=instance.app_id)
         _publish_status(instance, message=fields.get("failure_reason", ""))
-        transaction.on_commit(lambda: _after_change(instance.app_id))
+        if to in ENGINE_RELEVANT:
+            transaction.on_commit(lambda: _after_change(instance.app_id))
     logger.info("instance.transition", extra={"instance_id": str(instance_id), "status": to})
     return instance
 
