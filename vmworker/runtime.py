@@ -15,7 +15,12 @@ Contract (what the deploy pipeline and the operator CLI rely on):
 - ``stop`` sends ``stop`` on the control port (the init SIGTERMs the app, SIGKILLs it after
   the grace), waits for the ``exit`` record, then destroys whatever is left.
 - ``status``, ``logs``, ``follow`` read the instance's files; nothing here needs the process
-  that booted the VM to still be alive.
+  that booted the VM to still be alive. ``status`` reads a growing log incrementally: it
+  remembers, per instance, how far it has read and what the events said (bounded: the newest
+  STATUS_CACHE_INSTANCES instances, the last MAX_STATUS_ERRORS errors each).
+- ``exec_check`` runs a command in the instance's container through the control port (the
+  guest init forks ``/bin/sh -c``) and returns its exit code; ``ExecCheckFailed`` says why it
+  could not run to its end (no /bin/sh in the image, timeout, the VM unreachable).
 
 No Django here: plain dataclasses in and out.
 """
@@ -31,6 +36,7 @@ import shutil
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,10 +53,15 @@ from vmworker.guestinit.protocol import (
     KERNEL_CMDLINE,
     LOG_PORT_NAME,
     STOP_COMMAND,
+    ExecRequestInvalid,
+    ExecResult,
     GuestEvent,
     GuestLogParser,
     GuestRecord,
     OutputLine,
+    exec_request,
+    guest_events,
+    parse_exec_result,
 )
 from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
@@ -66,6 +77,12 @@ GUEST_LOG = "guest.log"
 CONSOLE_LOG = "console.log"
 CONSOLE_TAIL_BYTES = 4096
 GiB = 1024**3
+STATUS_CACHE_INSTANCES = 4096
+MAX_STATUS_ERRORS = 20
+LOG_READ_CHUNK_BYTES = 1024 * 1024
+# How long past the command's own timeout the guest's answer may take (the init kills the
+# command at its timeout; this covers the port and a paused control reader).
+EXEC_REPLY_MARGIN_S = 5.0
 
 
 class RuntimeFailure(Exception):
@@ -89,6 +106,10 @@ class BootFailed(RuntimeFailure):
 
 class InstanceNotFound(RuntimeFailure):
     pass
+
+
+class ExecCheckFailed(RuntimeFailure):
+    """A command could not run to its end in the guest; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,28 @@ def resolve_argv(
     return argv
 
 
+@dataclass
+class _LogProgress:
+    """What status() has read of one guest log so far: up to ``offset`` (a line boundary)."""
+
+    offset: int = 0
+    started: bool = False
+    exit_code: int | None = None
+    oom: bool = False
+    errors: tuple[str, ...] = ()
+
+    def apply(self, events: Iterator[GuestEvent]) -> None:
+        for event in events:
+            if event.name == "exit":
+                self.exit_code = event.code
+            elif event.name == "oom":
+                self.oom = event.code == 1
+            elif event.name == "started":
+                self.started = True
+            elif event.name == "error":
+                self.errors = (*self.errors, event.value)[-MAX_STATUS_ERRORS:]
+
+
 def merge_env(image_env: tuple[str, ...], overrides: dict[str, str]) -> tuple[str, ...]:
     merged: dict[str, str] = {}
     for item in image_env:
@@ -220,6 +263,8 @@ class HyperVMRuntime:
         self._virt_type: str | None = settings.virt_type
         self._kernel: Path | None = None
         self._initramfs: Path | None = None
+        self._log_progress: OrderedDict[str, _LogProgress] = OrderedDict()
+        self.log_bytes_read = 0  # for tests and benchmarks: what status() has read in total
 
     # --- host-wide resources ------------------------------------------------------------
 
@@ -533,6 +578,7 @@ class HyperVMRuntime:
         self._destroy_domain(instance_id)
         self.control_socket(instance_id).unlink(missing_ok=True)
         shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
+        self._log_progress.pop(str(uuid.UUID(instance_id)), None)
 
     def records(self, instance_id: str) -> list[GuestRecord]:
         parser = GuestLogParser()
@@ -541,38 +587,91 @@ class HyperVMRuntime:
 
     def status(self, instance_id: str) -> InstanceStatus:
         info = self._read_instance(instance_id)
-        exit_code = None
-        oom = False
-        started = False
-        errors = []
-        for record in self.records(instance_id):
-            if isinstance(record, GuestEvent):
-                if record.name == "exit":
-                    exit_code = record.code
-                elif record.name == "oom":
-                    oom = record.code == 1
-                elif record.name == "started":
-                    started = True
-                elif record.name == "error":
-                    errors.append(record.value)
+        progress = self._read_log_progress(info["instance_id"])
         guest_state = self._guest_state(instance_id)
-        if exit_code is not None:
+        if progress.exit_code is not None:
             state = "exited"
         elif guest_state in STOPPED_STATES:
             state = "lost"
         else:
-            state = "running" if started else "booting"
+            state = "running" if progress.started else "booting"
         return InstanceStatus(
             instance_id=info["instance_id"],
             name=info["name"],
             image=info["image"],
             state=state,
-            exit_code=exit_code,
-            oom=oom,
-            errors=tuple(errors),
+            exit_code=progress.exit_code,
+            oom=progress.oom,
+            errors=progress.errors,
             ports=tuple(PortForward(**port) for port in info["ports"]),
             created_at=info["created_at"],
         )
+
+    def _read_log_progress(self, instance_id: str) -> _LogProgress:
+        """The events of the guest log, reading only what was appended since the last call."""
+        progress = self._log_progress.pop(instance_id, None) or _LogProgress()
+        try:
+            with open(self.instance_dir(instance_id) / GUEST_LOG, "rb") as log:
+                size = os.fstat(log.fileno()).st_size
+                if size < progress.offset:  # not the file we read (an instance made again)
+                    progress = _LogProgress()
+                log.seek(progress.offset)
+                while progress.offset < size:
+                    chunk = log.read(min(LOG_READ_CHUNK_BYTES, size - progress.offset))
+                    if not chunk:
+                        break
+                    self.log_bytes_read += len(chunk)
+                    complete = chunk.rfind(b"\n") + 1
+                    if complete == 0 and len(chunk) < LOG_READ_CHUNK_BYTES:
+                        break  # a line still being written: read it whole next time
+                    # A chunk without any newline is no protocol line (they are < 5 KiB): skip it.
+                    complete = complete or len(chunk)
+                    progress.apply(guest_events(chunk[:complete]))
+                    progress.offset += complete
+                    log.seek(progress.offset)
+        except FileNotFoundError:
+            pass
+        self._log_progress[instance_id] = progress
+        while len(self._log_progress) > STATUS_CACHE_INSTANCES:
+            self._log_progress.popitem(last=False)
+        return progress
+
+    def exec_check(self, instance_id: str, command: str, timeout_s: float) -> int:
+        """Runs ``/bin/sh -c command`` in the instance's container (the app's env, user and
+        working dir) and returns its exit code. The guest kills it after ``timeout_s``.
+        Raises ExecCheckFailed when it could not run to its end, InstanceNotFound."""
+        self._read_instance(instance_id)
+        if self._guest_state(instance_id) in STOPPED_STATES:
+            raise ExecCheckFailed("the VM is not running")
+        request_id = uuid.uuid4().hex
+        try:
+            request = exec_request(request_id, command, timeout_s)
+        except ExecRequestInvalid as exc:
+            raise ExecCheckFailed(str(exc)) from None
+        wait_s = timeout_s + EXEC_REPLY_MARGIN_S
+        deadline = self._clock() + wait_s
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
+                control.settimeout(EXEC_REPLY_MARGIN_S)
+                control.connect(str(self.control_socket(instance_id)))
+                control.sendall(request)
+                pending = b""
+                while (remaining := deadline - self._clock()) > 0:
+                    control.settimeout(remaining)
+                    chunk = control.recv(4096)
+                    if not chunk:
+                        raise ExecCheckFailed("the guest closed its control channel")
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    pending = pending[-8192:]  # event lines are short; never grow without bound
+                    for line in lines:
+                        result = parse_exec_result(line)
+                        if result is not None and result.request_id == request_id:
+                            return _exec_exit_code(result, timeout_s)
+        except TimeoutError:
+            pass
+        except OSError as exc:
+            raise ExecCheckFailed(f"the control channel is unreachable: {exc}") from None
+        raise ExecCheckFailed(f"no answer from the guest within {wait_s:.0f} s")
 
     def list_instances(self) -> list[InstanceStatus]:
         statuses = []
@@ -628,6 +727,14 @@ class HyperVMRuntime:
             return ""
 
 
+def _exec_exit_code(result: ExecResult, timeout_s: float) -> int:
+    if result.outcome == "exit" and result.exit_code is not None:
+        return result.exit_code
+    if result.outcome == "timeout":
+        raise ExecCheckFailed(f"the command did not finish within {timeout_s:g} s (killed)")
+    raise ExecCheckFailed(result.message or "the guest refused the command")
+
+
 def output_lines(records: list[GuestRecord]) -> list[OutputLine]:
     return [record for record in records if isinstance(record, OutputLine)]
 
@@ -635,6 +742,7 @@ def output_lines(records: list[GuestRecord]) -> list[OutputLine]:
 __all__ = [
     "BootFailed",
     "BootResult",
+    "ExecCheckFailed",
     "HyperVMRuntime",
     "ImageError",
     "InstanceNotFound",

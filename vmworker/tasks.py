@@ -327,7 +327,19 @@ def _restart_clock(instance: Instance, now) -> None:
     )
 
 
-def _probe(check, host_port: int) -> tuple[bool, str]:
+def _probe(check, instance: Instance) -> tuple[bool, str]:
+    """(healthy, cause). COMMAND runs inside the guest (exit 0 = healthy); HTTP/TCP go to the
+    instance's published port on the host's publish address."""
+    if check.probe is HealthCheckProbe.COMMAND:
+        try:
+            code = runtime().exec_check(str(instance.pk), check.command, check.timeout_s)
+        except RuntimeFailure as exc:
+            return False, f"command check failed: {exc}"
+        return code == 0, f"command exited with code {code}"
+    index = check.port_index or 0
+    host_port = check.port or (instance.host_ports[index] if index < len(instance.host_ports) else None)
+    if host_port is None:
+        return False, "the health check has no port to probe"
     if check.probe is HealthCheckProbe.TCP:
         try:
             with socket.create_connection((runtime().settings.publish_host_ip, host_port), timeout=check.timeout_s):
@@ -355,13 +367,13 @@ def _check_health(instance: Instance) -> None:
     check = definition.health_checks[0]
     if last and (now - datetime.fromisoformat(last)).total_seconds() < check.interval_s:
         return
-    index = check.port_index or 0
-    port = check.port or (instance.host_ports[index] if index < len(instance.host_ports) else None)
-    if port is None:
-        return
-    alive, cause = _probe(check, port)
     stamp = now.isoformat()
     health["lastCheckAt"] = stamp
+    # Claim this round first (compare-and-swap on the health record): two reconcile tasks
+    # running at once on this host must not both probe, nor both count a failure.
+    if not Instance.objects.filter(pk=instance.pk, health=instance.health).update(health=health):
+        return
+    alive, cause = _probe(check, instance)
     health["alive"] = alive
     if alive:
         health.setdefault("firstSuccess", stamp)

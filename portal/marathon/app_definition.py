@@ -55,6 +55,7 @@ HEALTH_CHECK_PROBE_BY_PROTOCOL = {
     "TCP": HealthCheckProbe.TCP,
     "MESOS_TCP": HealthCheckProbe.TCP,
     "COMMAND": HealthCheckProbe.COMMAND,
+    "MESOS_COMMAND": HealthCheckProbe.COMMAND,
 }
 
 

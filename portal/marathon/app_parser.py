@@ -56,7 +56,16 @@ PORT_PROTOCOLS = ("tcp", "udp", "udp,tcp")
 CONTAINER_TYPES = ("DOCKER", "MESOS")
 VOLUME_MODES = ("RO", "RW")
 KILL_SELECTIONS = ("YOUNGEST_FIRST", "OLDEST_FIRST")
-HEALTH_CHECK_PROTOCOLS = ("HTTP", "HTTPS", "TCP", "COMMAND", "MESOS_HTTP", "MESOS_HTTPS", "MESOS_TCP")
+HEALTH_CHECK_PROTOCOLS = (
+    "HTTP",
+    "HTTPS",
+    "TCP",
+    "COMMAND",
+    "MESOS_HTTP",
+    "MESOS_HTTPS",
+    "MESOS_TCP",
+    "MESOS_COMMAND",
+)
 CONSTRAINT_OPERATORS = ("UNIQUE", "CLUSTER", "GROUP_BY", "LIKE", "UNLIKE", "MAX_PER", "IS")
 SUPPORTED_CONSTRAINT_OPERATORS = ("UNIQUE", "CLUSTER", "MAX_PER")
 SUPPORTED_CONSTRAINT_FIELDS = ("hostname", "@hostname")
@@ -67,6 +76,8 @@ NETWORK_MODE_BY_LEGACY_DOCKER_NETWORK = {
 }
 PORT_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 NETWORK_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
+# The guest runs a check command from one control-port line (at most 4095 bytes of UTF-8).
+MAX_CHECK_COMMAND_CHARS = 1000
 RESIDENT_UPGRADE_STRATEGY = UpgradeStrategy(minimum_health_capacity=0.5, maximum_over_capacity=0.0)
 DEFAULT_PORT_DEFINITIONS = (PortDefinition(name="default"),)
 
@@ -760,7 +771,9 @@ class _AppDefinitionParser:
                 command_object = self._object(check["command"], f"{path}/command")
                 if command_object is not None:
                     self._check_fields(command_object, f"{path}/command", frozenset({"value"}))
-                    command = self._string(command_object, "value", f"{path}/command", required=True)
+                    command = self._string(
+                        command_object, "value", f"{path}/command", required=True, max_length=MAX_CHECK_COMMAND_CHARS
+                    )
                 if probe is not HealthCheckProbe.COMMAND:
                     self.errors.add(f"{path}/command", "only COMMAND checks run a command")
             elif probe is HealthCheckProbe.COMMAND:

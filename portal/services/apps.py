@@ -16,7 +16,6 @@ from django.utils import timezone
 from portal.choices import INSTANCE_ACTIVE, DeploymentKind, DeploymentStatus
 from portal.events import event_publish, marathon_timestamp
 from portal.marathon import AppDefinition
-from portal.marathon.app_definition import HealthCheckProbe
 from portal.models import App, AppVersion, Deployment, Instance
 from portal.selectors import app_definition
 from portal.services.deployments import (
@@ -62,11 +61,6 @@ def _admission_check(definition: AppDefinition) -> None:
     """What the platform cannot run yet, refused by path before anything is stored."""
     if definition.container is None or definition.container.docker is None:
         raise InvalidInput("An image is required: set container.docker.image.", field="/container/docker/image")
-    for index, check in enumerate(definition.health_checks):
-        if check.probe is HealthCheckProbe.COMMAND:
-            raise InvalidInput(
-                "COMMAND health checks are not supported; use HTTP or TCP.", field=f"/healthChecks({index})/protocol"
-            )
     if definition.container.volumes:
         raise InvalidInput("Volumes are not supported yet.", field="/container/volumes(0)")
 

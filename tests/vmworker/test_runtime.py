@@ -1,17 +1,21 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+import uuid
 
 import pytest
 
 from tests.support.oci_images import PRINTER_STDOUT_LINES, SIGTERM_READY_LINE
 from vmworker.cli import credentials_from_authfile, parse_publish
+from vmworker.driver.fake import FakeHost
 from vmworker.driver.spec import PortForward
 from vmworker.guestinit.protocol import OutputLine
 from vmworker.images.manifest import ImageConfig
 from vmworker.runtime import (
     BootFailed,
+    ExecCheckFailed,
     HyperVMRuntime,
     InstanceSpec,
     InvalidSpec,
@@ -132,3 +136,77 @@ def test_too_little_memory_is_refused_before_anything_is_made(runtime, runtime_s
     with pytest.raises(InvalidSpec):
         runtime.boot(InstanceSpec(image="127.0.0.1:1/x:y", memory_mib=32))
     assert not any(path.name.startswith("x") for path in (runtime_state_dir / "instances").iterdir())
+
+
+@pytest.mark.vm
+def test_exec_check_runs_commands_inside_the_instance(runtime, test_images, registry_authfile):
+    spec = spec_for(test_images["sigterm"], registry_authfile, env={"CHECK_TOKEN": "ok"})
+    runtime.boot(spec)
+
+    assert runtime.exec_check(spec.instance_id, 'test "$CHECK_TOKEN" = ok', timeout_s=10) == 0
+    assert runtime.exec_check(spec.instance_id, "test -e /no/such/file", timeout_s=10) == 1
+    with pytest.raises(ExecCheckFailed, match="did not finish within 1 s"):
+        runtime.exec_check(spec.instance_id, "sleep 30", timeout_s=1)
+    assert runtime.exec_check(spec.instance_id, "exit 7", timeout_s=10) == 7  # the channel still serves
+
+    runtime.stop(spec.instance_id, timeout_s=10)
+    with pytest.raises(ExecCheckFailed, match="not running"):
+        runtime.exec_check(spec.instance_id, "true", timeout_s=10)
+
+
+def make_instance_files(runtime: HyperVMRuntime) -> tuple[str, object]:
+    instance_id = str(uuid.uuid4())
+    directory = runtime.instance_dir(instance_id)
+    directory.mkdir(parents=True)
+    info = {"instance_id": instance_id, "name": "big", "image": "x", "ports": [], "created_at": 1.0}
+    (directory / "instance.json").write_text(json.dumps(info))
+    return instance_id, directory / "guest.log"
+
+
+def test_status_reads_only_what_the_guest_log_gained(tmp_path):
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
+    instance_id, log = make_instance_files(runtime)
+    output_line = b"out " + b"x" * 300 + b"\n"
+    log.write_bytes(b"init 1.0\nstarted 2.0\n" + output_line * 60_000)  # about 18 MB of app output
+
+    first = runtime.status(instance_id)
+    assert (first.exit_code, first.errors) == (None, ())
+    read_once = runtime.log_bytes_read
+    # Each 1 MiB chunk's unfinished last line is read again with the next chunk.
+    assert log.stat().st_size <= read_once < log.stat().st_size * 1.01
+
+    # Nothing new: nothing read. The start of the file is never looked at again.
+    with open(log, "r+b") as rewrite:
+        rewrite.write(b"exit 9\n")
+    assert runtime.status(instance_id).exit_code is None
+    assert runtime.log_bytes_read == read_once
+
+    with open(log, "ab") as guest:
+        guest.write(b"error boom\noom 1\nexi")  # the guest is mid-way through a line
+        guest.flush()
+        partial = runtime.status(instance_id)
+        assert (partial.errors, partial.oom, partial.exit_code) == (("boom",), True, None)
+        guest.write(b"t 3\n")
+    finished = runtime.status(instance_id)
+    assert (finished.state, finished.exit_code) == ("exited", 3)
+    assert runtime.log_bytes_read - read_once < 100
+
+    # A restarted worker (a new runtime) reads the whole log once and agrees.
+    fresh = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
+    assert fresh.status(instance_id).exit_code == 3
+
+
+def test_status_remembers_a_bounded_number_of_instances(tmp_path, monkeypatch):
+    monkeypatch.setattr("vmworker.runtime.STATUS_CACHE_INSTANCES", 2)
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
+    logs = []
+    for _ in range(3):
+        instance_id, log = make_instance_files(runtime)
+        log.write_bytes(b"started 1.0\n")
+        logs.append(instance_id)
+        runtime.status(instance_id)
+    read = runtime.log_bytes_read
+    runtime.status(logs[2])  # remembered: nothing read
+    assert runtime.log_bytes_read == read
+    runtime.status(logs[0])  # forgotten (the oldest): read again from the start
+    assert runtime.log_bytes_read == read + len(b"started 1.0\n")

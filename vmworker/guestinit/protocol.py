@@ -34,6 +34,21 @@ name in the guest through /sys/class/virtio-ports, never by number):
     on the log port (not the app output), best-effort: dropped while no host is
     connected, so a worker that restarts reads the log file, not this socket.
 
+    Host -> guest: ``exec <id> <timeout_ms> <hex of the command>\\n`` (exec_request) runs
+    ``/bin/sh -c <command>`` in the container: same root, env, user and working dir as
+    the app, in its own process group, stdio on /dev/null, at most EXEC_MAX_RUNNING at
+    once. The guest answers on this port only (never in the log) with one line
+    (parse_exec_result)::
+
+        exec-result <id> exit <code>     the command ended: its exit code (128+signal)
+        exec-result <id> timeout         timeout_ms passed: its process group was SIGKILLed
+        exec-result <id> error <text>    it never ran (no /bin/sh in the image, bad request,
+                                         too many running...)
+
+    ``<id>`` is 1-32 of ``[A-Za-z0-9-]`` chosen by the host; a result can arrive on a later
+    connection than its request (the host went away), so the host matches it by id. Only
+    one host connection is served at a time (QEMU's chardev): keep exec connections short.
+
 Console (ttyS0, ``console=ttyS0``): ``hvinit: error: <text>`` lines, and everything
 when the log port is missing. A SIGTERM/SIGINT delivered to the init itself
 (e.g. ctrl-alt-del) counts as ``stop`` too.
@@ -67,6 +82,9 @@ from dataclasses import dataclass
 LOG_PORT_NAME = "io.hypervm.log"
 CONTROL_PORT_NAME = "io.hypervm.control"
 STOP_COMMAND = b"stop\n"
+EXEC_MAX_COMMAND_BYTES = 4095  # hvinit.c EXEC_MAX_COMMAND, less its NUL
+EXEC_MAX_RUNNING = 4
+EXEC_RESULT_TAG = b"exec-result"
 
 # console=ttyS0: the per-instance console log. quiet loglevel=3: serial output is slow
 # under TCG. panic=-1: a dead init reboots at once, and the host turns reboot into
@@ -85,6 +103,7 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 _EVENT_NAMES = frozenset({"init", "started", "stopping", "killing", "error", "oom", "exit"})
+_EVENT_TAGS = frozenset(name.encode() for name in _EVENT_NAMES)
 _STREAM_TAGS = {
     "out": ("stdout", True),
     "err": ("stderr", True),
@@ -226,7 +245,53 @@ def summarize_records(records: Iterable[GuestRecord]) -> GuestRunSummary:
     )
 
 
+def guest_events(data: bytes) -> Iterator[GuestEvent]:
+    """The event records among complete log lines, skipping app output without decoding it
+    (what a status poll needs from a log that may hold megabytes of output)."""
+    for line in data.split(b"\n"):
+        tag, _, rest = line.partition(b" ")
+        if tag in _EVENT_TAGS:
+            yield GuestEvent(tag.decode("ascii"), rest.decode("utf-8", "replace"))
+
+
 def parse_guest_log(data: bytes) -> GuestRunSummary:
     """Parses a whole log-port file (e.g. after the VM powered off)."""
     parser = GuestLogParser()
     return summarize_records([*parser.feed(data), *parser.close()])
+
+
+class ExecRequestInvalid(ValueError):
+    """A command the guest would refuse: empty, too long, or holding a NUL byte."""
+
+
+def exec_request(request_id: str, command: str, timeout_s: float) -> bytes:
+    """The control-port line that runs ``/bin/sh -c command`` in the guest."""
+    encoded = command.encode()
+    if not encoded or b"\0" in encoded or len(encoded) > EXEC_MAX_COMMAND_BYTES:
+        raise ExecRequestInvalid(f"a command must be 1-{EXEC_MAX_COMMAND_BYTES} bytes without NUL")
+    timeout_ms = max(1, min(86_400_000, round(timeout_s * 1000)))
+    return f"exec {request_id} {timeout_ms} {encoded.hex()}\n".encode()
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """The guest's answer to one exec request."""
+
+    request_id: str
+    outcome: str  # "exit" | "timeout" | "error"
+    exit_code: int | None = None
+    message: str = ""
+
+
+def parse_exec_result(line: bytes) -> ExecResult | None:
+    """An ``exec-result`` line (without its newline), else None (an event mirrored on the port)."""
+    tag, _, rest = line.rstrip(b"\r").partition(b" ")
+    if tag != EXEC_RESULT_TAG:
+        return None
+    request_id, _, rest = rest.decode("utf-8", "replace").partition(" ")
+    outcome, _, detail = rest.partition(" ")
+    if outcome == "exit" and detail.lstrip("-").isdigit():
+        return ExecResult(request_id, "exit", exit_code=int(detail))
+    if outcome == "timeout":
+        return ExecResult(request_id, "timeout")
+    return ExecResult(request_id, "error", message=detail if outcome == "error" else rest)

@@ -1,10 +1,18 @@
 """The host-side parser of the guest protocol (log port lines)."""
 
+import pytest
+
 from vmworker.guestinit.protocol import (
+    EXEC_MAX_COMMAND_BYTES,
+    ExecRequestInvalid,
+    ExecResult,
     GuestEvent,
     GuestLogParser,
     MalformedRecord,
     OutputLine,
+    exec_request,
+    guest_events,
+    parse_exec_result,
     parse_guest_log,
 )
 
@@ -85,3 +93,47 @@ def test_unknown_lines_are_kept_as_malformed():
 
     assert parser.feed(b"bogus line\n\n") == [MalformedRecord(b"bogus line"), MalformedRecord(b"")]
     assert parser.feed(b"x" * 70000) == [MalformedRecord(b"x" * 70000)]
+
+
+def test_guest_events_skips_output_and_keeps_events_in_order():
+    assert list(guest_events(A_RUN)) == [
+        GuestEvent("init", "1204.500"),
+        GuestEvent("started", "1530.250"),
+        GuestEvent("stopping", "2000.000"),
+        GuestEvent("oom", "1"),
+        GuestEvent("exit", "137"),
+    ]
+
+
+def test_an_exec_request_carries_the_command_hex_encoded_on_one_line():
+    request = exec_request("abc-1", "test -f /tmp/ok && echo 'a\nb'", 2.5)
+
+    tag, request_id, timeout_ms, command_hex = request.rstrip(b"\n").split(b" ")
+    assert (tag, request_id, timeout_ms) == (b"exec", b"abc-1", b"2500")
+    assert bytes.fromhex(command_hex.decode()).decode() == "test -f /tmp/ok && echo 'a\nb'"
+    assert request.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("command", ["", "a\0b", "x" * (EXEC_MAX_COMMAND_BYTES + 1)])
+def test_an_exec_request_the_guest_would_refuse_is_refused_on_the_host(command):
+    with pytest.raises(ExecRequestInvalid):
+        exec_request("id", command, 1)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"exec-result r1 exit 0", ExecResult("r1", "exit", exit_code=0)),
+        (b"exec-result r1 exit 137\r", ExecResult("r1", "exit", exit_code=137)),
+        (b"exec-result r2 timeout", ExecResult("r2", "timeout")),
+        (
+            b"exec-result r3 error cannot run /bin/sh in the image: no such file or directory",
+            ExecResult("r3", "error", message="cannot run /bin/sh in the image: no such file or directory"),
+        ),
+        (b"exec-result r4 garbled", ExecResult("r4", "error", message="garbled")),
+        (b"started 1530.250", None),
+        (b"exit 0", None),
+    ],
+)
+def test_exec_results_are_told_apart_from_mirrored_events(line, expected):
+    assert parse_exec_result(line) == expected

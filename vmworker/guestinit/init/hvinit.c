@@ -10,7 +10,10 @@
  *     tagged "out"/"err", and the events init/started/stopping/killing/oom/
  *     error/exit); events are mirrored best-effort on "io.hypervm.control";
  *   - the host writes "stop\n" on "io.hypervm.control" to stop the app
- *     (SIGTERM, then SIGKILL after stop_grace_s);
+ *     (SIGTERM, then SIGKILL after stop_grace_s), and "exec <id> <timeout_ms>
+ *     <hex command>\n" to run a health-check command in the container (as the
+ *     app's user, with its env and workdir), answered there with one
+ *     "exec-result <id> ..." line;
  *   - the VM always powers itself off at the end; if this process ever dies the
  *     kernel panics and panic=-1 reboots, which the host maps to destroy.
  * The full protocol is documented in vmworker/guestinit/protocol.py.
@@ -425,17 +428,24 @@ static void sanitize_line(char *text)
 			*p = '?';
 }
 
+/* One record: formatted, made a single line, newline-terminated; returns its length. */
+static size_t format_record(char *line, size_t cap, const char *fmt, va_list ap)
+{
+	vsnprintf(line, cap - 1, fmt, ap);
+	sanitize_line(line);
+	size_t len = strlen(line);
+	line[len++] = '\n';
+	line[len] = '\0';
+	return len;
+}
+
 static void send_event(const char *fmt, ...)
 {
 	char line[1024];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line) - 1, fmt, ap);
+	size_t len = format_record(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	sanitize_line(line);
-	size_t len = strlen(line);
-	line[len++] = '\n';
-	line[len] = '\0';
 	if (log_fd >= 0)
 		log_port_write(line, len);
 	else {
@@ -1162,8 +1172,211 @@ static int exit_code_of(int status)
 	return EXIT_INIT_FAILURE;
 }
 
-/* Reads host commands; returns 1 when a "stop" arrived. */
-static int read_control(char *buf, size_t *len, size_t cap, double *paused_until)
+/* ---- exec requests: health-check commands run inside the container ------ */
+
+#define EXEC_MAX_RUNNING 4
+#define EXEC_ID_MAX 32
+#define EXEC_MAX_COMMAND 4096
+#define EXEC_SHELL "/bin/sh"
+
+/* What the app's child runs with: handed to every exec request too. */
+struct app_context {
+	const struct config *cfg;
+	const struct identity *id;
+	char **env;
+};
+
+struct exec_run {
+	pid_t pid; /* 0: the slot is free */
+	char id[EXEC_ID_MAX + 1];
+	double deadline_ms;
+	int status_fd; /* the child's close-on-exec failure report */
+	int timed_out;
+};
+
+static struct exec_run exec_runs[EXEC_MAX_RUNNING];
+
+/* Answers on the control port only: exec results are not part of the durable log. */
+static void __attribute__((format(printf, 1, 2))) control_reply(const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	va_start(ap, fmt);
+	size_t len = format_record(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (control_fd >= 0)
+		write(control_fd, line, len); /* best-effort: the host has gone if this fails */
+}
+
+static int hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Hex to bytes; -1 on an odd length, a bad digit, a NUL byte or too long a command. */
+static int hex_decode(const char *hex, char *out, size_t cap)
+{
+	size_t len = strlen(hex);
+	if (len == 0 || len % 2 || len / 2 >= cap)
+		return -1;
+	for (size_t i = 0; i < len / 2; i++) {
+		int high = hex_value(hex[2 * i]), low = hex_value(hex[2 * i + 1]);
+		if (high < 0 || low < 0 || (high == 0 && low == 0))
+			return -1;
+		out[i] = (char)(high << 4 | low);
+	}
+	out[len / 2] = '\0';
+	return 0;
+}
+
+static int valid_exec_id(const char *id)
+{
+	size_t len = strlen(id);
+	if (len == 0 || len > EXEC_ID_MAX)
+		return 0;
+	for (; *id; id++)
+		if (!isalnum((unsigned char)*id) && *id != '-')
+			return 0;
+	return 1;
+}
+
+static void __attribute__((noreturn)) run_exec_child(const struct app_context *app,
+						     const char *command, int status_w)
+{
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	setsid(); /* its own process group: a timeout kills the whole group */
+	int devnull = open("/dev/null", O_RDWR);
+	if (devnull >= 0) {
+		dup2(devnull, 0);
+		dup2(devnull, 1);
+		dup2(devnull, 2);
+	}
+	struct child_failure failure = {0, 0};
+	const struct config *cfg = app->cfg;
+	if (setgroups((size_t)app->id->ngroups, app->id->groups) != 0 || setgid(app->id->gid) != 0 ||
+	    setuid(app->id->uid) != 0) {
+		failure.err = errno;
+	} else if (chdir(cfg->working_dir && cfg->working_dir[0] ? cfg->working_dir : "/") != 0) {
+		failure.stage = 1;
+		failure.err = errno;
+	} else {
+		char *argv[] = {EXEC_SHELL, "-c", (char *)command, NULL};
+		execve(EXEC_SHELL, argv, app->env);
+		failure.stage = 2;
+		failure.err = errno;
+	}
+	write(status_w, &failure, sizeof(failure));
+	_exit(EXIT_CANNOT_EXECUTE);
+}
+
+/* "exec <id> <timeout_ms> <hex command>": fork /bin/sh -c <command>, answered when it ends. */
+static void exec_start(const struct app_context *app, char *request)
+{
+	char *id = strtok(request, " ");
+	char *timeout_text = strtok(NULL, " ");
+	char *hex = strtok(NULL, " ");
+	if (!id || !valid_exec_id(id)) {
+		control_reply("exec-result - error malformed exec request");
+		return;
+	}
+	unsigned long timeout_ms;
+	static char command[EXEC_MAX_COMMAND];
+	if (!timeout_text || !hex || strtok(NULL, " ") ||
+	    parse_decimal(timeout_text, 1, 86400000ul, &timeout_ms) != 0 ||
+	    hex_decode(hex, command, sizeof(command)) != 0) {
+		control_reply("exec-result %s error malformed exec request", id);
+		return;
+	}
+	struct exec_run *slot = NULL;
+	for (int i = 0; i < EXEC_MAX_RUNNING && !slot; i++)
+		if (exec_runs[i].pid == 0)
+			slot = &exec_runs[i];
+	if (!slot) {
+		control_reply("exec-result %s error %d commands are running already", id, EXEC_MAX_RUNNING);
+		return;
+	}
+	int status_pipe[2];
+	if (pipe2(status_pipe, O_CLOEXEC) != 0) {
+		control_reply("exec-result %s error pipe: %s", id, errno_text(errno));
+		return;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(status_pipe[0]);
+		close(status_pipe[1]);
+		control_reply("exec-result %s error fork: %s", id, errno_text(errno));
+		return;
+	}
+	if (pid == 0)
+		run_exec_child(app, command, status_pipe[1]);
+	close(status_pipe[1]);
+	slot->pid = pid;
+	snprintf(slot->id, sizeof(slot->id), "%s", id);
+	slot->deadline_ms = monotonic_ms() + (double)timeout_ms;
+	slot->status_fd = status_pipe[0];
+	slot->timed_out = 0;
+}
+
+/* A reaped child: if it was an exec request, answer it. */
+static void exec_reaped(pid_t pid, int status)
+{
+	for (int i = 0; i < EXEC_MAX_RUNNING; i++) {
+		struct exec_run *run = &exec_runs[i];
+		if (run->pid != pid)
+			continue;
+		struct child_failure failure;
+		ssize_t n;
+		do {
+			n = read(run->status_fd, &failure, sizeof(failure));
+		} while (n < 0 && errno == EINTR);
+		close(run->status_fd);
+		if (n == (ssize_t)sizeof(failure)) {
+			if (failure.stage == 2)
+				control_reply("exec-result %s error cannot run %s in the image: %s", run->id,
+					      EXEC_SHELL, errno_text(failure.err));
+			else if (failure.stage == 1)
+				control_reply("exec-result %s error workdir: %s", run->id, errno_text(failure.err));
+			else
+				control_reply("exec-result %s error user: %s", run->id, errno_text(failure.err));
+		} else if (run->timed_out) {
+			control_reply("exec-result %s timeout", run->id);
+		} else {
+			control_reply("exec-result %s exit %d", run->id, exit_code_of(status));
+		}
+		run->pid = 0;
+		return;
+	}
+}
+
+/* Kills exec requests past their deadline; returns the next deadline (or `wake`). */
+static double exec_enforce_deadlines(double now, double wake)
+{
+	for (int i = 0; i < EXEC_MAX_RUNNING; i++) {
+		struct exec_run *run = &exec_runs[i];
+		if (run->pid == 0 || run->timed_out)
+			continue;
+		if (now >= run->deadline_ms) {
+			kill(-run->pid, SIGKILL);
+			kill(run->pid, SIGKILL);
+			run->timed_out = 1;
+		} else if (run->deadline_ms < wake) {
+			wake = run->deadline_ms;
+		}
+	}
+	return wake;
+}
+
+/* Reads host commands (stop, exec); returns 1 when a "stop" arrived. */
+static int read_control(const struct app_context *app, char *buf, size_t *len, size_t cap,
+			double *paused_until)
 {
 	ssize_t n = read(control_fd, buf + *len, cap - *len);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -1184,6 +1397,8 @@ static int read_control(char *buf, size_t *len, size_t cap, double *paused_until
 		command[strcspn(command, "\r")] = '\0';
 		if (strcmp(command, "stop") == 0)
 			stop = 1;
+		else if (strncmp(command, "exec ", 5) == 0)
+			exec_start(app, command + 5);
 		start = i + 1;
 	}
 	if (start == 0 && *len == cap)
@@ -1193,11 +1408,13 @@ static int read_control(char *buf, size_t *len, size_t cap, double *paused_until
 	return stop;
 }
 
-static int supervise(const struct config *cfg, pid_t app, int out_r, int err_r, int sigfd)
+static int supervise(const struct app_context *context, pid_t app, int out_r, int err_r, int sigfd)
 {
+	const struct config *cfg = context->cfg;
 	struct output_stream out = {.tag = "out", .fragment_tag = "out+", .fd = out_r};
 	struct output_stream err = {.tag = "err", .fragment_tag = "err+", .fd = err_r};
-	char control_buf[256];
+	/* An exec request is hex-encoded: twice EXEC_MAX_COMMAND plus its header. */
+	static char control_buf[2 * EXEC_MAX_COMMAND + 128];
 	size_t control_len = 0;
 	double control_paused_until = 0, kill_at = 0, drain_until = 0;
 	int app_status = 0, app_exited = 0, stopping = 0;
@@ -1234,6 +1451,7 @@ static int supervise(const struct config *cfg, pid_t app, int out_r, int err_r, 
 			wake = kill_at;
 		if (app_exited && drain_until < wake)
 			wake = drain_until;
+		wake = exec_enforce_deadlines(now, wake);
 		int timeout = (int)(wake - now) + 1;
 		if (poll(fds, (nfds_t)nfds, timeout < 0 ? 0 : timeout) < 0 && errno != EINTR)
 			die(EXIT_INIT_FAILURE, "poll: %s", errno_text(errno));
@@ -1255,6 +1473,8 @@ static int supervise(const struct config *cfg, pid_t app, int out_r, int err_r, 
 					/* Output still in flight is worth a short wait; a daemonised child
 					 * holding the pipes open is not. */
 					drain_until = monotonic_ms() + 300.0;
+				} else {
+					exec_reaped(pid, status);
 				}
 			}
 		}
@@ -1263,8 +1483,8 @@ static int supervise(const struct config *cfg, pid_t app, int out_r, int err_r, 
 		if (err_i >= 0 && fds[err_i].revents)
 			pump_output(&err);
 		if (control_i >= 0 && fds[control_i].revents)
-			stop_requested |= read_control(control_buf, &control_len, sizeof(control_buf),
-						       &control_paused_until);
+			stop_requested |= read_control(context, control_buf, &control_len,
+						       sizeof(control_buf), &control_paused_until);
 		if (stop_requested && !stopping && !app_exited) {
 			stopping = 1;
 			send_event("stopping %.3f", monotonic_ms());
@@ -1328,7 +1548,8 @@ static int start_and_supervise(const struct config *cfg, const struct identity *
 	send_event("started %.3f", monotonic_ms());
 	fcntl(out_pipe[0], F_SETFL, O_NONBLOCK);
 	fcntl(err_pipe[0], F_SETFL, O_NONBLOCK);
-	return supervise(cfg, app, out_pipe[0], err_pipe[0], sigfd);
+	struct app_context context = {.cfg = cfg, .id = id, .env = env};
+	return supervise(&context, app, out_pipe[0], err_pipe[0], sigfd);
 }
 
 int main(void)
