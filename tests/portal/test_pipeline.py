@@ -220,3 +220,53 @@ def test_instances_of_a_dead_host_are_rescheduled(access, compute_hosts, test_im
     )
     app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/spread"))
     wait_until("app gone", lambda: not App.objects.filter(marathon_id="/spread").exists())
+
+
+def command_app(test_images, *, app_id: str, command: str, max_failures: int) -> dict:
+    return {
+        "id": app_id,
+        "instances": 1,
+        "cpus": 0.5,
+        "mem": 128,
+        "container": {"docker": {"image": test_images["sigterm"].reference}},
+        "env": {"CHECK_TOKEN": "expected"},
+        "healthChecks": [
+            {
+                "protocol": "COMMAND",
+                "command": {"value": command},
+                "intervalSeconds": 1,
+                "timeoutSeconds": 5,
+                "gracePeriodSeconds": 0,
+                "maxConsecutiveFailures": max_failures,
+            }
+        ],
+    }
+
+
+def test_command_health_checks_run_inside_the_vm(access, one_host, test_images):
+    good = app_create(
+        access=access,
+        definition=parse_app_definition(
+            command_app(test_images, app_id="/cmd-good", command='test "$CHECK_TOKEN" = expected', max_failures=3)
+        ),
+    )
+    app_create(
+        access=access,
+        definition=parse_app_definition(
+            command_app(test_images, app_id="/cmd-bad", command="test -e /no/such/file", max_failures=0)
+        ),
+    )
+
+    wait_until("the passing check makes it healthy", lambda: deployment_done(good))
+    healthy = active("/cmd-good")[0]
+    assert healthy.status == InstanceStatus.HEALTHY and healthy.health["alive"] is True
+    unhealthy = wait_until(
+        "the failing check makes it unhealthy",
+        lambda: Instance.objects.filter(app__marathon_id="/cmd-bad", status=InstanceStatus.UNHEALTHY).first(),
+    )
+    assert unhealthy.health["lastFailureCause"] == "command exited with code 1"
+    assert unhealthy.health["consecutiveFailures"] >= 1
+
+    for marathon_id in ("/cmd-good", "/cmd-bad"):  # /cmd-bad's deployment still waits for health
+        app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id=marathon_id), force=True)
+    wait_until("apps gone", lambda: not App.objects.filter(marathon_id__in=["/cmd-good", "/cmd-bad"]).exists())

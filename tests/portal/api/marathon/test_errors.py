@@ -58,9 +58,24 @@ def test_bad_definition_is_422_with_every_path_and_nothing_stored(api):
 
 
 def test_definition_the_platform_cannot_run_is_422_at_its_path(api):
-    body = app_json(healthChecks=[{"protocol": "COMMAND", "command": {"value": "true"}}])
+    body = app_json(container={"type": "MESOS"})
     error = marathon_error(post_json(api, "/v2/apps", body), 422)
-    assert error["details"][0]["path"] == "/healthChecks(0)/protocol"
+    assert error["details"][0]["path"] == "/container/docker/image"
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize("protocol", ["COMMAND", "MESOS_COMMAND"])
+def test_command_health_checks_are_accepted(api, protocol):
+    body = app_json(healthChecks=[{"protocol": protocol, "command": {"value": "test -f /tmp/ready"}}])
+    response = post_json(api, "/v2/apps", body)
+    assert response.status_code == 201, response.content
+    assert response.json()["healthChecks"][0]["command"] == {"value": "test -f /tmp/ready"}
+
+
+def test_a_check_command_longer_than_the_guest_takes_is_422(api):
+    body = app_json(healthChecks=[{"protocol": "COMMAND", "command": {"value": "x" * 1001}}])
+    error = marathon_error(post_json(api, "/v2/apps", body), 422)
+    assert error["details"][0]["path"] == "/healthChecks(0)/command/value"
     assert nothing_stored()
 
 
