@@ -31,12 +31,13 @@ from portal.marathon import AppDefinition
 from portal.marathon.app_definition import HealthCheckProbe, NetworkMode
 from portal.models import Instance
 from portal.services.deployments import app_record_launch_success
-from portal.services.hosts import host_heartbeat, host_register
+from portal.services.hosts import host_heartbeat, host_queue, host_register
 from portal.services.instances import instance_transition
 from tenants.crypto import secret_decrypt
 from tenants.selectors import registry_for_image
 from vmworker.driver.errors import DriverError
 from vmworker.driver.spec import PortForward
+from vmworker.failures import MAX_RETRIES, failure_is_transient, retry_countdown_s
 from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
 from vmworker.runtime import HyperVMRuntime, InstanceNotFound, InstanceSpec, RuntimeFailure, RuntimeSettings
@@ -187,8 +188,8 @@ RESEND_BOOT_S = 60
 PHASE_TO_STATUS = {"preparing": InstanceStatus.PREPARING, "booting": InstanceStatus.BOOTING}
 
 
-@shared_task(name="vmworker.boot_instance", acks_late=True)
-def boot_instance(instance_id: str) -> None:
+@shared_task(name="vmworker.boot_instance", acks_late=True, bind=True, max_retries=MAX_RETRIES)
+def boot_instance(self, instance_id: str) -> None:
     instance = Instance.objects.select_related("app", "version", "tenant", "host").filter(pk=instance_id).first()
     if instance is None:
         return
@@ -206,6 +207,8 @@ def boot_instance(instance_id: str) -> None:
             ),
         )
     except (ImageError, RuntimeFailure, DriverError) as exc:
+        if failure_is_transient(exc) and self.request.retries < self.max_retries:
+            _retry_later(self, instance_id, exc)
         tail = getattr(exc, "console_tail", "") or ""
         logger.warning("instance.boot_failed", extra={"instance_id": instance_id, "reason": str(exc)})
         instance_transition(
@@ -227,14 +230,15 @@ def boot_instance(instance_id: str) -> None:
             to=InstanceStatus.RUNNING,
             timings_s=result.timings_s,
             ip_address="10.0.2.15" if result.ports else "",
+            failure_reason="",  # a retry's or a placement wait's note is over
         )
         is not None
     ):
         app_record_launch_success(app_id=instance.app_id)
 
 
-@shared_task(name="vmworker.stop_instance", acks_late=True)
-def stop_instance(instance_id: str) -> None:
+@shared_task(name="vmworker.stop_instance", acks_late=True, bind=True, max_retries=MAX_RETRIES)
+def stop_instance(self, instance_id: str) -> None:
     instance = Instance.objects.filter(pk=instance_id).first()
     if instance is None:
         return
@@ -243,7 +247,23 @@ def stop_instance(instance_id: str) -> None:
         exit_code = runtime().stop(instance_id).exit_code
     except InstanceNotFound:
         pass  # never booted on this host
+    except DriverError as exc:
+        if not failure_is_transient(exc) or self.request.retries >= self.max_retries:
+            raise  # left STOPPING: the reconciler sends the stop again after STOP_RETRY_S
+        _retry_later(self, instance_id, exc)
     instance_transition(instance_id=instance_id, to=InstanceStatus.STOPPED, exit_code=exit_code)
+
+
+def _retry_later(task, instance_id: str, exc: BaseException) -> None:
+    """Raises celery's Retry: the same task again on this host's queue after a backoff. The
+    instance keeps its state (a retried boot resumes from it); the reason shows meanwhile."""
+    countdown = retry_countdown_s(task.request.retries)
+    reason = f"retry {task.request.retries + 1} of {task.max_retries} in {countdown:.0f} s: {exc}"
+    logger.warning(
+        "instance.task_retry", extra={"instance_id": instance_id, "task": task.name, "countdown_s": countdown}
+    )
+    Instance.objects.filter(pk=instance_id).update(failure_reason=reason[:1000])
+    raise task.retry(countdown=countdown, exc=exc, queue=host_queue(host_name()))
 
 
 @shared_task(name="vmworker.reconcile_host", acks_late=True)

@@ -33,3 +33,7 @@ class ImageTooLarge(ImageError):
 
 class ImageInvalid(ImageError):
     """The image is malformed or hostile (bad manifest/config, digest mismatch, unsafe layer)."""
+
+
+class RegistryUnavailable(ImageError):
+    """The registry could not answer now (unreachable, timed out, 5xx, rate-limited): worth a retry."""

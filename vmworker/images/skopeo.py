@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from vmworker.images.errors import (
     ImageInvalid,
     ImageNotFound,
     RegistryUnauthorized,
+    RegistryUnavailable,
 )
 from vmworker.images.reference import ImageReference
 
@@ -117,7 +119,7 @@ class SkopeoSession:
                 check=False,
             )
         except subprocess.TimeoutExpired as error:
-            raise ImageError(
+            raise RegistryUnavailable(
                 f"timed out after {self.command_timeout_s:.0f} s talking to registry {self.reference.domain}"
             ) from error
         if completed.returncode != 0:
@@ -153,6 +155,18 @@ def _last_message(stderr: str) -> str:
     return last.replace('\\"', '"')[:300]
 
 
+_UNREACHABLE_SIGNS = (
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "connection reset by peer",
+    "tls handshake timeout",
+    "timeout awaiting response headers",
+    "unexpected eof",
+)
+_HTTP_STATUS = re.compile(r"(?:http status|status code|statuscode)(?: from registry)?[:= ]+(\d{3})")
+
+
 def classify_failure(reference: ImageReference, stderr: str, *, has_credentials: bool) -> ImageError:
     detail = stderr[-DETAIL_MAX_CHARS:]
     lowered = stderr.lower()
@@ -179,8 +193,11 @@ def classify_failure(reference: ImageReference, stderr: str, *, has_credentials:
         )
     if "x509" in lowered or "certificate" in lowered or "tls:" in lowered:
         return ImageError(f"TLS verification of registry {domain} failed", detail=detail)
-    if "connection refused" in lowered or "no such host" in lowered or "i/o timeout" in lowered:
-        return ImageError(f"cannot reach registry {domain}", detail=detail)
+    if any(sign in lowered for sign in _UNREACHABLE_SIGNS):
+        return RegistryUnavailable(f"cannot reach registry {domain}", detail=detail)
+    status = _HTTP_STATUS.search(lowered)
+    if status and (status.group(1).startswith("5") or status.group(1) == "429"):
+        return RegistryUnavailable(f"registry {domain} answered HTTP {status.group(1)}; try again later", detail=detail)
     if "digest" in lowered and ("mismatch" in lowered or "did not match" in lowered):
         return ImageInvalid(f"image {image} failed digest verification", detail=detail)
     if "size" in lowered and "mismatch" in lowered:
