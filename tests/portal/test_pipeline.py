@@ -20,6 +20,8 @@ from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.selectors import quota_usage
 from tenants.services import registry_create
+from tests.support.oci_images import SIGTERM, build_and_push
+from tests.support.registry import start_registry, stop_registry
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 WAIT_S = 150
@@ -229,6 +231,7 @@ def command_app(test_images, *, app_id: str, command: str, max_failures: int) ->
         "cpus": 0.5,
         "mem": 128,
         "container": {"docker": {"image": test_images["sigterm"].reference}},
+        "portDefinitions": [],  # no host port: nothing to collide with other stacks on this machine
         "env": {"CHECK_TOKEN": "expected"},
         "healthChecks": [
             {
@@ -270,3 +273,67 @@ def test_command_health_checks_run_inside_the_vm(access, one_host, test_images):
     for marathon_id in ("/cmd-good", "/cmd-bad"):  # /cmd-bad's deployment still waits for health
         app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id=marathon_id), force=True)
     wait_until("apps gone", lambda: not App.objects.filter(marathon_id__in=["/cmd-good", "/cmd-bad"]).exists())
+
+
+@pytest.fixture
+def registry_down_at_first(registry, oci_image_cache_dir, tmp_path_factory):
+    """A second real registry holding the sigterm image, then stopped with its files kept:
+    ``start()`` brings it back on the same port."""
+    work_dir = tmp_path_factory.mktemp("late-registry")
+    first = start_registry(work_dir, username=registry.username, password=registry.password)
+    authfile = first.write_authfile(tmp_path_factory.mktemp("late-auth") / "auth.json")
+    pushed = build_and_push(SIGTERM, cache_dir=oci_image_cache_dir, registry=first.host_port, authfile=authfile)
+    stop_registry(first, remove_files=False)
+    started = []
+
+    class Down:
+        host_port = first.host_port
+        reference = pushed.reference
+
+        @staticmethod
+        def start():
+            port = int(first.host_port.rsplit(":", 1)[1])
+            started.append(start_registry(work_dir, username=registry.username, port=port, password=registry.password))
+
+    yield Down
+    for running in started:
+        stop_registry(running)
+
+
+def test_a_boot_retried_after_a_transient_registry_failure_ends_running(
+    access, one_host, registry, registry_down_at_first
+):
+    registry_create(
+        access=access,
+        name="late",
+        url=f"http://{registry_down_at_first.host_port}",
+        username=registry.username,
+        password=registry.password,
+        insecure=True,
+    )
+    definition = {
+        "id": "/late",
+        "instances": 1,
+        "cpus": 0.5,
+        "mem": 128,
+        "container": {"docker": {"image": registry_down_at_first.reference}},
+        "portDefinitions": [],
+    }
+    deployment = app_create(access=access, definition=parse_app_definition(definition))
+
+    retrying = wait_until(
+        "the boot task retrying",
+        lambda: Instance.objects.filter(app__marathon_id="/late", failure_reason__startswith="retry 1 of 3").first(),
+        60,
+    )
+    assert f"cannot reach registry {registry_down_at_first.host_port}" in retrying.failure_reason
+    assert retrying.status == InstanceStatus.PULLING  # not failed: the same instance will try again
+    registry_down_at_first.start()
+
+    wait_until("running after the retry", lambda: deployment_done(deployment))
+    (running,) = active("/late")
+    assert running.pk == retrying.pk and running.status == InstanceStatus.RUNNING
+    assert running.failure_reason == ""
+    assert App.objects.get(marathon_id="/late").launch_failures == 0
+    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/late"))
+    wait_until("app gone", lambda: not App.objects.filter(marathon_id="/late").exists())
