@@ -37,6 +37,30 @@ INSTANCE_ACTIVE = frozenset(
 INSTANCE_TERMINAL = frozenset({S.STOPPED, S.FAILED, S.LOST})
 INSTANCE_UP = frozenset({S.RUNNING, S.HEALTHY, S.UNHEALTHY})
 
+# Marathon's task state per instance status (for events and /v2 alike: marathon_task_state).
+MARATHON_TASK_STATE = {
+    S.STAGED: "TASK_STAGING",
+    S.PULLING: "TASK_STAGING",
+    S.PREPARING: "TASK_STAGING",
+    S.BOOTING: "TASK_STARTING",
+    S.RUNNING: "TASK_RUNNING",
+    S.HEALTHY: "TASK_RUNNING",
+    S.UNHEALTHY: "TASK_RUNNING",
+    S.STOPPING: "TASK_KILLING",
+    S.STOPPED: "TASK_KILLED",
+    S.FAILED: "TASK_FAILED",
+    S.LOST: "TASK_LOST",
+}
+
+
+def marathon_task_state(status: str, exit_code: int | None) -> str:
+    """As Marathon reports it: a task the platform stopped (kill, scale down, replacement,
+    failed health, app deletion) is TASK_KILLED; one whose app exited 0 by itself
+    TASK_FINISHED; any other end of the app TASK_FAILED; a VM that vanished TASK_LOST."""
+    if status == S.FAILED and exit_code == 0:
+        return "TASK_FINISHED"
+    return MARATHON_TASK_STATE[status]
+
 
 class DeploymentStatus(models.TextChoices):
     RUNNING = "running"

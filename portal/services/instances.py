@@ -8,7 +8,7 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
-from portal.choices import INSTANCE_TERMINAL, INSTANCE_TRANSITIONS, InstanceStatus
+from portal.choices import INSTANCE_TERMINAL, INSTANCE_TRANSITIONS, InstanceStatus, marathon_task_state
 from portal.events import event_publish, marathon_timestamp
 from portal.models import Instance
 from tenants.services import claim_release
@@ -20,20 +20,6 @@ CLAIM_KIND = "instance"
 ENGINE_RELEVANT = frozenset(
     {InstanceStatus.RUNNING, InstanceStatus.HEALTHY, InstanceStatus.UNHEALTHY, *INSTANCE_TERMINAL}
 )
-
-MARATHON_TASK_STATUS = {
-    InstanceStatus.STAGED: "TASK_STAGING",
-    InstanceStatus.PULLING: "TASK_STAGING",
-    InstanceStatus.PREPARING: "TASK_STAGING",
-    InstanceStatus.BOOTING: "TASK_STARTING",
-    InstanceStatus.RUNNING: "TASK_RUNNING",
-    InstanceStatus.HEALTHY: "TASK_RUNNING",
-    InstanceStatus.UNHEALTHY: "TASK_RUNNING",
-    InstanceStatus.STOPPING: "TASK_KILLING",
-    InstanceStatus.STOPPED: "TASK_KILLED",
-    InstanceStatus.FAILED: "TASK_FAILED",
-    InstanceStatus.LOST: "TASK_LOST",
-}
 
 
 def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **fields) -> Instance | None:
@@ -85,7 +71,7 @@ def _publish_status(instance: Instance, *, message: str = "") -> None:
         data={
             "slaveId": instance.host.name if instance.host else "",
             "taskId": instance.task_id,
-            "taskStatus": MARATHON_TASK_STATUS[InstanceStatus(instance.status)],
+            "taskStatus": marathon_task_state(instance.status, instance.exit_code),
             "message": message,
             "appId": instance.app.marathon_id,
             "host": instance.host.name if instance.host else "",

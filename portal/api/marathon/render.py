@@ -13,25 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from portal import selectors
-from portal.choices import InstanceStatus
+from portal.choices import InstanceStatus, marathon_task_state
 from portal.marathon import AppDefinition
 from portal.marathon.app_definition import NetworkMode
 from portal.marathon.path_ids import ROOT_GROUP, path_id_segments
 from portal.models import App, AppVersion, Deployment, Instance
 
-MARATHON_TASK_STATE = {
-    InstanceStatus.STAGED: "TASK_STAGING",
-    InstanceStatus.PULLING: "TASK_STAGING",
-    InstanceStatus.PREPARING: "TASK_STAGING",
-    InstanceStatus.BOOTING: "TASK_STARTING",
-    InstanceStatus.RUNNING: "TASK_RUNNING",
-    InstanceStatus.HEALTHY: "TASK_RUNNING",
-    InstanceStatus.UNHEALTHY: "TASK_RUNNING",
-    InstanceStatus.STOPPING: "TASK_KILLING",
-    InstanceStatus.STOPPED: "TASK_FINISHED",
-    InstanceStatus.FAILED: "TASK_FAILED",
-    InstanceStatus.LOST: "TASK_LOST",
-}
 FAILED_INSTANCE_STATUSES = (InstanceStatus.FAILED, InstanceStatus.LOST)
 PLATFORM_NAME = "hypervm-caas"
 # Clients gate features on Marathon's version; we implement the 1.10 API subset.
@@ -137,6 +124,7 @@ class TenantRenderer:
         failed = (
             selectors.instance_list(tenant=self.tenant, app=app, active_only=False)
             .filter(status__in=FAILED_INSTANCE_STATUSES)
+            .exclude(status=InstanceStatus.FAILED, exit_code=0)  # TASK_FINISHED is no failure
             .order_by("-updated_at")
             .first()
         )
@@ -146,7 +134,7 @@ class TenantRenderer:
             "appId": app.marathon_id,
             "host": failed.host.name if failed.host else "",
             "message": failed.failure_reason,
-            "state": MARATHON_TASK_STATE[InstanceStatus(failed.status)],
+            "state": marathon_task_state(failed.status, failed.exit_code),
             "taskId": failed.task_id,
             "timestamp": marathon_timestamp(failed.phase_times.get(failed.status) or failed.updated_at),
             "version": failed.version.version,
@@ -167,7 +155,7 @@ class TenantRenderer:
             "stagedAt": marathon_timestamp(instance.phase_times.get(InstanceStatus.STAGED) or instance.created_at),
             "startedAt": marathon_timestamp(instance.phase_times.get(InstanceStatus.RUNNING)),
             "version": instance.version.version,
-            "state": MARATHON_TASK_STATE[InstanceStatus(instance.status)],
+            "state": marathon_task_state(instance.status, instance.exit_code),
             "healthCheckResults": health_check_results(instance, task_id) if definition.health_checks else [],
         }
 

@@ -8,7 +8,9 @@ from django.utils import timezone
 from marathon.models import MarathonApp, MarathonDeployment, MarathonInfo, MarathonTask
 from marathon.models.group import MarathonGroup
 
-from portal.models import ComputeHost, Instance
+from portal.api.marathon.render import TenantRenderer
+from portal.models import ComputeHost, Event, Instance
+from portal.services.instances import instance_transition
 
 from .shapes import TIMESTAMP, accepted_keys, app_unknown_keys, task_unknown_keys, unknown_keys
 
@@ -168,3 +170,26 @@ def test_version_of_an_app_is_its_definition(api, lived_app):
     assert "tasks" not in body and "tasksRunning" not in body
     assert app_unknown_keys(body) == {}
     MarathonApp.from_json(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "exit_code", "expected", "reported_failure"),
+    [
+        (("stopping", "stopped"), 143, "TASK_KILLED", None),  # stopped by the platform, whatever the app's code
+        (("failed",), 0, "TASK_FINISHED", None),  # the app exited 0 by itself: no failure
+        (("failed",), 3, "TASK_FAILED", "TASK_FAILED"),
+        (("lost",), None, "TASK_LOST", "TASK_LOST"),
+    ],
+)
+def test_events_and_v2_agree_on_how_a_task_ended(api, make_app, host, path, exit_code, expected, reported_failure):
+    app, _ = make_app("/ends", instances=1)
+    instance = app.instances.get()
+    Instance.objects.filter(pk=instance.pk).update(host=host, status="running")
+    for status in path:
+        instance_transition(instance_id=instance.pk, to=status, exit_code=exit_code, failure_reason="it ended")
+
+    event = Event.objects.filter(instance=instance, kind="status_update_event").last()
+    task = TenantRenderer(app.tenant).task(Instance.objects.get(pk=instance.pk))
+    assert event.data["taskStatus"] == task["state"] == expected
+    failure = json.loads(api.get("/v2/apps/ends").content)["app"].get("lastTaskFailure") or {}
+    assert failure.get("state") == reported_failure
