@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
+from django.db.models.functions import Cast
 from django.utils import timezone
 
-from portal.choices import INSTANCE_ACTIVE, HostState, InstanceStatus
-from portal.models import App, ComputeHost, Instance
+from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, HostState, InstanceStatus
+from portal.models import App, ComputeHost, Deployment, Instance
 from portal.scheduling import hosts_alive
 from portal.services.instances import instance_transition
 
@@ -69,12 +72,44 @@ def hosts_expire() -> list[str]:
     return [host.name for host in expired]
 
 
+LIVE_STATUSES = INSTANCE_ACTIVE - {InstanceStatus.STOPPING}
+
+
+def apps_needing_converge() -> list[int]:
+    """The apps the engine has something to do for (platform-wide: for the reconciler only).
+
+    An app at rest — its live instances all of the current version, as many as asked, none
+    waiting for a host — is skipped: every instance change that matters converges its app
+    already (``instance_transition``). Picked: a running deployment (moving it on), deletion,
+    instances of an old version, staged instances without a host (placement again), and a live
+    count off target once the launch backoff has passed (a failed or lost instance to replace).
+    """
+    live = Q(instances__status__in=LIVE_STATUSES)
+    apps = App.objects.annotate(
+        target=Cast(KeyTextTransform("instances", KeyTransform("app", "current_version__definition")), IntegerField()),
+        live_current=Count("instances", filter=live & Q(instances__version=F("current_version"))),
+        live_old=Count("instances", filter=live & ~Q(instances__version=F("current_version"))),
+        unplaced=Count("instances", filter=Q(instances__status=InstanceStatus.STAGED, instances__host__isnull=True)),
+        deploying=Exists(Deployment.objects.filter(app=OuterRef("pk"), status=DeploymentStatus.RUNNING)),
+    )
+    backoff_over = Q(next_launch_at__isnull=True) | Q(next_launch_at__lte=timezone.now())
+    return list(
+        apps.filter(
+            Q(deploying=True)
+            | Q(deleting=True)
+            | Q(live_old__gt=0)
+            | Q(unplaced__gt=0)
+            | (~Q(live_current=F("target")) & backoff_over)
+        ).values_list("pk", flat=True)
+    )
+
+
 def reconcile_all() -> None:
     from portal.services.deployments import app_converge
     from vmworker.tasks import reconcile_host
 
     hosts_expire()
-    for app_id in App.objects.values_list("pk", flat=True):
+    for app_id in apps_needing_converge():
         app_converge(app_id=app_id)
     for host in hosts_alive():
         reconcile_host.apply_async(args=[host.name], queue=host.queue, expires=30)
