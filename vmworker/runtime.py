@@ -80,6 +80,7 @@ GiB = 1024**3
 STATUS_CACHE_INSTANCES = 4096
 MAX_STATUS_ERRORS = 20
 LOG_READ_CHUNK_BYTES = 1024 * 1024
+LOG_TAIL_CHECK_BYTES = 64
 # How long past the command's own timeout the guest's answer may take (the init kills the
 # command at its timeout; this covers the port and a paused control reader).
 EXEC_REPLY_MARGIN_S = 5.0
@@ -206,6 +207,8 @@ class _LogProgress:
     """What status() has read of one guest log so far: up to ``offset`` (a line boundary)."""
 
     offset: int = 0
+    inode: int = 0  # the file read, and its last bytes before offset: an instance made
+    tail: bytes = b""  # again has a new log, whatever inode the filesystem gives it
     started: bool = False
     exit_code: int | None = None
     oom: bool = False
@@ -612,9 +615,10 @@ class HyperVMRuntime:
         progress = self._log_progress.pop(instance_id, None) or _LogProgress()
         try:
             with open(self.instance_dir(instance_id) / GUEST_LOG, "rb") as log:
-                size = os.fstat(log.fileno()).st_size
-                if size < progress.offset:  # not the file we read (an instance made again)
-                    progress = _LogProgress()
+                stat = os.fstat(log.fileno())
+                size = stat.st_size
+                if stat.st_ino != progress.inode or size < progress.offset or not self._same_tail(log, progress):
+                    progress = _LogProgress(inode=stat.st_ino)
                 log.seek(progress.offset)
                 while progress.offset < size:
                     chunk = log.read(min(LOG_READ_CHUNK_BYTES, size - progress.offset))
@@ -628,6 +632,7 @@ class HyperVMRuntime:
                     complete = complete or len(chunk)
                     progress.apply(guest_events(chunk[:complete]))
                     progress.offset += complete
+                    progress.tail = (progress.tail + chunk[:complete])[-LOG_TAIL_CHECK_BYTES:]
                     log.seek(progress.offset)
         except FileNotFoundError:
             pass
@@ -635,6 +640,14 @@ class HyperVMRuntime:
         while len(self._log_progress) > STATUS_CACHE_INSTANCES:
             self._log_progress.popitem(last=False)
         return progress
+
+    def _same_tail(self, log, progress: _LogProgress) -> bool:
+        if not progress.tail:
+            return progress.offset == 0
+        log.seek(progress.offset - len(progress.tail))
+        tail = log.read(len(progress.tail))
+        self.log_bytes_read += len(tail)
+        return tail == progress.tail
 
     def exec_check(self, instance_id: str, command: str, timeout_s: float) -> int:
         """Runs ``/bin/sh -c command`` in the instance's container (the app's env, user and

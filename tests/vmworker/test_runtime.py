@@ -14,6 +14,7 @@ from vmworker.driver.spec import PortForward
 from vmworker.guestinit.protocol import OutputLine
 from vmworker.images.manifest import ImageConfig
 from vmworker.runtime import (
+    LOG_TAIL_CHECK_BYTES,
     BootFailed,
     ExecCheckFailed,
     HyperVMRuntime,
@@ -175,11 +176,12 @@ def test_status_reads_only_what_the_guest_log_gained(tmp_path):
     # Each 1 MiB chunk's unfinished last line is read again with the next chunk.
     assert log.stat().st_size <= read_once < log.stat().st_size * 1.01
 
-    # Nothing new: nothing read. The start of the file is never looked at again.
+    # Nothing new: nothing read but the last bytes it read before (to know it is the same file).
+    # The start of the file is never looked at again.
     with open(log, "r+b") as rewrite:
         rewrite.write(b"exit 9\n")
     assert runtime.status(instance_id).exit_code is None
-    assert runtime.log_bytes_read == read_once
+    assert runtime.log_bytes_read - read_once <= LOG_TAIL_CHECK_BYTES
 
     with open(log, "ab") as guest:
         guest.write(b"error boom\noom 1\nexi")  # the guest is mid-way through a line
@@ -189,24 +191,31 @@ def test_status_reads_only_what_the_guest_log_gained(tmp_path):
         guest.write(b"t 3\n")
     finished = runtime.status(instance_id)
     assert (finished.state, finished.exit_code) == ("exited", 3)
-    assert runtime.log_bytes_read - read_once < 100
+    assert runtime.log_bytes_read - read_once < 4 * LOG_TAIL_CHECK_BYTES + 100
+
+    # The instance made again (a new log, longer than what was read): read from its start.
+    replacement = log.with_name("guest.log.new")
+    replacement.write_bytes(b"started 1.0\n" + output_line * 70_000 + b"exit 4\n")
+    replacement.replace(log)
+    assert runtime.status(instance_id).exit_code == 4
 
     # A restarted worker (a new runtime) reads the whole log once and agrees.
     fresh = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
-    assert fresh.status(instance_id).exit_code == 3
+    assert fresh.status(instance_id).exit_code == 4
 
 
 def test_status_remembers_a_bounded_number_of_instances(tmp_path, monkeypatch):
     monkeypatch.setattr("vmworker.runtime.STATUS_CACHE_INSTANCES", 2)
     runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
     logs = []
+    content = b"started 1.0\nout " + b"z" * 500 + b"\n"
     for _ in range(3):
         instance_id, log = make_instance_files(runtime)
-        log.write_bytes(b"started 1.0\n")
+        log.write_bytes(content)
         logs.append(instance_id)
         runtime.status(instance_id)
     read = runtime.log_bytes_read
-    runtime.status(logs[2])  # remembered: nothing read
-    assert runtime.log_bytes_read == read
+    runtime.status(logs[2])  # remembered: only the tail check
+    assert runtime.log_bytes_read == read + LOG_TAIL_CHECK_BYTES
     runtime.status(logs[0])  # forgotten (the oldest): read again from the start
-    assert runtime.log_bytes_read == read + len(b"started 1.0\n")
+    assert runtime.log_bytes_read == read + LOG_TAIL_CHECK_BYTES + len(content)
