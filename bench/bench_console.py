@@ -161,13 +161,13 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="hypervm-bench-console-", dir="/var/tmp"))
     scratch.chmod(0o755)
-    registry = start_registry(scratch / "registry")
     processes: list[subprocess.Popen] = []
     name = f"bench-{uuid.uuid4().hex[:6]}"
-    user = get_user_model().objects.create(username=name)
+    user = get_user_model().objects.create(username=name, is_staff=True)  # platform admins create tenants
     tenant = tenant_create(actor=user, slug=name, name="Console benchmark", owner=user)
     access = tenant_access_resolve(user=user, slug=tenant.slug)
     others_up = list(ComputeHost.objects.exclude(name=name).filter(state="up").values_list("pk", flat=True))
+    registry = start_registry(scratch / "registry")
     try:
         authfile = registry.write_authfile(scratch / "auth.json")
         image = build_and_push(
