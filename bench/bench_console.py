@@ -78,7 +78,7 @@ def counter_app(image: str, lines: int, interval_s: float) -> dict:
         f" sleep {interval_s}; done; exec sleep 3600"
     )
     return {"id": "/console-bench", "instances": 1, "cpus": 0.5, "mem": 128, "cmd": script,
-            "container": {"docker": {"image": image}}}  # fmt: skip
+            "container": {"docker": {"image": image}}, "portDefinitions": []}  # fmt: skip
 
 
 class FileStamps(threading.Thread):
