@@ -304,5 +304,7 @@ class ConsoleConsumer(TenantScopedConsumer):
         if self.finished:
             return
         instance = await database_sync_to_async(_instance_for)(self.access.tenant, self.instance_id)
-        if instance is not None:
-            await self.follow(instance)
+        if instance is None:
+            await self.send_status("gone", message="The instance no longer exists.")
+            return
+        await self.follow(instance)
