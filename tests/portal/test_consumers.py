@@ -308,6 +308,19 @@ def test_a_socket_idle_longer_than_the_redis_read_timeout_still_gets_events(tena
     assert run(scenario())["kind"] == "app_terminated_event"
 
 
+def test_an_event_whose_live_message_was_lost_still_arrives(tenant, viewer):
+    cookie = session_cookie(viewer)
+
+    async def scenario():
+        async with Socket(cookie, f"/ws/t/{tenant.slug}/") as socket:
+            quiet = await socket.nothing_more()
+            row = await asyncio.to_thread(record, tenant, taskId="no group_send")  # the row only
+            return quiet, row, await socket.receive()
+
+    quiet, row, received = run(scenario())
+    assert quiet and received["id"] == row.pk
+
+
 def test_too_many_to_replay_is_a_reset(tenant, viewer):
     Event.objects.bulk_create(Event(tenant=tenant, kind="x", data={}) for _ in range(EVENT_REPLAY_LIMIT + 1))
 
