@@ -85,3 +85,39 @@ def host_list():
     from portal.models import ComputeHost
 
     return ComputeHost.objects.all()
+
+
+def app_list_deleting(*, tenant) -> QuerySet[App]:
+    """Apps being deleted: gone from the API at once, still stopping their VMs."""
+    return App.objects.for_tenant(tenant).filter(deleting=True)
+
+
+def instance_list_recent_ended(*, tenant, app: App, limit: int = 10) -> QuerySet[Instance]:
+    """The app's last ended instances, newest first: how a failed boot is explained."""
+    ended = Instance.objects.for_tenant(tenant).filter(app=app).exclude(status__in=INSTANCE_ACTIVE)
+    return ended.select_related("host", "version").order_by("-updated_at")[:limit]
+
+
+def deployment_list(*, tenant, app: App, limit: int = 5) -> QuerySet[Deployment]:
+    return Deployment.objects.for_tenant(tenant).filter(app=app).order_by("-created_at")[:limit]
+
+
+def event_last_id(*, tenant) -> int:
+    """The newest event id of the tenant: a page rendered now resumes its stream after it."""
+    from portal.models import Event
+
+    return Event.objects.for_tenant(tenant).order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def host_list_with_usage():
+    """Hosts with what their live instances claim (vCPUs, MiB, count)."""
+    from django.db.models import Count, Q, Sum
+
+    from portal.models import ComputeHost
+
+    live = Q(instances__status__in=INSTANCE_ACTIVE)
+    return ComputeHost.objects.annotate(
+        used_vcpus=Sum("instances__vcpus", filter=live, default=0),
+        used_memory_mib=Sum("instances__memory_mib", filter=live, default=0),
+        instance_count=Count("instances", filter=live),
+    ).order_by("name")
