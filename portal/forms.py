@@ -182,7 +182,9 @@ class MarathonJsonForm(forms.Form):
             return parse_app_definition(self.cleaned_data["definition_json"])
         except MarathonValidationError as exc:
             self.path_errors = list(exc.details)
-            self.add_error("definition_json", f"The definition has {len(exc.details)} invalid field(s); see below.")
+            self.add_error(
+                "definition_json", f"The definition has {len(exc.details)} invalid field(s), listed beside it."
+            )
             return None
 
     def add_domain_error(self, exc: DomainError) -> None:

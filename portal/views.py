@@ -8,6 +8,7 @@ event arrives on its WebSocket (see LIVE-CONTRACT: the state shown always comes 
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from django.contrib import messages
@@ -74,8 +75,26 @@ class DeployView(AppPageView):
         if self.request.GET.get("demo"):
             initial |= {"ports": "8080", "health_check": "HTTP"}
         form = DeployForm(data if mode != JSON_MODE else None, registries=registries, initial=initial)
-        json_form = MarathonJsonForm(data if mode == JSON_MODE else None)
+        json_form = MarathonJsonForm(
+            data if mode == JSON_MODE else None, initial={"definition_json": self.example_json(registries)}
+        )
         return mode, form, json_form
+
+    @staticmethod
+    def example_json(registries) -> str:
+        """A definition to start from: the demo image when the tenant has the local registry."""
+        local = registries.filter(name=DEMO_REGISTRY_NAME).first()
+        image = f"{local.host}/{DEMO_IMAGE}" if local else "registry.example.com:5000/team/web:1.0"
+        example = {
+            "id": "/hello",
+            "instances": 1,
+            "cpus": 0.5,
+            "mem": 128,
+            "container": {"docker": {"image": image}, "portMappings": [{"containerPort": 8080, "hostPort": 0}]},
+            "networks": [{"mode": "container/bridge"}],
+            "healthChecks": [{"protocol": "HTTP", "path": "/", "portIndex": 0}],
+        }
+        return json.dumps(example, indent=2)
 
     def get(self, request, tenant_slug):
         mode, form, json_form = self.forms()
