@@ -68,7 +68,9 @@ document.addEventListener("submit", (event) => {
     const now = Date.now();
     document.querySelectorAll("[data-since]").forEach((el) => {
       const since = Date.parse(el.dataset.since);
-      if (!Number.isNaN(since)) el.textContent = `${formatSeconds(Math.max(0, (now - since) / 1000))}…`;
+      if (Number.isNaN(since)) return;
+      const elapsed = formatSeconds(Math.max(0, (now - since) / 1000));
+      el.textContent = "uptime" in el.dataset ? elapsed : `${elapsed}…`;
     });
   }
 

@@ -141,16 +141,17 @@ def test_deploy_by_click_watch_it_boot_scale_stop_and_delete(live_stack, one_hos
     screenshot(page, "app-list")
     page.goto(live_stack.url + f"/t/acme/apps/{app.pk}/")
 
-    page.fill("#scale-form #id_instances", "2")
-    page.click("#scale-form button[value=scale]")
+    page.fill("#actions-form #id_instances", "2")
+    page.click("#actions-form button[value=scale]")
     page.wait_for_load_state()
     mark_loaded(page)
     page.locator('#instance-table tr[data-status="healthy"]').nth(1).wait_for(timeout=BOOT_WAIT_MS)
     assert page.locator("[data-count=running]").first.inner_text() == "2"
     assert_not_reloaded(page)
     assert len([i for i in Instance.objects.filter(app=app) if i.status in INSTANCE_ACTIVE]) == 2
+    page.locator(".deployment.running").wait_for(state="detached", timeout=60_000)
 
-    page.click("button[value=stop]")
+    page.click("#actions-form button[value=stop]")
     page.wait_for_load_state()
     mark_loaded(page)
     page.get_by_text("Stopped: no instances run").wait_for(timeout=120_000)
