@@ -39,13 +39,10 @@ document.addEventListener("submit", (event) => {
         const current = root.querySelector(`[data-fragment="${name}"]`);
         if (!current || serverHtml.get(name) === fresh.outerHTML) return;
         serverHtml.set(name, fresh.outerHTML);
-        const adopted = document.importNode(fresh, true);
-        current.querySelectorAll("[data-console-url]").forEach((el) => el.hyperConsole && el.hyperConsole.close());
-        current.replaceWith(adopted);
-        if (adopted.querySelector("[data-console-url]") && window.HyperLive && window.HyperLive.attachConsoles) {
-          window.HyperLive.attachConsoles(adopted);
-        }
+        current.replaceWith(document.importNode(fresh, true));
       });
+      // Closes the consoles swapped out, attaches the ones swapped in.
+      if (window.HyperLive) window.HyperLive.attachConsoles(document);
       tickElapsed();
       document.dispatchEvent(new CustomEvent("portal:refreshed"));
     } finally {
@@ -83,11 +80,7 @@ document.addEventListener("submit", (event) => {
     const body = document.body.dataset;
     const streamUrl = body.wsApp || body.wsTenant;
     if (streamUrl && window.HyperLive) {
-      const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-      window.HyperLive.events(`${scheme}//${window.location.host}${streamUrl}`, {
-        after: Number(body.lastEventId || 0),
-        onEvent: (event) => (event && event.type === "reset" ? window.location.reload() : schedule(root)),
-      });
+      window.HyperLive.events(streamUrl, { after: Number(body.lastEventId || 0), onEvent: () => schedule(root) });
     }
     const pollS = Number(root.dataset.livePollS || 0);  // pages without an event stream (hosts)
     if (pollS > 0) setInterval(() => schedule(root), pollS * 1000);
