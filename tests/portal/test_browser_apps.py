@@ -130,6 +130,7 @@ def test_deploy_by_click_watch_it_boot_scale_stop_and_delete(live_stack, one_hos
         chip = healthy.locator(f'[data-phase="{phase}"]')
         assert "done" in chip.get_attribute("class")
         assert re.search(r"\d+\.\d s", chip.inner_text()), chip.inner_text()
+    page.locator("#console").scroll_into_view_if_needed()  # xterm.js renders only what is on screen
     page.locator("#console").filter(has_text=CONSOLE_LINE).wait_for(timeout=60_000)
     page.locator('[data-fragment="deployment"] tr[data-status="succeeded"]').first.wait_for(timeout=60_000)
     assert page.locator("[data-count=running]").first.inner_text() == "1"
