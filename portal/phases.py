@@ -30,11 +30,12 @@ def _parsed(phase_times: dict) -> dict[str, datetime]:
     return {status: datetime.fromisoformat(stamp) for status, stamp in phase_times.items() if stamp}
 
 
-def instance_phases(instance) -> list[Phase]:
+def instance_phases(instance, *, health_checked: bool = True) -> list[Phase]:
+    """The timeline; without health checks an instance is never "healthy", so that phase is left out."""
     entered = _parsed(instance.phase_times or {})
     moments = sorted(entered.values())
     phases = []
-    for name in TIMELINE:
+    for name in TIMELINE if health_checked else TIMELINE[:-1]:
         start = entered.get(name)
         if start is None:
             phases.append(Phase(name=name, state="pending", entered_at=None, duration_s=None))

@@ -13,6 +13,7 @@ import uuid
 
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 
 from portal import selectors
 from portal.choices import DeploymentStatus
@@ -132,19 +133,22 @@ class AppDetailView(AppPageView):
         chosen = request.GET.get("instance")
         if chosen:
             console_instance = next((i for i in instances + ended if str(i.pk) == chosen), console_instance)
+        definition = selectors.app_definition(app)
+        checked = bool(definition.health_checks)
         return self.render_live(
             "portal/app_detail.html",
             "portal/_app_detail_live.html",
             app=app,
-            definition=selectors.app_definition(app),
+            definition=definition,
+            backoff_until=app.next_launch_at if app.next_launch_at and app.next_launch_at > timezone.now() else None,
             counts=selectors.app_counts(app),
             versions=selectors.app_versions(app)[:20],
             deployments=deployments,
             running_deployment=next((d for d in deployments if d.status == DeploymentStatus.RUNNING), None),
-            instances=[(i, instance_phases(i)) for i in instances],
-            ended=[(i, instance_phases(i)) for i in ended],
+            instances=[(i, instance_phases(i, health_checked=checked)) for i in instances],
+            ended=[(i, instance_phases(i, health_checked=checked)) for i in ended],
             console_instance=console_instance,
-            scale_form=ScaleForm(initial={"instances": selectors.app_definition(app).instances}),
+            scale_form=ScaleForm(initial={"instances": definition.instances}),
         )
 
 

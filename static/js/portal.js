@@ -63,6 +63,10 @@ document.addEventListener("submit", (event) => {
   // A phase still going shows how long it has been going.
   function tickElapsed() {
     const now = Date.now();
+    document.querySelectorAll("[data-until]").forEach((el) => {
+      const until = Date.parse(el.dataset.until);
+      if (!Number.isNaN(until)) el.textContent = formatSeconds(Math.max(0, (until - now) / 1000));
+    });
     document.querySelectorAll("[data-since]").forEach((el) => {
       const since = Date.parse(el.dataset.since);
       if (Number.isNaN(since)) return;

@@ -22,7 +22,7 @@ from tenants.choices import TenantRole
 from tenants.models import Membership
 from tenants.services import registry_create
 from tests.support.browser import screenshot
-from tests.support.oci_images import HTTPD_PORT
+from tests.support.oci_images import HTTPD_PORT, PRINTER_EXIT_CODE, PRINTER_STDOUT_LINES
 from tests.tenants.factories import TenantFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -169,6 +169,29 @@ def test_deploy_by_click_watch_it_boot_scale_stop_and_delete(live_stack, one_hos
 
     runtime = HyperVMRuntime(RuntimeSettings(state_dir=one_host.state_dir))
     assert [s.instance_id for s in runtime.list_instances() if s.state in ("running", "booting")] == []
+
+
+def test_a_failed_instance_explains_itself(live_stack, one_host, acme, test_images, page):
+    log_in(page, live_stack.url, "alice")
+    page.goto(live_stack.url + "/t/acme/apps/deploy/?mode=json")
+    body = {"id": "/printer", "instances": 1, "cpus": 0.5, "mem": 128, "backoffSeconds": 30}
+    body["container"] = {"docker": {"image": test_images["printer"].reference}}
+    page.fill("#id_definition_json", json.dumps(body, indent=2))
+    page.click("#deploy-json button[type=submit]")
+    page.wait_for_url(re.compile(r".*/t/acme/apps/\d+/$"))
+    mark_loaded(page)
+    failed = page.locator('#ended-table tr[data-status="failed"]').first
+    failed.wait_for(timeout=BOOT_WAIT_MS)
+    assert f"exited with code {PRINTER_EXIT_CODE}" in failed.locator(".failure-reason").inner_text()
+    assert f"exit {PRINTER_EXIT_CODE}" in failed.inner_text()
+    assert "launch failed in a row" in page.locator("#backoff").inner_text()
+    page.locator("#console").scroll_into_view_if_needed()
+    page.locator("#console").filter(has_text=PRINTER_STDOUT_LINES[0]).wait_for(timeout=60_000)
+    assert_not_reloaded(page)
+    screenshot(page, "app-page-failed-instance")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click("button[value=delete]")
+    db_wait("the app is gone", lambda: not App.objects.filter(marathon_id="/printer").exists())
 
 
 def test_invalid_marathon_json_shows_errors_at_the_field_and_deploys_nothing(live_stack, acme, page):
