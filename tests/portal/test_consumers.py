@@ -295,6 +295,19 @@ def test_without_after_only_new_events_come(tenant, viewer):
     assert run(scenario())["kind"] == "app_terminated_event"
 
 
+def test_a_socket_idle_longer_than_the_redis_read_timeout_still_gets_events(tenant, viewer):
+    """redis-py 8's default 5 s read timeout used to end every idle consumer (channels_redis#422)."""
+    cookie = session_cookie(viewer)
+
+    async def scenario():
+        async with Socket(cookie, f"/ws/t/{tenant.slug}/") as socket:
+            await asyncio.sleep(7)  # idle past the 5 s default, with the consumer blocked in receive()
+            await asyncio.to_thread(lambda: event_publish(tenant=tenant, kind="app_terminated_event", data={}))
+            return await socket.receive()
+
+    assert run(scenario())["kind"] == "app_terminated_event"
+
+
 def test_too_many_to_replay_is_a_reset(tenant, viewer):
     Event.objects.bulk_create(Event(tenant=tenant, kind="x", data={}) for _ in range(EVENT_REPLAY_LIMIT + 1))
 
