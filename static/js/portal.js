@@ -31,7 +31,10 @@ document.addEventListener("submit", (event) => {
       const url = new URL(root.dataset.liveUrl, window.location.href);
       url.searchParams.set("fragment", "1");
       const response = await fetch(url, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" });
-      if (response.status === 404) { window.location.reload(); return; }  // e.g. the app was deleted
+      if (response.status === 404) {  // e.g. the app was deleted meanwhile
+        window.location.assign(root.dataset.goneUrl || window.location.href);
+        return;
+      }
       if (!response.ok) return;
       const doc = new DOMParser().parseFromString(await response.text(), "text/html");
       doc.querySelectorAll("[data-fragment]").forEach((fresh) => {

@@ -208,6 +208,20 @@ def test_actions_call_the_services(tenant, developer, login):
     assert "stopping its VMs" in client.get(f"/t/{tenant.slug}/apps/").content.decode()
 
 
+def test_kill_stops_one_instance_of_the_app_only(tenant, other_tenant, developer, member_of, login):
+    app = deployed(tenant, developer)
+    foreign = deployed(other_tenant, member_of(other_tenant, TenantRole.OWNER), app_id="/foreign")
+    mine, theirs = Instance.objects.get(app=app), Instance.objects.get(app=foreign)
+    action = f"/t/{tenant.slug}/apps/{app.pk}/action/"
+    client = login(developer)
+    refused = client.post(action, {"action": "kill", "instance": str(theirs.pk)}, follow=True)
+    assert "nothing was changed" in refused.content.decode()
+    client.post(action, {"action": "kill", "instance": str(mine.pk)})
+    mine.refresh_from_db(), theirs.refresh_from_db()
+    assert mine.status in (InstanceStatus.STOPPING, InstanceStatus.STOPPED)
+    assert theirs.status == InstanceStatus.STAGED
+
+
 def test_app_page_shows_phases_timings_and_a_failed_boot(tenant, developer, login):
     app = deployed(tenant, developer)
     instance = Instance.objects.get(app=app)
