@@ -105,7 +105,9 @@ class DeployForm(forms.Form):
     def image_reference(self) -> str:
         image = self.cleaned_data["image"].strip()
         registry = self.registries.get(self.cleaned_data["registry"])
-        return f"{registry.host}/{image.lstrip('/')}" if registry else image
+        if registry is None or image.startswith(f"{registry.host}/"):  # already a full reference
+            return image
+        return f"{registry.host}/{image.lstrip('/')}"
 
     def marathon_json(self) -> dict:
         data = self.cleaned_data

@@ -66,6 +66,10 @@ def test_a_registry_choice_prefixes_the_image(tenant, developer, login):
         f"/t/{tenant.slug}/apps/deploy/", FORM | {"registry": str(registry.pk), "image": "demo/hello:latest"}
     )
     assert App.objects.get().current_version.definition["app"]["container"]["docker"]["image"] == IMAGE
+    login(developer).post(f"/t/{tenant.slug}/apps/deploy/", FORM | {"registry": str(registry.pk), "app_id": "/full"})
+    assert (
+        App.objects.get(marathon_id="/full").current_version.definition["app"]["container"]["docker"]["image"] == IMAGE
+    )
 
 
 def test_parser_errors_show_at_their_form_fields_and_create_nothing(tenant, developer, login):
