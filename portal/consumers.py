@@ -30,6 +30,7 @@ import time
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from portal.choices import INSTANCE_TERMINAL, InstanceStatus
@@ -171,7 +172,7 @@ class ConsoleConsumer(TenantScopedConsumer):
         self.instance_id = str(instance.pk)
         after = _query_int(self.scope, "after")
         self.last_seq = after if after is not None and after >= -1 else -1
-        self.pending: list[dict] | None = None  # live lines held back while a backlog request is out
+        self.pending: list[list[dict]] | None = None  # live batches held back while a backlog request is out
         self.pending_exit: int | None = None
         self.request_sent_at = 0.0
         self.timeout_task: asyncio.Task | None = None
@@ -211,16 +212,19 @@ class ConsoleConsumer(TenantScopedConsumer):
             return
         self.pending = []
         self.request_sent_at = time.time()
-        await self.channel_layer.send(
-            console_channel(host.name),
-            {
-                "type": "console.backlog.request",
-                "instance_id": self.instance_id,
-                "after": self.last_seq,
-                "reply_to": self.channel_name,
-                "sent_at": self.request_sent_at,
-            },
-        )
+        request = {
+            "type": "console.backlog.request",
+            "instance_id": self.instance_id,
+            "after": self.last_seq,
+            "reply_to": self.channel_name,
+            "sent_at": self.request_sent_at,
+        }
+        try:
+            await self.channel_layer.send(console_channel(host.name), request)
+        except ChannelFull:  # the host has not been reading its requests for a while
+            self.pending = None
+            await self.gone()
+            return
         if self.timeout_task is not None:
             self.timeout_task.cancel()
         self.timeout_task = asyncio.create_task(self._backlog_timeout(self.request_sent_at))
@@ -304,5 +308,7 @@ class ConsoleConsumer(TenantScopedConsumer):
         if self.finished:
             return
         instance = await database_sync_to_async(_instance_for)(self.access.tenant, self.instance_id)
-        if instance is not None:
-            await self.follow(instance)
+        if instance is None:
+            await self.send_status("gone", message="The instance no longer exists.")
+            return
+        await self.follow(instance)

@@ -26,7 +26,7 @@ from portal.services.apps import app_create
 from portal.services.instances import instance_transition
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
-from vmworker.console_agent import ConsoleAgent
+from vmworker.console_agent import ConsoleAgent, console_group
 
 pytestmark = pytest.mark.django_db(transaction=True)
 RECEIVE_TIMEOUT_S = 10
@@ -145,17 +145,30 @@ def host_logs(tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def agent(host, host_logs):
+def start_agent(host, host_logs, **options) -> ConsoleAgent:
     from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 
     agent = ConsoleAgent(
         host_name=host.name,
         instances_dir=host_logs,
         layer_factory=lambda: channel_layers.make_backend(DEFAULT_CHANNEL_LAYER),
-        scan_s=0.05,
+        **options,
     )
     agent.start()
+    return agent
+
+
+@pytest.fixture
+def agent(host, host_logs):
+    agent = start_agent(host, host_logs, scan_s=0.05)
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def backlog_only_agent(host, host_logs):
+    """An agent that answers backlog requests but never tails on its own (it did one empty tick)."""
+    agent = start_agent(host, host_logs, poll_s=3600)
     yield agent
     agent.stop()
 
@@ -308,6 +321,19 @@ def test_a_socket_idle_longer_than_the_redis_read_timeout_still_gets_events(tena
     assert run(scenario())["kind"] == "app_terminated_event"
 
 
+def test_an_event_whose_live_message_was_lost_still_arrives(tenant, viewer):
+    cookie = session_cookie(viewer)
+
+    async def scenario():
+        async with Socket(cookie, f"/ws/t/{tenant.slug}/") as socket:
+            quiet = await socket.nothing_more()
+            row = await asyncio.to_thread(record, tenant, taskId="no group_send")  # the row only
+            return quiet, row, await socket.receive()
+
+    quiet, row, received = run(scenario())
+    assert quiet and received["id"] == row.pk
+
+
 def test_too_many_to_replay_is_a_reset(tenant, viewer):
     Event.objects.bulk_create(Event(tenant=tenant, kind="x", data={}) for _ in range(EVENT_REPLAY_LIMIT + 1))
 
@@ -397,6 +423,36 @@ def test_console_backlog_then_live_then_resume_without_duplicates_then_exit(tena
     assert lines_of(live) == [3, 4]
     assert lines_of(resumed) == [4, 5]
     assert lines_of(end) == [6] and end[-1]["exit_code"] == 0
+
+
+def test_a_lost_live_batch_is_fetched_again_from_the_host(tenant, viewer, instance, backlog_only_agent, host_logs):
+    set_status(instance, InstanceStatus.RUNNING)
+    log = guest_log(host_logs, instance)
+    append(log, "out zero", "out one", "out two")
+    cookie = session_cookie(viewer)
+
+    async def scenario():
+        from channels.layers import get_channel_layer
+
+        async with Socket(cookie, console_path(tenant, instance)) as socket:
+            first = await socket.receive_until(lambda m: m.get("state") == "live")
+            append(log, "out three", "out four")
+            # Only the batch with line 4 arrives, as if the one with line 3 was dropped by Redis.
+            batch = {"seq": 4, "stream": "stdout", "text": "four"}
+            message = {"type": "console.lines", "instance_id": str(instance.pk), "lines": [batch]}
+            await get_channel_layer().group_send(console_group(instance.pk), message)
+            after_gap = await socket.receive_until(lambda m: 4 in lines_of([m]))
+            return first, after_gap, await socket.nothing_more()
+
+    first, after_gap, quiet = run(scenario())
+    assert lines_of(first) == [0, 1, 2]
+    assert after_gap == [
+        {
+            "type": "lines",
+            "lines": [{"seq": 3, "stream": "stdout", "text": "three"}, {"seq": 4, "stream": "stdout", "text": "four"}],
+        }
+    ]
+    assert quiet
 
 
 def test_console_waits_for_the_instance_to_run(tenant, viewer, instance, agent, host_logs):
