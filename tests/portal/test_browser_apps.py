@@ -174,7 +174,7 @@ def test_deploy_by_click_watch_it_boot_scale_stop_and_delete(live_stack, one_hos
 def test_a_failed_instance_explains_itself(live_stack, one_host, acme, test_images, page):
     log_in(page, live_stack.url, "alice")
     page.goto(live_stack.url + "/t/acme/apps/deploy/?mode=json")
-    body = {"id": "/printer", "instances": 1, "cpus": 0.5, "mem": 128, "backoffSeconds": 30}
+    body = {"id": "/printer", "instances": 1, "cpus": 0.5, "mem": 128, "backoffSeconds": 30, "portDefinitions": []}
     body["container"] = {"docker": {"image": test_images["printer"].reference}}
     page.fill("#id_definition_json", json.dumps(body, indent=2))
     page.click("#deploy-json button[type=submit]")
