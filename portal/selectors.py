@@ -141,3 +141,42 @@ def event_latest_id(*, tenant, app: App | None = None) -> int:
     if app is not None:
         events = events.filter(app=app)
     return events.aggregate(latest=Max("id"))["latest"] or 0
+
+
+def app_list_deleting(*, tenant) -> QuerySet[App]:
+    """Apps being deleted: gone from the API at once, still stopping their VMs."""
+    return App.objects.for_tenant(tenant).filter(deleting=True)
+
+
+def instance_list_recent_ended(*, tenant, app: App, limit: int = 10) -> QuerySet[Instance]:
+    """The app's last ended instances, newest first: how a failed boot is explained."""
+    ended = Instance.objects.for_tenant(tenant).filter(app=app).exclude(status__in=INSTANCE_ACTIVE)
+    return ended.select_related("host", "version").order_by("-updated_at")[:limit]
+
+
+def deployment_list(*, tenant, app: App, limit: int = 5) -> QuerySet[Deployment]:
+    return Deployment.objects.for_tenant(tenant).filter(app=app).order_by("-created_at")[:limit]
+
+
+def event_last_id(*, tenant) -> int:
+    """The id a page rendered now resumes its event stream after: the tenant's newest event,
+    but never past the gap-safe horizon (a row still in flight there would be skipped)."""
+    events = Event.objects.for_tenant(tenant)
+    horizon = event_horizon()
+    if horizon is not None:
+        events = events.filter(id__lte=horizon)
+    return events.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def host_list_with_usage():
+    """Hosts with what their live instances claim (vCPUs, MiB, count)."""
+    from django.db.models import Count, Q, Sum
+
+    from portal.models import ComputeHost
+
+    live = Q(instances__status__in=INSTANCE_ACTIVE)
+    return ComputeHost.objects.annotate(
+        used_vcpus=Sum("instances__vcpus", filter=live, default=0),
+        used_memory_mib=Sum("instances__memory_mib", filter=live, default=0),
+        instance_count=Count("instances", filter=live),
+    ).order_by("name")

@@ -92,6 +92,7 @@ def test_a_browser_console_shows_the_lines_and_a_reload_loses_none(live_stack, p
                 element.dataset.consoleUrl = url;
                 element.addEventListener("hyperlive:lines", e => e.detail.lines.forEach(l => window.seen.push(l.seq)));
                 document.querySelector("main").appendChild(element);
+                element.scrollIntoView();  // xterm.js renders only what is on screen
                 HyperLive.attachConsoles(document);
             }""",
             console_url,
