@@ -23,7 +23,8 @@ from portal.marathon import AppDefinition
 from portal.models import App, Deployment, Instance
 from portal.scheduling import NoValidHost, PlacementRequest, instance_place
 from portal.services.instances import CLAIM_KIND, instance_transition
-from tenants.errors import QuotaExceeded
+from portal.services.networks import network_address_allocate, network_ensure, network_name_for
+from tenants.errors import DomainError, QuotaExceeded
 from tenants.services import ResourceRequest, quota_reserve
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ def instance_stop(instance: Instance, *, reason: str = "") -> None:
 
 
 def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
+    """Place the instance and give it its tenant-network address, in one transaction: when
+    either fails (no host, the network full, no network quota) nothing is claimed and the
+    instance waits, staged, with the reason."""
     try:
         with transaction.atomic():
             placement = instance_place(
@@ -88,10 +92,13 @@ def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
                     constraints=definition.constraints,
                 )
             )
+            network = network_ensure(tenant=instance.tenant, name=network_name_for(definition))
+            allocation = network_address_allocate(instance=instance, network=network)
             instance.host = placement.host
             instance.host_ports = list(placement.host_ports)
-            instance.save(update_fields=["host", "host_ports", "updated_at"])
-    except NoValidHost as exc:
+            instance.ip_address = allocation.address
+            instance.save(update_fields=["host", "host_ports", "ip_address", "updated_at"])
+    except (NoValidHost, DomainError) as exc:
         if instance.failure_reason != exc.message:
             Instance.objects.filter(pk=instance.pk).update(failure_reason=exc.message)
         return False
