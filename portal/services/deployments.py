@@ -23,7 +23,12 @@ from portal.marathon import AppDefinition
 from portal.models import App, Deployment, Instance
 from portal.scheduling import NoValidHost, PlacementRequest, instance_place
 from portal.services.instances import CLAIM_KIND, instance_transition
-from portal.services.networks import network_address_allocate, network_ensure, network_name_for
+from portal.services.networks import (
+    network_address_allocate,
+    network_ensure,
+    network_name_for,
+    network_remove_unused,
+)
 from tenants.errors import DomainError, QuotaExceeded
 from tenants.services import ResourceRequest, quota_reserve
 
@@ -244,6 +249,7 @@ def _converge_deleting(app: App, deployment: Deployment | None, active: list[Ins
         _deployment_finish(deployment, DeploymentStatus.SUCCEEDED)
     event_publish(tenant=app.tenant, kind="app_terminated_event", data={"appId": app.marathon_id})
     app.delete()
+    network_remove_unused(tenant=app.tenant)
 
 
 def _deployment_finish(deployment: Deployment, status: str, reason: str = "") -> None:

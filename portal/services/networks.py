@@ -9,6 +9,9 @@
   its address across retries (one allocation per instance). A full network raises
   ``NetworkFull``.
 - ``network_address_release`` frees it; portal.services.instances calls it when an instance ends.
+- ``network_remove_unused`` deletes the tenant's networks no app uses any more and no instance
+  holds an address on (with their quota claims); the engine calls it when an app is deleted, so
+  a tenant without apps holds no network (a later deploy makes its default one again).
 
 Which network an app joins (``network_name_for``): ``networks: [{"mode": "container", "name": n}]``
 joins ``n``; ``container/bridge``, a nameless ``container`` and an absent ``networks`` join the
@@ -24,10 +27,10 @@ from django.db import transaction
 
 from portal.marathon import AppDefinition
 from portal.marathon.app_definition import NetworkMode
-from portal.models import Instance, Network, NetworkAllocation
+from portal.models import App, Instance, Network, NetworkAllocation
 from tenants.errors import Conflict
 from tenants.models import Quota, Tenant
-from tenants.services import ResourceRequest, quota_reserve
+from tenants.services import ResourceRequest, claim_release, quota_reserve
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,10 @@ class NetworkFull(Conflict):
 
 class SubnetsExhausted(Conflict):
     """The tenant uses every subnet of the pool."""
+
+
+class NetworkGone(Conflict):
+    """The network was removed (its last app was deleted) while an instance was being placed on it."""
 
 
 def network_name_for(definition: AppDefinition) -> str:
@@ -83,7 +90,9 @@ def network_ensure(*, tenant: Tenant, name: str) -> Network:
 def network_address_allocate(*, instance: Instance, network: Network) -> NetworkAllocation:
     """The instance's address on ``network``: the one it holds already, else the lowest free one."""
     with transaction.atomic():
-        locked = Network.objects.select_for_update().get(pk=network.pk)
+        locked = Network.objects.select_for_update().filter(pk=network.pk).first()
+        if locked is None:
+            raise NetworkGone(f"Network '{network.name}' was removed meanwhile; placing again.", field="networks")
         held = NetworkAllocation.objects.filter(instance=instance).first()
         if held is not None:
             return held
@@ -102,6 +111,27 @@ def network_address_allocate(*, instance: Instance, network: Network) -> Network
 def network_address_release(*, instance_id) -> int:
     deleted, _ = NetworkAllocation.objects.filter(instance_id=instance_id).delete()
     return deleted
+
+
+def network_remove_unused(*, tenant: Tenant) -> list[str]:
+    """Delete the tenant's networks that no app's current version joins and no instance holds an
+    address on; returns their names. Under the quota row lock, like ``network_ensure``."""
+    from portal.selectors import app_definition
+
+    with transaction.atomic():
+        Quota.objects.select_for_update().get(tenant=tenant)
+        apps = App.objects.for_tenant(tenant).filter(current_version__isnull=False).select_related("current_version")
+        in_use = {network_name_for(app_definition(app)) for app in apps}
+        removed = []
+        for network in Network.objects.for_tenant(tenant).select_for_update().exclude(name__in=in_use):
+            if network.allocations.exists():
+                continue
+            claim_release(tenant=tenant, owner_kind=NETWORK_CLAIM_KIND, owner_id=str(network.pk))
+            network.delete()
+            removed.append(network.name)
+    if removed:
+        logger.info("network.removed", extra={"tenant": tenant.slug, "networks": removed})
+    return removed
 
 
 def network_attachment_of(instance: Instance) -> tuple[Network, NetworkAllocation] | None:

@@ -20,6 +20,7 @@ from portal.services.networks import (
     network_address_release,
     network_ensure,
     network_name_for,
+    network_remove_unused,
 )
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
@@ -34,6 +35,7 @@ APP = {"id": "/web", "cmd": "sleep 3600", "cpus": 0.1, "mem": 64, "container": {
 def make_instance(tenant, app_id="/web") -> Instance:
     app = App.objects.create(tenant=tenant, marathon_id=app_id)
     version = AppVersion.objects.create(app=app, version="v1", definition=parse_app_definition(APP).to_stored())
+    App.objects.filter(pk=app.pk).update(current_version=version)
     return Instance.objects.create(tenant=tenant, app=app, version=version, vcpus=1, memory_mib=128)
 
 
@@ -205,3 +207,19 @@ def test_a_deploy_needing_a_network_over_quota_is_refused_and_stores_nothing(ten
     with pytest.raises(QuotaExceeded):
         app_services.app_create(access=access, definition=parse_app_definition(APP))
     assert (App.objects.filter(tenant=tenant).count(), Network.objects.filter(tenant=tenant).count()) == (0, 0)
+
+
+@pytest.mark.django_db
+def test_networks_no_app_uses_are_removed_with_their_claims_and_busy_ones_stay(tenant):
+    kept_by_app = network_ensure(tenant=tenant, name="default")
+    make_instance(tenant)  # its app's definition joins "default"
+    unused = network_ensure(tenant=tenant, name="old")
+    held = network_ensure(tenant=tenant, name="draining")  # no app joins it, one instance still holds an address
+    network_address_allocate(instance=make_instance(tenant, "/draining"), network=held)
+
+    removed = network_remove_unused(tenant=tenant)
+
+    assert removed == [unused.name]
+    assert sorted(Network.objects.filter(tenant=tenant).values_list("name", flat=True)) == ["default", "draining"]
+    assert quota_usage(tenant=tenant)["networks"] == 2
+    assert kept_by_app.pk in set(Network.objects.values_list("pk", flat=True))
