@@ -432,9 +432,7 @@ class HyperVMRuntime:
         )
         notify("booting")
         started = self._clock()
-        if spec.network is not None:
-            self.host.network_ensure(spec.network.network)
-        self.host.define_and_start(domain)
+        self._define_and_start(domain, spec.network)
         timings["define"] = round(self._clock() - started, 4)
         self._wait_for_start(instance_id, directory, started, timings)
         logger.info("runtime.booted", extra={"instance_id": instance_id, "timings": timings})
@@ -448,6 +446,19 @@ class HyperVMRuntime:
             ports=spec.ports,
             reused=False,
         )
+
+    def _define_and_start(self, domain: DomainSpec, network: NetworkAttachment | None) -> None:
+        if network is None:
+            self.host.define_and_start(domain)
+            return
+        self.host.network_ensure(network.network)
+        try:
+            self.host.define_and_start(domain)
+        except DriverError:
+            # A stop on this host removes a network once no domain uses it; if that happened
+            # between our ensure and our start, make it again and start once more.
+            self.host.network_ensure(network.network)
+            self.host.define_and_start(domain)
 
     def _wait_for_start(self, instance_id: str, directory: Path, created_at: float, timings: dict) -> None:
         """Until the init reports ``started``; records boot-to-init and init-to-exec."""

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from tests.support.network_probe import NOT_REACHED, REACHED, probe_results, probe_script
 from vmworker.cli import credentials_from_authfile
 from vmworker.driver.host import Host
 from vmworker.guestinit.protocol import OutputLine
@@ -21,13 +22,6 @@ pytestmark = pytest.mark.vm
 
 SERVER_ADDRESS = "10.1.0.1"
 EXIT_WAIT_S = 180
-# Bounded probes: ping stops after 3 replies or its deadline, nc after its timeout. (busybox-static's
-# wget segfaulted in the guest here (cause not investigated); nc does the same job.)
-PROBE_SCRIPT = """
-if /bin/busybox ping -c 3 -w {ping_deadline_s} {target} >/dev/null 2>&1; then echo PING_OK; else echo PING_FAIL; fi
-if printf 'GET / HTTP/1.0\r\n\r\n' | /bin/busybox nc -w {http_timeout_s} {target} 8080 2>/dev/null \
-  | /bin/busybox grep -q 'Hello from a HyperVM'; then echo HTTP_OK; else echo HTTP_FAIL; fi
-"""
 
 
 @pytest.fixture
@@ -66,12 +60,11 @@ def probe_output(runtime, instance_id: str) -> list[str]:
     while runtime.status(instance_id).exit_code is None:
         assert time.monotonic() < deadline, runtime.console_tail(instance_id)
         time.sleep(0.5)
-    lines = [record.text for record in runtime.records(instance_id) if isinstance(record, OutputLine)]
-    return [line for line in lines if line.endswith(("_OK", "_FAIL"))]
+    return probe_results([record.text for record in runtime.records(instance_id) if isinstance(record, OutputLine)])
 
 
 def probe(target: str, *, ping_deadline_s: int, http_timeout_s: int) -> tuple[str, ...]:
-    script = PROBE_SCRIPT.format(target=target, ping_deadline_s=ping_deadline_s, http_timeout_s=http_timeout_s)
+    script = probe_script(target, ping_deadline_s=ping_deadline_s, http_timeout_s=http_timeout_s)
     return ("/bin/busybox", "sh", "-c", script)
 
 
@@ -99,8 +92,8 @@ def test_vms_of_one_tenant_network_reach_each_other_and_another_tenants_vm_reach
         entrypoint=probe(SERVER_ADDRESS, ping_deadline_s=8, http_timeout_s=5),
     )
 
-    assert probe_output(runtime, neighbour) == ["PING_OK", "HTTP_OK"]
-    assert probe_output(runtime, outsider) == ["PING_FAIL", "HTTP_FAIL"]
+    assert probe_output(runtime, neighbour) == REACHED
+    assert probe_output(runtime, outsider) == NOT_REACHED
     assert runtime.status(server).state == "running"
 
 
