@@ -258,6 +258,7 @@ def _deployment_finish(deployment: Deployment, status: str, reason: str = "") ->
     deployment.current_step = len(deployment.steps) or 1
     deployment.failure_reason = reason
     deployment.save()
+    network_remove_unused(tenant=deployment.tenant)  # e.g. the network the old version joined
     kind = "deployment_success" if status == DeploymentStatus.SUCCEEDED else "deployment_failed"
     event_publish(
         tenant=deployment.tenant,

@@ -12,6 +12,7 @@ from portal.choices import InstanceStatus
 from portal.marathon import parse_app_definition
 from portal.models import App, AppVersion, ComputeHost, Instance, Network, NetworkAllocation
 from portal.services import apps as app_services
+from portal.services.deployments import app_converge
 from portal.services.instances import instance_transition
 from portal.services.networks import (
     NETWORK_CLAIM_KIND,
@@ -223,3 +224,20 @@ def test_networks_no_app_uses_are_removed_with_their_claims_and_busy_ones_stay(t
     assert sorted(Network.objects.filter(tenant=tenant).values_list("name", flat=True)) == ["default", "draining"]
     assert quota_usage(tenant=tenant)["networks"] == 2
     assert kept_by_app.pk in set(Network.objects.values_list("pk", flat=True))
+
+
+@pytest.mark.django_db
+def test_the_network_an_app_left_goes_when_its_deployment_finishes(tenant):
+    user = MembershipFactory(tenant=tenant, role=TenantRole.DEVELOPER).user
+    access = tenant_access_resolve(user=user, slug=tenant.slug)
+    on_a = parse_app_definition({**APP, "instances": 0, "networks": [{"mode": "container", "name": "a"}]})
+    app = app_services.app_create(access=access, definition=on_a).app
+    app_converge(app_id=app.pk)  # nothing to start: the deployment finishes at once
+    before = list(Network.objects.filter(tenant=tenant).values_list("name", flat=True))
+
+    on_b = parse_app_definition({**APP, "instances": 0, "networks": [{"mode": "container", "name": "b"}]})
+    app_services.app_update(access=access, app=app, definition=on_b)
+    app_converge(app_id=app.pk)
+
+    assert (before, list(Network.objects.filter(tenant=tenant).values_list("name", flat=True))) == (["a"], ["b"])
+    assert quota_usage(tenant=tenant)["networks"] == 1
