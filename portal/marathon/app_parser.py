@@ -72,12 +72,14 @@ NETWORK_MODE_BY_LEGACY_DOCKER_NETWORK = {
 }
 PORT_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 NETWORK_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
+RESIDENT_UPGRADE_STRATEGY = UpgradeStrategy(minimum_health_capacity=0.5, maximum_over_capacity=0.0)
+DEFAULT_PORT_DEFINITIONS = (PortDefinition(name="default"),)
+
+
 HOST_MODE_REFUSAL = (
     "mode 'host' is not supported: each instance is a VM with its own network stack; "
     "use 'container/bridge' (or leave 'networks' out) with published ports, or 'container' with a name"
 )
-RESIDENT_UPGRADE_STRATEGY = UpgradeStrategy(minimum_health_capacity=0.5, maximum_over_capacity=0.0)
-DEFAULT_PORT_DEFINITIONS = (PortDefinition(name="default"),)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from portal.services.apps import app_create, app_delete
 from tenants.selectors import quota_usage
 from tests.portal.test_pipeline import access, marathon, one_host, wait_until  # noqa: F401 (fixtures)
 from tests.support.network_probe import NOT_REACHED, REACHED, probe_results, probe_script
-from tests.support.portal_fixtures import owner_access_with_registry
+from tests.support.tenant_access import owner_access_with_registry
 from vmworker.guestinit.protocol import OutputLine
 from vmworker.runtime import HyperVMRuntime, RuntimeSettings
 

@@ -16,8 +16,10 @@ from portal.marathon import parse_app_definition
 from portal.models import App, ComputeHost, Deployment, Instance
 from portal.selectors import app_get
 from portal.services.apps import app_create, app_delete
+from tenants.access import tenant_access_resolve
+from tenants.choices import TenantRole
 from tenants.selectors import quota_usage
-from tests.support.portal_fixtures import owner_access_with_registry
+from tenants.services import registry_create
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 WAIT_S = 150
@@ -50,7 +52,17 @@ def deployment_done(deployment) -> bool:
 
 @pytest.fixture
 def access(tenant, member_of, registry, test_images):
-    return owner_access_with_registry(tenant, member_of, registry)
+    owner = member_of(tenant, TenantRole.OWNER)
+    access = tenant_access_resolve(user=owner, slug=tenant.slug)
+    registry_create(
+        access=access,
+        name="local",
+        url=f"http://{registry.host_port}",
+        username=registry.username,
+        password=registry.password,
+        insecure=True,
+    )
+    return access
 
 
 @pytest.fixture
