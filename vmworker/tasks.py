@@ -41,6 +41,7 @@ from vmworker.driver.errors import DriverError
 from vmworker.driver.spec import PortForward
 from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
+from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 from vmworker.runtime import HyperVMRuntime, InstanceNotFound, InstanceSpec, RuntimeFailure, RuntimeSettings
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,23 @@ def instance_spec(instance: Instance) -> InstanceSpec:
         ports=tuple(forwards),
         metadata={"tenant": instance.tenant.slug, "app": instance.app.marathon_id, "host": host_name() or ""},
         stop_grace_s=definition.task_kill_grace_period_s,
+        network=network_attachment(instance),
+    )
+
+
+def network_attachment(instance: Instance) -> NetworkAttachment | None:
+    """The instance's NIC on its tenant network, from the address the portal allocated at placement."""
+    from portal.services.networks import network_attachment_of
+
+    found = network_attachment_of(instance)
+    if found is None:
+        return None
+    network, allocation = found
+    prefix = network.subnet.rsplit("/", 1)[1]
+    return NetworkAttachment(
+        network=TenantNetwork.for_network_id(str(network.pk)),
+        mac=instance_mac(str(instance.pk), "tenant"),
+        ip_cidr=f"{allocation.address}/{prefix}",
     )
 
 
@@ -248,7 +266,8 @@ def boot_instance(instance_id: str) -> None:
             instance_id=instance_id,
             to=InstanceStatus.RUNNING,
             timings_s=result.timings_s,
-            ip_address="10.0.2.15" if result.ports else "",
+            # The tenant-network address from placement; without one, the user-net NIC's.
+            ip_address=instance.ip_address or ("10.0.2.15" if result.ports else ""),
         )
         is not None
     ):
