@@ -64,6 +64,13 @@ def wait_page(port: int, started: float) -> float:
     raise TimeoutError(f"nothing answered on {port}")
 
 
+def qemu_cpu_s(domain_name: str) -> float:
+    """CPU seconds (user + system) the domain's QEMU process has used since it started."""
+    pid = Path(f"/run/libvirt/qemu/{domain_name}.pid").read_text().strip()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     import socket
 
@@ -195,21 +202,23 @@ def main() -> None:
         runtime = HyperVMRuntime(RuntimeSettings(state_dir=scratch / "runtime"))
         deploy_until_page(access, image, "/warm")  # warms the host's image cache and probe
         delete_all(access)
-        baseline, portal = [], []
+        baseline, portal, boot_cpu = [], [], []
         for index in range(args.repeats + 1):
             port = free_port()
             spec = InstanceSpec(
                 image=image, credentials=credentials, tls_verify=False, ports=(PortForward("127.0.0.1", port, 8080),)
             )
             started = time.monotonic()
-            runtime.boot(spec)
+            booted = runtime.boot(spec)
             elapsed = wait_page(port, started)
+            cpu_s = qemu_cpu_s(booted.domain_name)
             runtime.remove(spec.instance_id)
             portal_s = deploy_until_page(access, image, f"/single-{index}")
             delete_all(access)
             if index:  # the first pair warms the runtime's own cache
                 baseline.append(elapsed)
                 portal.append(portal_s)
+                boot_cpu.append(cpu_s)
 
         started = time.monotonic()
         for index in range(args.apps):
@@ -234,6 +243,13 @@ def main() -> None:
         print(
             f"{args.apps} apps at once -> all running: {many_s:.1f} s = {many_s / portal_median:.2f}x one app "
             f"(target <= 3x on 2 cores); failed launches: {failed}"
+        )
+        cores = os.cpu_count() or 1
+        floor_s = args.apps * statistics.median(boot_cpu) / cores
+        print(
+            f"QEMU CPU per boot (start -> page answers): {statistics.median(boot_cpu):.2f} s; "
+            f"{args.apps} boots on {cores} cores need at least {floor_s:.1f} s of CPU = "
+            f"{floor_s / portal_median:.2f}x one app, before any portal work; runs {boot_cpu}"
         )
     finally:
         for process in processes:

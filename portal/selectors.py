@@ -1,12 +1,18 @@
 """Reads of the deploy domain; every query is narrowed to a tenant first."""
 
 import uuid
+from datetime import timedelta
 
-from django.db.models import QuerySet
+from django.db.models import Max, QuerySet
+from django.utils import timezone
 
 from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, InstanceStatus
 from portal.marathon import AppDefinition
-from portal.models import App, AppVersion, Deployment, Instance
+from portal.models import App, AppVersion, Deployment, Event, Instance
+
+# How long a hole in the Event ids may be a transaction still on its way to commit (see event_horizon).
+EVENT_GAP_GRACE_S = 5.0
+EVENT_REPLAY_LIMIT = 500
 
 
 def app_list(
@@ -85,3 +91,92 @@ def host_list():
     from portal.models import ComputeHost
 
     return ComputeHost.objects.all()
+
+
+def event_horizon(*, grace_s: float = EVENT_GAP_GRACE_S) -> int | None:
+    """The highest Event id a reader may move past without ever skipping a row (None: no limit).
+
+    Ids come from a sequence at INSERT time but rows become visible at COMMIT, in any order: a
+    reader that saw id 10 may see id 9 a moment later, and ``id > last_seen`` would skip it for
+    good. A hole is either such a transaction in flight or a rollback (which never fills). The id
+    of a row in flight was drawn before the id of any row after it, so once the first row after a
+    hole is ``grace_s`` old the hole is taken as a rollback; until then readers stop before it.
+    Only rows of the last ``grace_s`` are looked at (created_at is indexed), across all tenants,
+    since the sequence is shared.
+    """
+    cutoff = timezone.now() - timedelta(seconds=grace_s)
+    young = list(Event.objects.filter(created_at__gte=cutoff).order_by("id").values_list("id", flat=True))
+    if not young:
+        return None
+    previous = Event.objects.filter(id__lt=young[0]).order_by("-id").values_list("id", flat=True).first()
+    present = young if previous is None else [previous, *young]
+    for before, after in zip(present, present[1:], strict=False):
+        if after != before + 1:
+            return before
+    return None
+
+
+def event_list_after(
+    *, tenant, after_id: int, app: App | None = None, kinds=None, limit: int = EVENT_REPLAY_LIMIT
+) -> list[Event]:
+    """The tenant's Event rows with id > after_id, oldest first, up to the gap-safe horizon:
+    a reader that always resumes after the last id it got never misses a committed row."""
+    events = Event.objects.for_tenant(tenant).filter(id__gt=after_id)
+    horizon = event_horizon()
+    if horizon is not None:
+        events = events.filter(id__lte=horizon)
+    if app is not None:
+        events = events.filter(app=app)
+    if kinds is not None:
+        events = events.filter(kind__in=kinds)
+    return list(events.order_by("id")[:limit])
+
+
+def event_latest_id(*, tenant, app: App | None = None) -> int:
+    """Where a new reader starts (nothing older is replayed): the newest id below the horizon."""
+    events = Event.objects.for_tenant(tenant)
+    horizon = event_horizon()
+    if horizon is not None:
+        events = events.filter(id__lte=horizon)
+    if app is not None:
+        events = events.filter(app=app)
+    return events.aggregate(latest=Max("id"))["latest"] or 0
+
+
+def app_list_deleting(*, tenant) -> QuerySet[App]:
+    """Apps being deleted: gone from the API at once, still stopping their VMs."""
+    return App.objects.for_tenant(tenant).filter(deleting=True)
+
+
+def instance_list_recent_ended(*, tenant, app: App, limit: int = 10) -> QuerySet[Instance]:
+    """The app's last ended instances, newest first: how a failed boot is explained."""
+    ended = Instance.objects.for_tenant(tenant).filter(app=app).exclude(status__in=INSTANCE_ACTIVE)
+    return ended.select_related("host", "version").order_by("-updated_at")[:limit]
+
+
+def deployment_list(*, tenant, app: App, limit: int = 5) -> QuerySet[Deployment]:
+    return Deployment.objects.for_tenant(tenant).filter(app=app).order_by("-created_at")[:limit]
+
+
+def event_last_id(*, tenant) -> int:
+    """The id a page rendered now resumes its event stream after: the tenant's newest event,
+    but never past the gap-safe horizon (a row still in flight there would be skipped)."""
+    events = Event.objects.for_tenant(tenant)
+    horizon = event_horizon()
+    if horizon is not None:
+        events = events.filter(id__lte=horizon)
+    return events.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def host_list_with_usage():
+    """Hosts with what their live instances claim (vCPUs, MiB, count)."""
+    from django.db.models import Count, Q, Sum
+
+    from portal.models import ComputeHost
+
+    live = Q(instances__status__in=INSTANCE_ACTIVE)
+    return ComputeHost.objects.annotate(
+        used_vcpus=Sum("instances__vcpus", filter=live, default=0),
+        used_memory_mib=Sum("instances__memory_mib", filter=live, default=0),
+        instance_count=Count("instances", filter=live),
+    ).order_by("name")

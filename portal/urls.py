@@ -11,5 +11,6 @@ urlpatterns = [
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("tenants.api.urls")),
     path("", include("portal.api.marathon.urls")),  # Marathon clients append /v2/... to the root
+    path("", include("portal.page_urls")),
     path("", include("tenants.urls")),
 ]

@@ -27,6 +27,7 @@ No Django here: plain dataclasses in and out.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -45,8 +46,14 @@ from vmworker.driver.errors import DriverError
 from vmworker.driver.guest import STOPPED_STATES, GuestState
 from vmworker.driver.kernel import pvh_kernel_for
 from vmworker.driver.probe import find_guest_kernel, probe_virt_type
-from vmworker.driver.spec import ChannelSpec, DiskSpec, DomainSpec, PortForward
-from vmworker.guestinit.config import CONFIG_DISK_SERIAL, GuestConfig, GuestNetwork, write_config_disk
+from vmworker.driver.spec import ChannelSpec, DiskSpec, DomainSpec, InterfaceSpec, PortForward
+from vmworker.guestinit.config import (
+    CONFIG_DISK_SERIAL,
+    GuestConfig,
+    GuestNetwork,
+    GuestTenantInterface,
+    write_config_disk,
+)
 from vmworker.guestinit.initramfs import build_initramfs
 from vmworker.guestinit.protocol import (
     CONTROL_PORT_NAME,
@@ -67,6 +74,7 @@ from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
 from vmworker.images.manifest import ImageConfig
 from vmworker.images.store import ImageStore, PreparedImage
+from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 
 logger = logging.getLogger("vmworker.runtime")
 
@@ -153,6 +161,7 @@ class InstanceSpec:
     metadata: dict[str, str] = field(default_factory=dict)
     hostname: str | None = None
     stop_grace_s: int | None = None
+    network: NetworkAttachment | None = None  # a NIC on a tenant network (vmworker.network)
 
 
 @dataclass(frozen=True)
@@ -409,7 +418,11 @@ class HyperVMRuntime:
             rootfs_type=prepared.fs_type,
             overlay_size_mib=self.settings.overlay_size_mib,
             stop_grace_s=spec.stop_grace_s if spec.stop_grace_s is not None else self.settings.stop_grace_s,
-            network=USER_NET_GUEST if spec.ports else None,
+            # Both NICs carry fixed MACs: the init picks each by its MAC, never by eth0/eth1 order.
+            network=dataclasses.replace(USER_NET_GUEST, mac=instance_mac(instance_id, "user")) if spec.ports else None,
+            tenant_interface=GuestTenantInterface(mac=spec.network.mac, ip_cidr=spec.network.ip_cidr)
+            if spec.network
+            else None,
         )
         config_disk = directory / "config.img"
         write_config_disk(guest_config, config_disk)
@@ -431,6 +444,13 @@ class HyperVMRuntime:
                 "virt_type": virt_type,
                 "created_at": time.time(),
                 "metadata": dict(spec.metadata),
+                "network": {
+                    "network_id": spec.network.network.network_id,
+                    "mac": spec.network.mac,
+                    "ip_cidr": spec.network.ip_cidr,
+                }
+                if spec.network
+                else None,
             },
         )
         domain = DomainSpec(
@@ -452,11 +472,15 @@ class HyperVMRuntime:
                 ChannelSpec(name=CONTROL_PORT_NAME, path=self.control_socket(instance_id), kind="unix"),
             ),
             port_forwards=spec.ports,
+            user_net_mac=instance_mac(instance_id, "user") if spec.ports else None,
+            interfaces=(InterfaceSpec(network=spec.network.network.libvirt_name, mac=spec.network.mac),)
+            if spec.network
+            else (),
             metadata={"name": name, **{k: v for k, v in spec.metadata.items() if k != "instance"}},
         )
         notify("booting")
         started = self._clock()
-        self.host.define_and_start(domain)
+        self._define_and_start(domain, spec.network)
         timings["define"] = round(self._clock() - started, 4)
         self._wait_for_start(instance_id, directory, started, timings)
         logger.info("runtime.booted", extra={"instance_id": instance_id, "timings": timings})
@@ -470,6 +494,19 @@ class HyperVMRuntime:
             ports=spec.ports,
             reused=False,
         )
+
+    def _define_and_start(self, domain: DomainSpec, network: NetworkAttachment | None) -> None:
+        if network is None:
+            self.host.define_and_start(domain)
+            return
+        self.host.network_ensure(network.network)
+        try:
+            self.host.define_and_start(domain)
+        except DriverError:
+            # A stop on this host removes a network once no domain uses it; if that happened
+            # between our ensure and our start, make it again and start once more.
+            self.host.network_ensure(network.network)
+            self.host.define_and_start(domain)
 
     def _wait_for_start(self, instance_id: str, directory: Path, created_at: float, timings: dict) -> None:
         """Until the init reports ``started``; records boot-to-init and init-to-exec."""
@@ -573,15 +610,33 @@ class HyperVMRuntime:
             if guest is not None:
                 guest.wait_until_stopped(timeout_s=3)
         self._destroy_domain(instance_id)
+        self._release_network(info)
         logger.info("runtime.stopped", extra={"instance_id": instance_id, "instance_name": info["name"]})
         return self.status(instance_id)
 
     def remove(self, instance_id: str) -> None:
         """Destroy the domain (if any) and delete the instance's files."""
+        try:
+            info: dict | None = self._read_instance(instance_id)
+        except (InstanceNotFound, ValueError):
+            info = None
         self._destroy_domain(instance_id)
+        if info is not None:
+            self._release_network(info)
         self.control_socket(instance_id).unlink(missing_ok=True)
         shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
         self._log_progress.pop(str(uuid.UUID(instance_id)), None)
+
+    def _release_network(self, info: dict) -> None:
+        """The instance's tenant network goes from this host once no domain here uses it."""
+        attachment = info.get("network")
+        if not attachment:
+            return
+        network = TenantNetwork.for_network_id(attachment["network_id"])
+        try:
+            self.host.network_remove(network, only_if_unused=True)
+        except DriverError:
+            logger.warning("runtime.network_remove_failed", extra={"network": network.libvirt_name}, exc_info=True)
 
     def records(self, instance_id: str) -> list[GuestRecord]:
         parser = GuestLogParser()

@@ -3,7 +3,8 @@
 A host's worker consumes its own queue (``host.<name>``) and is configured by environment:
 ``HYPERVM_HOST_NAME`` (this host), ``HYPERVM_STATE_DIR``, ``HYPERVM_LIBVIRT_URI``,
 ``HYPERVM_VIRT_TYPE`` (force kvm/qemu; default: boot probe). At start it registers the host
-(capacity, virt type) and heartbeats from a thread. Tasks take ids, load rows, call the runtime
+(capacity, virt type), heartbeats from a thread and starts the console agent (a thread that streams
+the guest logs of this host's instances, vmworker.console_agent). Tasks take ids, load rows, call the runtime
 and move the instance through its state machine by compare-and-swap: a re-delivered task
 finds the row already moved on (or the runtime finds the domain it made) and does no harm.
 """
@@ -35,15 +36,18 @@ from portal.services.hosts import host_heartbeat, host_queue, host_register
 from portal.services.instances import instance_transition
 from tenants.crypto import secret_decrypt
 from tenants.selectors import registry_for_image
+from vmworker.console_agent import ConsoleAgent
 from vmworker.driver.errors import DriverError
 from vmworker.driver.spec import PortForward
 from vmworker.failures import MAX_RETRIES, failure_is_transient, retry_countdown_s
 from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
+from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 from vmworker.runtime import HyperVMRuntime, InstanceNotFound, InstanceSpec, RuntimeFailure, RuntimeSettings
 
 logger = logging.getLogger(__name__)
 _heartbeat_stop = threading.Event()
+_console_agents: list = []  # the running ConsoleAgent, for the shutdown signal
 
 
 def host_name() -> str | None:
@@ -87,11 +91,30 @@ def register_this_host(sender=None, **kwargs) -> None:
     _register(name)
     thread = threading.Thread(target=_heartbeat_loop, args=(name,), name="host-heartbeat", daemon=True)
     thread.start()
+    _start_console_agent(name)
 
 
 @worker_shutting_down.connect
 def stop_heartbeat(**kwargs) -> None:
     _heartbeat_stop.set()
+    if _console_agents:
+        _console_agents.pop().stop()
+
+
+def _start_console_agent(name: str) -> None:
+    """Serves console backlogs and streams this host's guest logs (see vmworker.console_agent)."""
+    from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+
+    if not settings.CHANNEL_LAYERS:
+        return
+    agent = ConsoleAgent(
+        host_name=name,
+        instances_dir=runtime().instances_dir,
+        # Its own layer instance: its connections belong to the agent's event loop.
+        layer_factory=lambda: channel_layers.make_backend(DEFAULT_CHANNEL_LAYER),
+    )
+    agent.start()
+    _console_agents.append(agent)
 
 
 def _heartbeat_loop(name: str) -> None:
@@ -173,6 +196,23 @@ def instance_spec(instance: Instance) -> InstanceSpec:
         ports=tuple(forwards),
         metadata={"tenant": instance.tenant.slug, "app": instance.app.marathon_id, "host": host_name() or ""},
         stop_grace_s=definition.task_kill_grace_period_s,
+        network=network_attachment(instance),
+    )
+
+
+def network_attachment(instance: Instance) -> NetworkAttachment | None:
+    """The instance's NIC on its tenant network, from the address the portal allocated at placement."""
+    from portal.services.networks import network_attachment_of
+
+    found = network_attachment_of(instance)
+    if found is None:
+        return None
+    network, allocation = found
+    prefix = network.subnet.rsplit("/", 1)[1]
+    return NetworkAttachment(
+        network=TenantNetwork.for_network_id(str(network.pk)),
+        mac=instance_mac(str(instance.pk), "tenant"),
+        ip_cidr=f"{allocation.address}/{prefix}",
     )
 
 
@@ -229,7 +269,8 @@ def boot_instance(self, instance_id: str) -> None:
             instance_id=instance_id,
             to=InstanceStatus.RUNNING,
             timings_s=result.timings_s,
-            ip_address="10.0.2.15" if result.ports else "",
+            # The tenant-network address from placement; without one, the user-net NIC's.
+            ip_address=instance.ip_address or ("10.0.2.15" if result.ports else ""),
             failure_reason="",  # a retry's or a placement wait's note is over
         )
         is not None

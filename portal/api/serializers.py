@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from portal.models import App, AppVersion, Deployment, Instance
+from portal.models import App, AppVersion, Deployment, Instance, Network
 from portal.selectors import app_counts, app_definition
 
 
@@ -22,6 +22,7 @@ class InstanceSerializer(serializers.ModelSerializer):
             "status",
             "host",
             "host_ports",
+            "ip_address",
             "vcpus",
             "memory_mib",
             "exit_code",
@@ -33,6 +34,15 @@ class InstanceSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
+        read_only_fields = fields
+
+
+class NetworkSerializer(serializers.ModelSerializer):
+    addresses_in_use = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Network
+        fields = ["id", "name", "subnet", "addresses_in_use", "created_at"]
         read_only_fields = fields
 
 

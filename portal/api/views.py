@@ -1,8 +1,9 @@
-"""/api/v1/tenants/<slug>/apps|instances|deployments: the native REST API of the deploy domain.
+"""/api/v1/tenants/<slug>/apps|instances|deployments|networks: the native REST API of the deploy domain.
 
 Tenant scoping and roles come from tenants.api.base (the one rule). App bodies are Marathon
 app definitions (the same parser as /v2); bad ones answer 422 with Marathon's ``details``."""
 
+from django.db.models import Count
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
@@ -14,11 +15,12 @@ from portal.api.serializers import (
     AppVersionSerializer,
     DeploymentSerializer,
     InstanceSerializer,
+    NetworkSerializer,
     ScaleSerializer,
 )
 from portal.choices import DeploymentStatus
 from portal.marathon import MarathonValidationError, merge_app_definition, parse_app_definition
-from portal.models import App, Deployment, Instance
+from portal.models import App, Deployment, Instance, Network
 from portal.selectors import app_definition
 from portal.services import apps as app_services
 from tenants.api.base import TenantScopedViewSet
@@ -111,6 +113,14 @@ class InstanceViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.Retriev
     queryset = Instance.objects.select_related("app", "host", "version").order_by("-created_at")
     serializer_class = InstanceSerializer
     filterset_fields = {"app__marathon_id": ["exact"], "status": ["exact"]}
+
+
+class NetworkViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    """The tenant's networks (read-only: they are made on first use and removed when unused)."""
+
+    queryset = Network.objects.annotate(addresses_in_use=Count("allocations")).order_by("name")
+    serializer_class = NetworkSerializer
+    filterset_fields = ["name"]
 
 
 class DeploymentViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):

@@ -174,7 +174,8 @@ class AppDefinition:
     memory_mib: float = 128.0
     disk_mib: float = 0.0
     container: Container | None = None
-    networks: tuple[Network, ...] = (Network(),)
+    # Empty when the definition gave none: Marathon's default port model (see network_mode).
+    networks: tuple[Network, ...] = ()
     port_definitions: tuple[PortDefinition, ...] = (PortDefinition(name="default"),)
     require_ports: bool = False
     health_checks: tuple[HealthCheck, ...] = ()
@@ -193,6 +194,8 @@ class AppDefinition:
 
     @property
     def network_mode(self) -> NetworkMode:
+        """``HOST`` when no network was given: the ports are ``portDefinitions`` (the app binds
+        ``$PORTi``), as Marathon's default; the VM still joins its tenant's default network."""
         return self.networks[0].mode if self.networks else NetworkMode.HOST
 
     @property
@@ -229,7 +232,9 @@ class AppDefinition:
         if self.container is not None:
             app["container"] = _container_json(self.container)
         app.update(
-            networks=[_network_json(network) for network in self.networks],
+            # Versions stored before host mode was refused say {"mode": "host"}: render them as
+            # none given, so a client that sends the app back does not get a 422 for it.
+            networks=[_network_json(network) for network in self.networks if network.mode is not NetworkMode.HOST],
             portDefinitions=[_port_definition_json(definition) for definition in self.port_definitions],
             requirePorts=self.require_ports,
             healthChecks=[_health_check_json(check) for check in self.health_checks],

@@ -17,6 +17,11 @@ Contract:
   differences from Marathon, for a multi-tenant VM platform: host paths, secrets, fetchers, GPUs,
   privileged containers and attribute constraints are rejected; ``cpus`` must be at least 0.001,
   health check intervals and timeouts at least 1 s; an app joins at most one network.
+* Networks: a VM has no host network namespace to share, so mode ``host`` (and the legacy
+  ``docker.network: HOST``) is refused by path. Without ``networks`` the definition keeps
+  Marathon's default port model (``portDefinitions``, ``$PORTi``) and ``networks`` stays empty
+  (``network_mode`` is then ``HOST``, which means only that); every instance joins a tenant
+  network either way (``container`` + ``name``: that one; otherwise the tenant's default).
 The module is pure: no Django, no I/O.
 """
 
@@ -80,6 +85,12 @@ NETWORK_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
 MAX_CHECK_COMMAND_CHARS = 1000
 RESIDENT_UPGRADE_STRATEGY = UpgradeStrategy(minimum_health_capacity=0.5, maximum_over_capacity=0.0)
 DEFAULT_PORT_DEFINITIONS = (PortDefinition(name="default"),)
+
+
+HOST_MODE_REFUSAL = (
+    "mode 'host' is not supported: each instance is a VM with its own network stack; "
+    "use 'container/bridge' (or leave 'networks' out) with published ports, or 'container' with a name"
+)
 
 
 @dataclass(frozen=True)
@@ -363,15 +374,16 @@ class _AppDefinitionParser:
     ) -> tuple[Network, ...]:
         legacy_network = container.legacy_docker_network if container else None
         if legacy_network is None:
-            return networks if networks is not None else (Network(),)
+            return networks if networks is not None else ()
         if networks is not None:
             self.errors.add("/container/docker/network", "cannot be combined with 'networks'; use 'networks' only")
             return networks
         if legacy_network not in NETWORK_MODE_BY_LEGACY_DOCKER_NETWORK:
-            self.errors.add(
-                "/container/docker/network", f"'{legacy_network}' is not supported; use BRIDGE, USER or HOST"
-            )
-            return (Network(),)
+            self.errors.add("/container/docker/network", f"'{legacy_network}' is not supported; use BRIDGE or USER")
+            return ()
+        if NETWORK_MODE_BY_LEGACY_DOCKER_NETWORK[legacy_network] is NetworkMode.HOST:
+            self.errors.add("/container/docker/network", HOST_MODE_REFUSAL)
+            return ()
         return (Network(mode=NETWORK_MODE_BY_LEGACY_DOCKER_NETWORK[legacy_network]),)
 
     def _resolve_container(self, parsed: _ParsedContainer | None, mode: NetworkMode) -> Container | None:
@@ -587,6 +599,8 @@ class _AppDefinitionParser:
                 continue
             self._check_fields(network, path, field_policy.NETWORK_SUPPORTED_FIELDS)
             mode = NetworkMode(self._choice(network, "mode", path, tuple(NetworkMode), NetworkMode.CONTAINER))
+            if mode is NetworkMode.HOST:
+                self.errors.add(json_path_join(path, "mode"), HOST_MODE_REFUSAL)
             name = self._string(network, "name", path, pattern=NETWORK_NAME_PATTERN, max_length=63)
             if name is not None and mode is not NetworkMode.CONTAINER:
                 self.errors.add(json_path_join(path, "name"), "only networks of mode 'container' have a name")

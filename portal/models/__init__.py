@@ -3,5 +3,6 @@ from portal.models.deployment import Deployment
 from portal.models.event import Event
 from portal.models.host import ComputeHost
 from portal.models.instance import Instance
+from portal.models.network import Network, NetworkAllocation
 
-__all__ = ["App", "AppVersion", "ComputeHost", "Deployment", "Event", "Instance"]
+__all__ = ["App", "AppVersion", "ComputeHost", "Deployment", "Event", "Instance", "Network", "NetworkAllocation"]

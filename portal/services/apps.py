@@ -26,6 +26,7 @@ from portal.services.deployments import (
     requested_host_ports,
 )
 from portal.services.instances import CLAIM_KIND
+from portal.services.networks import network_ensure, network_name_for
 from tenants.choices import QuotaResource, TenantRole
 from tenants.errors import Conflict, DomainError, InvalidInput, QuotaExceeded
 from tenants.models import Quota, ResourceClaim
@@ -161,6 +162,7 @@ def app_create(*, access, definition: AppDefinition, force: bool = False) -> Dep
         if App.objects.for_tenant(access.tenant).filter(marathon_id=definition.id).exists():
             raise AppExists(f"An app with id [{definition.id}] already exists.")
         _quota_check(None, access.tenant, definition)
+        network_ensure(tenant=access.tenant, name=network_name_for(definition))  # its quota: a 403 now, not later
         app = App.objects.create(tenant=access.tenant, marathon_id=definition.id)
         version = _version_create(app, definition, access.actor)
         app.last_config_change_at = app.last_scaling_at = version.created_at
@@ -193,6 +195,7 @@ def app_update(
         current = app_definition(app)
         definition = dataclasses.replace(definition, id=app.marathon_id)
         _quota_check(app, app.tenant, definition)
+        network_ensure(tenant=app.tenant, name=network_name_for(definition))
         _take_lock(app, force=force)
         previous = app.current_version
         scale_only = kind is None and _only_instances_differ(current, definition)

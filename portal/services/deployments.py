@@ -23,7 +23,13 @@ from portal.marathon import AppDefinition
 from portal.models import App, Deployment, Instance
 from portal.scheduling import NoValidHost, PlacementRequest, instance_place
 from portal.services.instances import CLAIM_KIND, instance_transition
-from tenants.errors import QuotaExceeded
+from portal.services.networks import (
+    network_address_allocate,
+    network_ensure,
+    network_name_for,
+    network_remove_unused,
+)
+from tenants.errors import DomainError, QuotaExceeded
 from tenants.services import ResourceRequest, quota_reserve
 
 logger = logging.getLogger(__name__)
@@ -77,6 +83,9 @@ def instance_stop(instance: Instance, *, reason: str = "") -> None:
 
 
 def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
+    """Place the instance and give it its tenant-network address, in one transaction: when
+    either fails (no host, the network full, no network quota) nothing is claimed and the
+    instance waits, staged, with the reason."""
     try:
         with transaction.atomic():
             placement = instance_place(
@@ -88,10 +97,13 @@ def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
                     constraints=definition.constraints,
                 )
             )
+            network = network_ensure(tenant=instance.tenant, name=network_name_for(definition))
+            allocation = network_address_allocate(instance=instance, network=network)
             instance.host = placement.host
             instance.host_ports = list(placement.host_ports)
-            instance.save(update_fields=["host", "host_ports", "updated_at"])
-    except NoValidHost as exc:
+            instance.ip_address = allocation.address
+            instance.save(update_fields=["host", "host_ports", "ip_address", "updated_at"])
+    except (NoValidHost, DomainError) as exc:
         if instance.failure_reason != exc.message:
             Instance.objects.filter(pk=instance.pk).update(failure_reason=exc.message)
         return False
@@ -237,6 +249,7 @@ def _converge_deleting(app: App, deployment: Deployment | None, active: list[Ins
         _deployment_finish(deployment, DeploymentStatus.SUCCEEDED)
     event_publish(tenant=app.tenant, kind="app_terminated_event", data={"appId": app.marathon_id})
     app.delete()
+    network_remove_unused(tenant=app.tenant)
 
 
 def _deployment_finish(deployment: Deployment, status: str, reason: str = "") -> None:
@@ -245,6 +258,7 @@ def _deployment_finish(deployment: Deployment, status: str, reason: str = "") ->
     deployment.current_step = len(deployment.steps) or 1
     deployment.failure_reason = reason
     deployment.save()
+    network_remove_unused(tenant=deployment.tenant)  # e.g. the network the old version joined
     kind = "deployment_success" if status == DeploymentStatus.SUCCEEDED else "deployment_failed"
     event_publish(
         tenant=deployment.tenant,

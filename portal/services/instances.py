@@ -51,6 +51,9 @@ def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **
         instance.save()
         if to in INSTANCE_TERMINAL:
             claim_release(tenant=instance.tenant, owner_kind=CLAIM_KIND, owner_id=str(instance.pk))
+            from portal.services.networks import network_address_release
+
+            network_address_release(instance_id=instance.pk)
         if launch_failed:
             from portal.services.deployments import app_record_launch_failure
 
@@ -75,7 +78,7 @@ def _publish_status(instance: Instance, *, message: str = "") -> None:
             "message": message,
             "appId": instance.app.marathon_id,
             "host": instance.host.name if instance.host else "",
-            "ipAddresses": [],
+            "ipAddresses": [{"ipAddress": instance.ip_address, "protocol": "IPv4"}] if instance.ip_address else [],
             "ports": instance.host_ports,
             "version": instance.version.version,
             "status": instance.status,

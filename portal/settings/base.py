@@ -139,12 +139,22 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("PORTAL_CELERY_QUEUE", "portal")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [os.environ.get("PORTAL_CHANNELS_REDIS_URL", REDIS_URL)]},
+# redis-py 8 reads with a 5 s socket timeout by default, as long as channels_redis's blocking
+# BZPOPMIN waits: every idle receive() raised TimeoutError and tore the consumer (and its
+# WebSocket) down every 5 s (django/channels_redis#422). Longer than that wait, still bounded.
+CHANNELS_REDIS_SOCKET_TIMEOUT_S = 15
+
+
+def channel_layers_for(url: str) -> dict:
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": CHANNELS_REDIS_SOCKET_TIMEOUT_S}]},
+        }
     }
-}
+
+
+CHANNEL_LAYERS = channel_layers_for(os.environ.get("PORTAL_CHANNELS_REDIS_URL", REDIS_URL))
 
 # The registry check talks only to the registry a tenant admin configured; bounded.
 REGISTRY_CHECK_TIMEOUT_S = float(os.environ.get("PORTAL_REGISTRY_CHECK_TIMEOUT_S", "5"))

@@ -1,17 +1,12 @@
 import os
 
 from .base import *  # noqa: F403
-from .base import REDIS_URL
+from .base import REDIS_URL, channel_layers_for
 
 # Tests use their own Redis database so a running dev portal is not disturbed.
 _TEST_REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", REDIS_URL.rsplit("/", 1)[0] + "/1")
 CELERY_BROKER_URL = _TEST_REDIS_URL
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [_TEST_REDIS_URL]},
-    }
-}
+CHANNEL_LAYERS = channel_layers_for(_TEST_REDIS_URL)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

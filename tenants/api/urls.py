@@ -12,6 +12,7 @@ router.register("tokens", views.ApiTokenViewSet, basename="token")
 router.register(r"tenants/(?P<tenant_slug>[^/.]+)/apps", deploy_views.AppViewSet, basename="app")
 router.register(r"tenants/(?P<tenant_slug>[^/.]+)/instances", deploy_views.InstanceViewSet, basename="instance")
 router.register(r"tenants/(?P<tenant_slug>[^/.]+)/deployments", deploy_views.DeploymentViewSet, basename="deployment")
+router.register(r"tenants/(?P<tenant_slug>[^/.]+)/networks", deploy_views.NetworkViewSet, basename="network")
 
 urlpatterns = [
     path("tenants/<str:tenant_slug>/quota/", views.QuotaView.as_view(), name="quota"),

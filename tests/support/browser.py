@@ -19,8 +19,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    """One browser per test module: Playwright's sync API keeps an asyncio loop running in this
+    thread while it lives, so a session-wide browser would break every later ``asyncio.run``
+    (the Channels consumer tests)."""
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are

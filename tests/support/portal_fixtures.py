@@ -42,3 +42,14 @@ def client_for():
         return client
 
     return make
+
+
+@pytest.fixture
+def login(client):
+    """login(user) -> Django's test client with that user's session (for the pages)."""
+
+    def as_user(user):
+        client.force_login(user)
+        return client
+
+    return as_user

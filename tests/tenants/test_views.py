@@ -11,34 +11,25 @@ from tests.tenants.factories import UserFactory
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def browser_client(client):
-    def login(user):
-        client.force_login(user)
-        return client
-
-    return login
-
-
 def test_login_page_renders_and_pages_need_login(client, tenant):
     assert client.get("/login/").status_code == 200
     response = client.get(f"/t/{tenant.slug}/")
     assert response.status_code == 302 and response["Location"].startswith("/login/")
 
 
-def test_overview_shows_a_quota_bar_per_resource(tenant, member_of, browser_client):
-    page = browser_client(member_of(tenant, TenantRole.VIEWER)).get(f"/t/{tenant.slug}/").content.decode()
+def test_overview_shows_a_quota_bar_per_resource(tenant, member_of, login):
+    page = login(member_of(tenant, TenantRole.VIEWER)).get(f"/t/{tenant.slug}/").content.decode()
     assert page.count('class="quota-row') == 7
     assert 'data-resource="memory_mib"' in page
 
 
-def test_home_redirects_to_a_tenant_of_the_user(tenant, member_of, browser_client):
-    response = browser_client(member_of(tenant, TenantRole.VIEWER)).get("/")
+def test_home_redirects_to_a_tenant_of_the_user(tenant, member_of, login):
+    response = login(member_of(tenant, TenantRole.VIEWER)).get("/")
     assert response.status_code == 302 and response["Location"] == f"/t/{tenant.slug}/"
 
 
-def test_another_tenants_pages_are_404(tenant, other_tenant, member_of, browser_client):
-    client = browser_client(member_of(other_tenant, TenantRole.OWNER))
+def test_another_tenants_pages_are_404(tenant, other_tenant, member_of, login):
+    client = login(member_of(other_tenant, TenantRole.OWNER))
     for path in ("/", "/members/", "/registries/"):
         assert client.get(f"/t/{tenant.slug}{path}").status_code == 404
     assert client.post(f"/t/{tenant.slug}/registries/", {"name": "x", "url": "https://x.test"}).status_code == 404
@@ -46,8 +37,8 @@ def test_another_tenants_pages_are_404(tenant, other_tenant, member_of, browser_
     assert not ImageRegistry.objects.exists()
 
 
-def test_registry_form_shows_errors_at_the_field_and_creates_nothing(tenant, member_of, browser_client):
-    client = browser_client(member_of(tenant, TenantRole.ADMIN))
+def test_registry_form_shows_errors_at_the_field_and_creates_nothing(tenant, member_of, login):
+    client = login(member_of(tenant, TenantRole.ADMIN))
     page = client.post(f"/t/{tenant.slug}/registries/", {"name": "r", "url": "http://registry.example.test"})
     html = page.content.decode()
     assert page.status_code == 200
@@ -55,17 +46,17 @@ def test_registry_form_shows_errors_at_the_field_and_creates_nothing(tenant, mem
     assert not ImageRegistry.objects.exists()
 
 
-def test_viewer_sees_members_but_cannot_post(tenant, member_of, browser_client):
-    client = browser_client(member_of(tenant, TenantRole.VIEWER))
+def test_viewer_sees_members_but_cannot_post(tenant, member_of, login):
+    client = login(member_of(tenant, TenantRole.VIEWER))
     assert client.get(f"/t/{tenant.slug}/members/").status_code == 200
     UserFactory(username="eve")
     assert client.post(f"/t/{tenant.slug}/members/", {"username": "eve", "role": "owner"}).status_code == 403
     assert not Membership.objects.filter(user__username="eve").exists()
 
 
-def test_admin_adds_member_and_last_owner_is_kept(tenant, member_of, browser_client):
+def test_admin_adds_member_and_last_owner_is_kept(tenant, member_of, login):
     owner = member_of(tenant, TenantRole.OWNER)
-    client = browser_client(owner)
+    client = login(owner)
     UserFactory(username="dave")
     client.post(f"/t/{tenant.slug}/members/", {"username": "dave", "role": "developer"})
     assert Membership.objects.get(user__username="dave").role == "developer"
@@ -75,7 +66,7 @@ def test_admin_adds_member_and_last_owner_is_kept(tenant, member_of, browser_cli
     assert Membership.objects.filter(pk=own.pk).exists()
 
 
-def test_platform_pages_are_for_platform_admins_only(tenant, member_of, platform_admin, browser_client, client):
+def test_platform_pages_are_for_platform_admins_only(tenant, member_of, platform_admin, login, client):
     client.force_login(member_of(tenant, TenantRole.OWNER))
     assert client.get("/platform/tenants/").status_code == 403
     assert client.post(f"/platform/tenants/{tenant.slug}/quota/", {"vcpus": 1}).status_code == 403
@@ -90,8 +81,8 @@ def test_platform_pages_are_for_platform_admins_only(tenant, member_of, platform
     assert 'data-field="vcpus"' in bad.content.decode() and Quota.objects.get(tenant=tenant).vcpus == 64
 
 
-def test_token_page_shows_the_secret_once(member_of, tenant, browser_client):
-    client = browser_client(member_of(tenant, TenantRole.DEVELOPER))
+def test_token_page_shows_the_secret_once(member_of, tenant, login):
+    client = login(member_of(tenant, TenantRole.DEVELOPER))
     page = client.post("/account/tokens/", {"name": "cli"}).content.decode()
     key = re.search(r'id="new-token">(hvm_[^<]+)<', page).group(1)
     listing = client.get("/account/tokens/").content.decode()

@@ -450,7 +450,55 @@ class VideoConfig(ConfigObject):
         return cls(model=model.get("type", "") if model is not None else "")
 
 
-DeviceConfig = DiskConfig | SerialConfig | ChannelConfig | ControllerConfig | MemBalloonConfig | RngConfig | VideoConfig
+@dataclass
+class InterfaceConfig(ConfigObject):
+    """``<interface type='network'>``: a NIC on a libvirt network (the tenant networks)."""
+
+    root_name: ClassVar[str] = "interface"
+    network: str = ""
+    mac: str | None = None
+    model: str = "virtio"
+    driver: str | None = None
+    rom_enabled: bool | None = None
+
+    def format_dom(self) -> ET.Element:
+        root = ET.Element("interface", {"type": "network"})
+        if self.mac is not None:
+            _sub(root, "mac", address=self.mac)
+        _sub(root, "source", network=self.network)
+        _sub(root, "model", type=self.model)
+        if self.driver is not None:
+            _sub(root, "driver", name=self.driver)
+        if self.rom_enabled is not None:
+            _sub(root, "rom", enabled="yes" if self.rom_enabled else "no")
+        return root
+
+    @classmethod
+    def parse_dom(cls, element: ET.Element) -> InterfaceConfig:
+        config = cls()
+        mac = element.find("mac")
+        config.mac = mac.get("address") if mac is not None else None
+        source = element.find("source")
+        config.network = source.get("network", "") if source is not None else ""
+        model = element.find("model")
+        config.model = model.get("type", "") if model is not None else ""
+        driver = element.find("driver")
+        config.driver = driver.get("name") if driver is not None else None
+        rom = element.find("rom")
+        config.rom_enabled = rom.get("enabled") == "yes" if rom is not None and rom.get("enabled") else None
+        return config
+
+
+DeviceConfig = (
+    DiskConfig
+    | SerialConfig
+    | ChannelConfig
+    | ControllerConfig
+    | MemBalloonConfig
+    | RngConfig
+    | VideoConfig
+    | InterfaceConfig
+)
 
 _DEVICE_PARSERS: dict[str, type] = {
     "disk": DiskConfig,
@@ -460,6 +508,7 @@ _DEVICE_PARSERS: dict[str, type] = {
     "memballoon": MemBalloonConfig,
     "rng": RngConfig,
     "video": VideoConfig,
+    "interface": InterfaceConfig,
 }
 
 

@@ -23,7 +23,12 @@ Contract: ``design_domain(spec)`` returns a ``DomainConfig`` whose XML libvirt 9
 - published ports: libvirt 9.0 has no passt backend, so QEMU user networking with host
   forwards is passed through ``<qemu:commandline>``, restricted (``restrict=on``) so the guest
   reaches nothing but its forwards; the NIC gets an explicit PCI slot (``NET_PCI_SLOT``) far
-  above the ones libvirt hands out, and no NIC at all when there are no ports.
+  above the ones libvirt hands out, and no NIC at all when there are no ports. With a tenant
+  network too, it gets a fixed MAC (``user_net_mac``) so the guest init tells the NICs apart.
+- tenant networks (``vmworker.network``): ``<interface type='network'>`` on the isolated
+  libvirt network, virtio, with the instance's MAC (the guest init picks the interface by it).
+  ``<driver name='qemu'>``: userspace virtio-net, so the domain does not depend on
+  /dev/vhost-net (dev/CI hosts have none); no option ROM, as for the user-net NIC.
 - TCG: the translation-block cache is bounded (``<tcg><tb-cache>``, 32 MiB): QEMU reserves
   1 GiB and an idle guest had ~40 MiB of it resident; 32 MiB saved ~10 MiB RSS per VM.
 - on_poweroff/on_reboot/on_crash all ``destroy``: a HyperVM is never rebooted in place.
@@ -43,6 +48,7 @@ from vmworker.driver.config import (
     DomainConfig,
     FeaturesConfig,
     InstanceMetadataConfig,
+    InterfaceConfig,
     MemBalloonConfig,
     OSConfig,
     QemuCommandlineConfig,
@@ -125,12 +131,16 @@ def design_domain(spec: DomainSpec, policy: DesignPolicy | None = None) -> Domai
         config.devices.append(ChannelConfig(source=source, target_name=channel.name))
     if policy.with_rng:
         config.devices.append(RngConfig())
+    for interface in spec.interfaces:
+        config.devices.append(
+            InterfaceConfig(network=interface.network, mac=interface.mac, driver="qemu", rom_enabled=False)
+        )
     config.devices.append(MemBalloonConfig(model="none"))
-    auto_pci_devices = len(spec.disks) + bool(spec.channels) + policy.with_rng
+    auto_pci_devices = len(spec.disks) + bool(spec.channels) + policy.with_rng + len(spec.interfaces)
     if auto_pci_devices > MAX_AUTO_PCI_DEVICES:
         raise ValueError(f"{auto_pci_devices} PCI devices would reach the NIC's slot {NET_PCI_SLOT:#x}")
     if spec.port_forwards:
-        config.qemu_commandline = QemuCommandlineConfig(args=user_net_args(spec.port_forwards))
+        config.qemu_commandline = QemuCommandlineConfig(args=user_net_args(spec.port_forwards, spec.user_net_mac))
     return config
 
 
@@ -157,7 +167,7 @@ def virtio_disk_name(index: int) -> str:
     return "vd" + chr(ord("a") + index)
 
 
-def user_net_args(port_forwards: tuple[PortForward, ...]) -> tuple[str, ...]:
+def user_net_args(port_forwards: tuple[PortForward, ...], mac: str | None = None) -> tuple[str, ...]:
     """QEMU user networking (guest 10.0.2.15/24, gateway 10.0.2.2) with host forwards only."""
     forwards = ",".join(
         f"hostfwd={forward.protocol}:{forward.host_ip}:{forward.host_port}-:{forward.guest_port}"
@@ -168,5 +178,5 @@ def user_net_args(port_forwards: tuple[PortForward, ...]) -> tuple[str, ...]:
         f"user,id={NET_ID},restrict=on,{forwards}",
         "-device",
         # romfile= : no iPXE option ROM, we never network-boot (saves time and memory).
-        f"virtio-net-pci,netdev={NET_ID},addr={NET_PCI_SLOT:#x},romfile=",
+        f"virtio-net-pci,netdev={NET_ID},addr={NET_PCI_SLOT:#x},romfile=" + (f",mac={mac}" if mac else ""),
     )

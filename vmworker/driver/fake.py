@@ -15,12 +15,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmworker.driver.config import DiskConfig, DomainConfig
+from vmworker.driver.config import DiskConfig, DomainConfig, InterfaceConfig
 from vmworker.driver.designer import DesignPolicy, design_domain
 from vmworker.driver.errors import DomainExists, DomainNotFound, DriverError
 from vmworker.driver.guest import STOPPED_STATES, GuestState
 from vmworker.driver.host import HostCapabilities, LifecycleCallback
 from vmworker.driver.spec import DomainSpec
+from vmworker.network.tenant import NETWORK_NAME_PREFIX, NetworkConfig, TenantNetwork
 
 FAKE_URI = "fake:///hypervm"
 
@@ -49,6 +50,7 @@ class FakeHost:
         self._memory_mib = memory_mib
         self._check_paths = check_paths
         self._domains: dict[str, _FakeDomain] = {}
+        self._networks: dict[str, NetworkConfig] = {}  # libvirt name -> parsed XML (all active)
         self._lock = threading.RLock()
         self._lifecycle_callbacks: list[LifecycleCallback] = []
 
@@ -101,6 +103,30 @@ class FakeHost:
 
     def register_lifecycle_callback(self, callback: LifecycleCallback) -> None:
         self._lifecycle_callbacks.append(callback)
+
+    def network_ensure(self, network: TenantNetwork) -> None:
+        with self._lock:
+            parsed = NetworkConfig.parse_str(NetworkConfig.for_network(network).to_xml())
+            for other in self._networks.values():
+                if other.bridge == parsed.bridge and other.name != parsed.name:
+                    raise DriverError(f"ensure network {parsed.name}: bridge {parsed.bridge} is in use")
+            self._networks.setdefault(parsed.name, parsed)
+
+    def network_remove(self, network: TenantNetwork, *, only_if_unused: bool = True) -> bool:
+        with self._lock:
+            in_use = any(
+                interface.network == network.libvirt_name
+                for domain in self._domains.values()
+                for interface in domain.config.devices_of(InterfaceConfig)
+            )
+            if only_if_unused and in_use:
+                return False
+            self._networks.pop(network.libvirt_name, None)
+            return True
+
+    def list_networks(self) -> list[str]:
+        with self._lock:
+            return sorted(name for name in self._networks if name.startswith(NETWORK_NAME_PREFIX))
 
     # --- what tests use to play libvirt's or the guest's part ----------------------------------
 
@@ -155,6 +181,10 @@ class FakeHost:
                 # Like Host.define_and_start: a definition that never started is removed again.
                 del self._domains[config.uuid]
                 raise DriverError(f"start domain {config.name}: cannot open {missing[0]}")
+        absent = [i.network for i in config.devices_of(InterfaceConfig) if i.network not in self._networks]
+        if absent:
+            del self._domains[config.uuid]
+            raise DriverError(f"start domain {config.name}: Network not found: no network with name '{absent[0]}'")
         domain.running = True
         self._emit(domain, "started")
 

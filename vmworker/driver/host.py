@@ -27,6 +27,7 @@ from vmworker.driver.designer import DesignPolicy, design_domain
 from vmworker.driver.errors import ConnectionFailed, DomainExists, DomainNotFound, DriverError
 from vmworker.driver.guest import Guest, GuestState
 from vmworker.driver.spec import DEFAULT_NAME_PREFIX, DomainSpec
+from vmworker.network.tenant import NETWORK_NAME_PREFIX, NetworkConfig, TenantNetwork
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +318,71 @@ class Host:
             except Exception:  # a broken subscriber must not kill libvirt's event thread
                 logger.exception("driver.lifecycle_callback_failed")
 
+    # --- tenant networks (vmworker.network) ----------------------------------------------
+
+    def network_ensure(self, network: TenantNetwork) -> None:
+        """Define and start the tenant network unless it is there and active already.
+
+        Idempotent and safe against a concurrent call (another worker on the same libvirtd):
+        "exists" and "already active" refusals are looked up again, not raised."""
+        xml = NetworkConfig.for_network(network).to_xml()
+
+        def ensure(connection: libvirt.virConnect) -> None:
+            try:
+                found = connection.networkLookupByName(network.libvirt_name)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                    raise
+                try:
+                    found = connection.networkDefineXML(xml)
+                except libvirt.libvirtError:
+                    found = connection.networkLookupByName(network.libvirt_name)  # a concurrent define won
+            NetworkConfig.parse_str(found.XMLDesc(0))  # refuses a same-named network that is not isolated
+            if not found.isActive():
+                try:
+                    found.create()
+                except libvirt.libvirtError:
+                    if not found.isActive():
+                        raise
+            found.setAutostart(1)
+
+        try:
+            self._call(f"ensure network {network.libvirt_name}", ensure)
+        except ValueError as error:
+            raise DriverError(f"ensure network {network.libvirt_name}: {error}") from error
+
+    def network_remove(self, network: TenantNetwork, *, only_if_unused: bool = True) -> bool:
+        """Stop and undefine the tenant network; with ``only_if_unused`` (the default) only when no
+        domain on this host has a NIC on it. True when it is gone (or never existed)."""
+
+        def remove(connection: libvirt.virConnect) -> bool:
+            try:
+                found = connection.networkLookupByName(network.libvirt_name)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                    return True
+                raise
+            if only_if_unused and network.libvirt_name in _networks_in_use(connection):
+                return False
+            try:
+                if found.isActive():
+                    found.destroy()
+                found.undefine()
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                    raise
+            return True
+
+        return self._call(f"remove network {network.libvirt_name}", remove)
+
+    def list_networks(self) -> list[str]:
+        """libvirt names of the tenant networks defined on this host (never anyone else's)."""
+
+        def list_ours(connection: libvirt.virConnect) -> list[str]:
+            return sorted(n.name() for n in connection.listAllNetworks(0) if n.name().startswith(NETWORK_NAME_PREFIX))
+
+        return self._call("list networks", list_ours)
+
     # --- used by Guest: the raw virDomain never leaves this module and guest.py -------------
 
     def _domain_call(
@@ -347,6 +413,19 @@ class Host:
         except DomainNotFound:
             return GuestState.ABSENT
         return _GUEST_STATES.get(state, GuestState.SHUTOFF)
+
+
+def _networks_in_use(connection: libvirt.virConnect) -> set[str]:
+    """Names of the networks any domain of this libvirtd (running or defined) has a NIC on."""
+    names = set()
+    for domain in connection.listAllDomains(0):
+        try:
+            xml = domain.XMLDesc(0)
+        except libvirt.libvirtError:
+            continue  # went away while we listed
+        for source in ET.fromstring(xml).iterfind("devices/interface[@type='network']/source"):
+            names.add(source.get("network", ""))
+    return names
 
 
 _GUEST_STATES = {

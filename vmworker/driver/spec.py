@@ -17,6 +17,7 @@ VIRT_TYPES = ("kvm", "qemu")
 CHANNEL_KINDS = ("file", "unix")
 DEFAULT_NAME_PREFIX = "hvm-"
 METADATA_KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,20 @@ class PortForward:
 
 
 @dataclass(frozen=True)
+class InterfaceSpec:
+    """A NIC on a libvirt network (a tenant network, vmworker.network): the guest finds it by ``mac``."""
+
+    network: str
+    mac: str
+
+    def __post_init__(self) -> None:
+        if not MAC_PATTERN.match(self.mac):
+            raise ValueError(f"mac {self.mac!r} must be lower-case aa:bb:cc:dd:ee:ff")
+        if not self.network:
+            raise ValueError("an interface needs a network name")
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     instance_id: str
     kernel: Path
@@ -70,6 +85,8 @@ class DomainSpec:
     disks: tuple[DiskSpec, ...] = ()
     channels: tuple[ChannelSpec, ...] = ()
     port_forwards: tuple[PortForward, ...] = ()
+    user_net_mac: str | None = None  # the published-ports NIC's MAC; None: QEMU picks one
+    interfaces: tuple[InterfaceSpec, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     name_prefix: str = DEFAULT_NAME_PREFIX
 
@@ -84,6 +101,8 @@ class DomainSpec:
             raise ValueError("memory_mib must be >= 16")
         if self.cpu_quota_pct is not None and self.cpu_quota_pct < 1:
             raise ValueError("cpu_quota_pct must be >= 1")
+        if self.user_net_mac is not None and not MAC_PATTERN.match(self.user_net_mac):
+            raise ValueError(f"user_net_mac {self.user_net_mac!r} must be lower-case aa:bb:cc:dd:ee:ff")
         for key in self.metadata:
             if not METADATA_KEY_PATTERN.match(key):
                 raise ValueError(f"metadata key {key!r} must match {METADATA_KEY_PATTERN.pattern}")

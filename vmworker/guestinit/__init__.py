@@ -9,6 +9,7 @@ from vmworker.guestinit.config import (
     ConfigDiskError,
     GuestConfig,
     GuestNetwork,
+    GuestTenantInterface,
     write_config_disk,
 )
 from vmworker.guestinit.initramfs import InitramfsError, build_initramfs
@@ -31,6 +32,7 @@ __all__ = [
     "GuestConfig",
     "GuestLogParser",
     "GuestNetwork",
+    "GuestTenantInterface",
     "InitramfsError",
     "build_initramfs",
     "parse_guest_log",

@@ -11,7 +11,8 @@ Layout, all integers little-endian, the file padded with zeros to 4 KiB::
 
 Tags (repeatable ones marked *): 1 hostname, 2 argv*, 3 env*, 4 working_dir,
 5 user, 6 rootfs_serial, 7 rootfs_type, 8 overlay_size_mib, 9 stop_grace_s,
-10 net ip_cidr, 11 net gateway, 12 net mac, 13 net nameserver*. Numbers are
+10 net ip_cidr, 11 net gateway, 12 net mac, 13 net nameserver*, 14 tenant net mac,
+15 tenant net ip_cidr (both or neither: a second NIC, found by MAC, no route). Numbers are
 decimal text. The init rejects an unknown tag, a repeated single tag, a bad
 checksum or any length that overruns: it reports ``error config: ...`` and
 powers off (exit 125).
@@ -53,6 +54,9 @@ TAG_NET_IP_CIDR = 10
 TAG_NET_GATEWAY = 11
 TAG_NET_MAC = 12
 TAG_NET_NAMESERVER = 13
+TAG_TENANT_NET_MAC = 14
+TAG_TENANT_NET_IP_CIDR = 15
+_LAST_TAG = TAG_TENANT_NET_IP_CIDR
 _REPEATABLE_TAGS = frozenset({TAG_ARGV, TAG_ENV, TAG_NET_NAMESERVER})
 
 
@@ -71,6 +75,15 @@ class GuestNetwork:
 
 
 @dataclass(frozen=True)
+class GuestTenantInterface:
+    """The NIC on the tenant network (vmworker.network): found by its MAC, given its address and
+    prefix; no gateway (the segment has no uplink), so only its own subnet is routed through it."""
+
+    mac: str
+    ip_cidr: str
+
+
+@dataclass(frozen=True)
 class GuestConfig:
     """Everything the guest init needs, delivered as data on the config disk."""
 
@@ -84,6 +97,7 @@ class GuestConfig:
     overlay_size_mib: int
     stop_grace_s: int
     network: GuestNetwork | None = field(default=None)
+    tenant_interface: GuestTenantInterface | None = field(default=None)
 
 
 def _validate(config: GuestConfig) -> None:
@@ -127,6 +141,16 @@ def _validate(config: GuestConfig) -> None:
             raise ConfigDiskError(f"network: {exc}") from exc
         if network.mac is not None and not _MAC_RE.match(network.mac):
             raise ConfigDiskError("network mac must be lower-case aa:bb:cc:dd:ee:ff")
+    tenant = config.tenant_interface
+    if tenant is not None:
+        try:
+            ipaddress.IPv4Interface(tenant.ip_cidr)
+        except ValueError as exc:
+            raise ConfigDiskError(f"tenant network: {exc}") from exc
+        if not _MAC_RE.match(tenant.mac):
+            raise ConfigDiskError("tenant network mac must be lower-case aa:bb:cc:dd:ee:ff")
+        if network is not None and network.mac == tenant.mac:
+            raise ConfigDiskError("the tenant network NIC and the user network NIC need different MACs")
 
 
 def _records(config: GuestConfig) -> list[tuple[int, str]]:
@@ -149,6 +173,11 @@ def _records(config: GuestConfig) -> list[tuple[int, str]]:
         if network.mac is not None:
             records.append((TAG_NET_MAC, network.mac))
         records += [(TAG_NET_NAMESERVER, server) for server in network.nameservers]
+    if config.tenant_interface is not None:
+        records += [
+            (TAG_TENANT_NET_MAC, config.tenant_interface.mac),
+            (TAG_TENANT_NET_IP_CIDR, config.tenant_interface.ip_cidr),
+        ]
     return records
 
 
@@ -203,7 +232,7 @@ def decode_config(image: bytes) -> GuestConfig:
             raise ConfigDiskError(f"config: record {tag} overruns the payload")
         raw = payload[pos : pos + value_len]
         pos += value_len
-        if not TAG_HOSTNAME <= tag <= TAG_NET_NAMESERVER:
+        if not TAG_HOSTNAME <= tag <= _LAST_TAG:
             raise ConfigDiskError(f"config: unknown record tag {tag}")
         if b"\x00" in raw:
             raise ConfigDiskError(f"config: record {tag} contains a NUL byte")
@@ -222,6 +251,13 @@ def decode_config(image: bytes) -> GuestConfig:
             mac=single(TAG_NET_MAC),
             nameservers=tuple(values.get(TAG_NET_NAMESERVER, ())),
         )
+    tenant_interface = None
+    if TAG_TENANT_NET_MAC in values or TAG_TENANT_NET_IP_CIDR in values:
+        if TAG_TENANT_NET_MAC not in values or TAG_TENANT_NET_IP_CIDR not in values:
+            raise ConfigDiskError("config: tenant network needs both mac and ip_cidr")
+        tenant_interface = GuestTenantInterface(
+            mac=values[TAG_TENANT_NET_MAC][0], ip_cidr=values[TAG_TENANT_NET_IP_CIDR][0]
+        )
     try:
         config = GuestConfig(
             hostname=single(TAG_HOSTNAME) or "",
@@ -234,6 +270,7 @@ def decode_config(image: bytes) -> GuestConfig:
             overlay_size_mib=int(single(TAG_OVERLAY_SIZE_MIB) or "0"),
             stop_grace_s=int(single(TAG_STOP_GRACE_S) or "-1"),
             network=network,
+            tenant_interface=tenant_interface,
         )
     except ValueError as exc:
         raise ConfigDiskError(f"config: {exc}") from exc

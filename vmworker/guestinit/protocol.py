@@ -170,6 +170,16 @@ class GuestLogParser:
             self._buffer = b""
         return records
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes fed that are not a whole record yet (the start of a line still being written)."""
+        return len(self._buffer)
+
+    @property
+    def in_fragmented_line(self) -> bool:
+        """True while an ``out+``/``err+`` line waits for its end: no line boundary here."""
+        return any(self._fragments.values())
+
     def close(self) -> list[GuestRecord]:
         records = list(self._parse_line(self._buffer)) if self._buffer else []
         self._buffer = b""

@@ -2,7 +2,8 @@
 
 Contract: the stream opens with ``event_stream_attached``, then carries every Event row of the
 tenant committed after the attach, polled from the database (the record; the Redis copy may be
-dropped), in id order, limited to ``event_type`` when given and to the event types Marathon
+dropped), in id order and gap-safe (portal.selectors.event_list_after: a row that commits after a
+newer one is not skipped), limited to ``event_type`` when given and to the event types Marathon
 clients know (marathon-python raises on any other). Each frame is ``event: <type>`` +
 ``data: <one-line JSON with eventType and timestamp>``; a comment line goes out when nothing
 was sent for ``HEARTBEAT_S``, so clients with read timeouts keep the connection. The generator
@@ -17,11 +18,11 @@ import time
 from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
-from django.db.models import Max
 from django.utils import timezone
 
 from portal.api.marathon.render import marathon_timestamp
 from portal.models import Event
+from portal.selectors import event_latest_id, event_list_after
 
 EVENT_STREAM_MEDIA_TYPE = "text/event-stream"
 POLL_S = 0.5
@@ -67,11 +68,11 @@ def sse_frame(event_type: str, data: dict) -> bytes:
 
 
 def _latest_event_id(tenant) -> int:
-    return Event.objects.for_tenant(tenant).aggregate(latest=Max("id"))["latest"] or 0
+    return event_latest_id(tenant=tenant)
 
 
 def _events_after(tenant, after_id: int, kinds: frozenset[str]) -> list[Event]:
-    return list(Event.objects.for_tenant(tenant).filter(id__gt=after_id, kind__in=kinds).order_by("id")[:BATCH_SIZE])
+    return event_list_after(tenant=tenant, after_id=after_id, kinds=kinds, limit=BATCH_SIZE)
 
 
 def _event_data(event: Event) -> dict:

@@ -23,7 +23,7 @@ def test_create_list_scale_and_delete(tenant, member_of, client_for):
     created = client.post(base, BODY, format="json")
     assert created.status_code == 201 and created.json()["kind"] == "start"
     assert Instance.objects.filter(app__tenant=tenant).count() == 2  # admitted: staged, claims taken
-    assert ResourceClaim.objects.filter(tenant=tenant).count() == 2
+    assert ResourceClaim.objects.filter(tenant=tenant, owner_kind="instance").count() == 2
     listing = client.get(base).json()["results"]
     assert [app["marathon_id"] for app in listing] == ["/shop/web"]
     app_id = listing[0]["id"]

@@ -28,7 +28,7 @@ def test_a_minimal_command_app_gets_marathons_defaults():
         cpus=1.0,
         memory_mib=128.0,
         disk_mib=0.0,
-        networks=(Network(mode=NetworkMode.HOST),),
+        networks=(),
         port_definitions=(PortDefinition(port=0, protocol="tcp", name="default"),),
         upgrade_strategy=UpgradeStrategy(minimum_health_capacity=1.0, maximum_over_capacity=1.0),
         unreachable_strategy=UnreachableStrategy(inactive_after_s=0, expunge_after_s=0),
@@ -120,11 +120,7 @@ def test_legacy_docker_networks_map_to_network_modes():
         app = {"id": "a", "container": {"docker": {"image": "x", "network": docker_network}}}
         return parse_app_definition(app).network_mode
 
-    assert [mode_of("BRIDGE"), mode_of("USER"), mode_of("HOST")] == [
-        NetworkMode.CONTAINER_BRIDGE,
-        NetworkMode.CONTAINER,
-        NetworkMode.HOST,
-    ]
+    assert [mode_of("BRIDGE"), mode_of("USER")] == [NetworkMode.CONTAINER_BRIDGE, NetworkMode.CONTAINER]
 
 
 def test_a_non_host_network_without_mappings_gets_marathons_default_mapping():

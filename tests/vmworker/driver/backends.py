@@ -10,6 +10,7 @@ from pathlib import Path
 from vmworker.driver.fake import FakeHost
 from vmworker.driver.host import Host
 from vmworker.driver.spec import ChannelSpec, DiskSpec, DomainSpec
+from vmworker.network.tenant import TenantNetwork
 
 TEST_NAME_PREFIX = "hvm-drvtest-"
 SENTINEL = "HYPERVM-DRVTEST-UP"
@@ -34,6 +35,7 @@ class Backend:
     initramfs: InitramfsFactory
     instance_ids: list[str] = field(default_factory=list)
     foreign_uuids: list[str] = field(default_factory=list)
+    networks: list[TenantNetwork] = field(default_factory=list)
 
     @property
     def boots_real_vms(self) -> bool:
@@ -66,6 +68,12 @@ class Backend:
         values.update(overrides)
         return DomainSpec(**values)
 
+    def tenant_network(self) -> TenantNetwork:
+        """A fresh tenant network name (removed again by cleanup)."""
+        network = TenantNetwork.for_network_id(str(uuid.uuid4()))
+        self.networks.append(network)
+        return network
+
     def define_foreign_domain(self, *, name: str | None = None, domain_uuid: str | None = None) -> str:
         """A persistent, stopped domain WITHOUT our metadata, made behind the driver's back."""
         domain_uuid = domain_uuid or str(uuid.uuid4())
@@ -94,6 +102,8 @@ class Backend:
             if guest is not None:
                 guest.destroy()
                 guest.undefine()
+        for network in self.networks:
+            self.host.network_remove(network, only_if_unused=False)
         self.host.close()
 
 

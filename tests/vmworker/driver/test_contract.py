@@ -23,11 +23,12 @@ from tests.vmworker.driver.backends import (
     InitramfsFactory,
     make_backend,
 )
-from vmworker.driver.config import ChannelConfig, DiskConfig
+from vmworker.driver.config import ChannelConfig, DiskConfig, InterfaceConfig
 from vmworker.driver.errors import DomainExists, DomainNotFound, DriverError
 from vmworker.driver.guest import GuestState
 from vmworker.driver.probe import wait_for_console_text
-from vmworker.driver.spec import PortForward
+from vmworker.driver.spec import InterfaceSpec, PortForward
+from vmworker.network.tenant import instance_mac
 
 BACKENDS = [
     pytest.param("fake", id="fake"),
@@ -156,6 +157,56 @@ def test_the_domain_reads_back_with_our_devices(backend: Backend) -> None:
     assert channels == {"io.hypervm.out": "file", "io.hypervm.control": "unix"}
     if backend.kind != "test":  # libvirt's test driver drops the qemu: namespace it cannot run
         assert "hostfwd=tcp:127.0.0.1:18080-:8080" in ",".join(config.qemu_commandline.args)
+
+
+def test_a_tenant_network_is_ensured_idempotently_and_listed(backend: Backend) -> None:
+    network = backend.tenant_network()
+
+    backend.host.network_ensure(network)
+    backend.host.network_ensure(network)
+
+    assert backend.host.list_networks().count(network.libvirt_name) == 1
+
+
+def test_a_nic_on_a_missing_tenant_network_is_refused_and_leaves_nothing(backend: Backend) -> None:
+    if backend.kind == "test":
+        pytest.skip("libvirt's test driver starts domains without looking up their networks")
+    network = backend.tenant_network()
+    instance_id = str(uuid.uuid4())
+    nic = InterfaceSpec(network=network.libvirt_name, mac=instance_mac(instance_id, "tenant"))
+    spec = backend.spec(instance_id=instance_id, interfaces=(nic,))
+
+    with pytest.raises(DriverError, match=network.libvirt_name):
+        backend.host.define_and_start(spec)
+
+    assert backend.host.lookup(instance_id) is None
+
+
+def test_a_nic_on_a_tenant_network_reads_back(backend: Backend) -> None:
+    network = backend.tenant_network()
+    instance_id = str(uuid.uuid4())
+    mac = instance_mac(instance_id, "tenant")
+    spec = backend.spec(instance_id=instance_id, interfaces=(InterfaceSpec(network=network.libvirt_name, mac=mac),))
+
+    backend.host.network_ensure(network)
+    guest = backend.host.define_and_start(spec)
+
+    [nic] = guest.config().devices_of(InterfaceConfig)
+    assert (nic.network, nic.mac, nic.model) == (network.libvirt_name, mac, "virtio")
+
+
+def test_a_tenant_network_in_use_is_not_removed_until_its_domains_are_gone(backend: Backend) -> None:
+    network = backend.tenant_network()
+    backend.host.network_ensure(network)
+    instance_id = str(uuid.uuid4())
+    nic = InterfaceSpec(network=network.libvirt_name, mac=instance_mac(instance_id, "tenant"))
+    guest = backend.host.define_and_start(backend.spec(instance_id=instance_id, interfaces=(nic,)))
+
+    kept = backend.host.network_remove(network)
+    guest.destroy()
+    removed = backend.host.network_remove(network)
+
+    assert (kept, removed, network.libvirt_name in backend.host.list_networks()) == (False, True, False)
 
 
 def test_a_guest_that_powers_itself_off_is_seen_as_stopped(backend: Backend) -> None:

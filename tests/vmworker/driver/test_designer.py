@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from vmworker.driver.config import ChannelConfig, ControllerConfig, DiskConfig, MemBalloonConfig, SerialConfig
+from vmworker.driver.config import (
+    ChannelConfig,
+    ControllerConfig,
+    DiskConfig,
+    DomainConfig,
+    InterfaceConfig,
+    MemBalloonConfig,
+    SerialConfig,
+)
 from vmworker.driver.designer import NET_PCI_SLOT, DesignPolicy, design_domain
-from vmworker.driver.spec import ChannelSpec, DiskSpec, DomainSpec, PortForward
+from vmworker.driver.spec import ChannelSpec, DiskSpec, DomainSpec, InterfaceSpec, PortForward
 
 INSTANCE_ID = "0d8e2a6c-7f55-4b51-9a1c-51f5a1d6e0aa"
 
@@ -107,6 +115,24 @@ def test_published_ports_are_restricted_user_net_forwards_on_a_fixed_pci_slot() 
         "-device",
         f"virtio-net-pci,netdev=hvmnet0,addr={NET_PCI_SLOT:#x},romfile=",
     )
+
+
+def test_a_tenant_network_nic_is_a_libvirt_network_interface_and_the_user_nic_gets_its_mac() -> None:
+    spec = make_spec(
+        port_forwards=(PortForward("127.0.0.1", 18080, 80),),
+        user_net_mac="02:00:00:00:00:0a",
+        interfaces=(InterfaceSpec(network="hvm-tnet-x", mac="02:00:00:00:00:0b"),),
+    )
+
+    config = design_domain(spec)
+
+    assert config.devices_of(InterfaceConfig) == [
+        InterfaceConfig(network="hvm-tnet-x", mac="02:00:00:00:00:0b", model="virtio", driver="qemu", rom_enabled=False)
+    ]
+    assert config.qemu_commandline.args[-1].endswith(",romfile=,mac=02:00:00:00:00:0a")
+    xml = config.to_xml()
+    assert "<forward" not in xml and "network='default'" not in xml and 'network="default"' not in xml
+    assert DomainConfig.parse_str(xml).devices_of(InterfaceConfig) == config.devices_of(InterfaceConfig)
 
 
 def test_too_many_pci_devices_for_the_nic_slot_are_refused() -> None:

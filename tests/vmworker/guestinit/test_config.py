@@ -15,6 +15,7 @@ from vmworker.guestinit.config import (
     ConfigDiskError,
     GuestConfig,
     GuestNetwork,
+    GuestTenantInterface,
     decode_config,
     encode_config,
     write_config_disk,
@@ -37,6 +38,7 @@ FULL_CONFIG = GuestConfig(
         mac="52:54:00:12:34:56",
         nameservers=("10.0.2.3", "1.1.1.1"),
     ),
+    tenant_interface=GuestTenantInterface(mac="02:6b:1f:00:aa:01", ip_cidr="10.1.0.7/24"),
 )
 MINIMAL_CONFIG = GuestConfig(
     hostname="",
@@ -76,6 +78,15 @@ def test_round_trip_through_a_disk_file(tmp_path):
         ({"stop_grace_s": -1}, "stop_grace_s"),
         ({"network": GuestNetwork(ip_cidr="10.0.2.300/24")}, "network"),
         ({"network": GuestNetwork(ip_cidr="10.0.2.15/24", mac="52-54")}, "mac"),
+        ({"tenant_interface": GuestTenantInterface(mac="02:00:00:00:00:01", ip_cidr="10.1.0.300/24")}, "tenant"),
+        ({"tenant_interface": GuestTenantInterface(mac="02-00", ip_cidr="10.1.0.3/24")}, "tenant network mac"),
+        (
+            {
+                "network": GuestNetwork(ip_cidr="10.0.2.15/24", mac="02:00:00:00:00:01"),
+                "tenant_interface": GuestTenantInterface(mac="02:00:00:00:00:01", ip_cidr="10.1.0.3/24"),
+            },
+            "different MACs",
+        ),
     ],
 )
 def test_undeliverable_configs_are_refused(change, message):
@@ -167,6 +178,9 @@ def _canonical_lines(config: GuestConfig) -> list[str]:
         if config.network.mac:
             lines.append(f"net_mac={config.network.mac}")
         lines += [f"nameserver={server}" for server in config.network.nameservers]
+    if config.tenant_interface:
+        lines.append(f"tenant_net_mac={config.tenant_interface.mac}")
+        lines.append(f"tenant_net_ip_cidr={config.tenant_interface.ip_cidr}")
     return lines
 
 

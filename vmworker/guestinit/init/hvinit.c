@@ -80,6 +80,9 @@ enum config_tag {
 	TAG_NET_GATEWAY = 11,
 	TAG_NET_MAC = 12,
 	TAG_NET_NAMESERVER = 13,
+	TAG_TENANT_NET_MAC = 14,
+	TAG_TENANT_NET_IP_CIDR = 15,
+	TAG_LAST = TAG_TENANT_NET_IP_CIDR,
 };
 
 /* Exit codes reported when the app never ran, chosen like docker run's. */
@@ -104,7 +107,9 @@ struct config {
 	char *net_mac;
 	char **nameservers;
 	size_t nameserverc;
-	int seen[TAG_NET_NAMESERVER + 1];
+	char *tenant_net_mac; /* the tenant network NIC: found by MAC, no route */
+	char *tenant_net_ip_cidr;
+	int seen[TAG_LAST + 1];
 };
 
 /* ---- config parser: bounds-checked, never trusts a length --------------- */
@@ -216,7 +221,7 @@ static int config_parse(const unsigned char *buf, size_t len, struct config *cfg
 		}
 		memcpy(value, raw, value_len);
 		value[value_len] = '\0';
-		if (tag < 1 || tag > TAG_NET_NAMESERVER) {
+		if (tag < 1 || tag > TAG_LAST) {
 			free(value);
 			snprintf(err, errlen, "config: unknown record tag %u", tag);
 			return -1;
@@ -238,6 +243,8 @@ static int config_parse(const unsigned char *buf, size_t len, struct config *cfg
 		case TAG_NET_IP_CIDR: cfg->net_ip_cidr = value; break;
 		case TAG_NET_GATEWAY: cfg->net_gateway = value; break;
 		case TAG_NET_MAC: cfg->net_mac = value; break;
+		case TAG_TENANT_NET_MAC: cfg->tenant_net_mac = value; break;
+		case TAG_TENANT_NET_IP_CIDR: cfg->tenant_net_ip_cidr = value; break;
 		case TAG_ARGV: rc = list_append(&cfg->argv, &cfg->argc, value); break;
 		case TAG_ENV: rc = list_append(&cfg->env, &cfg->envc, value); break;
 		case TAG_NET_NAMESERVER:
@@ -286,6 +293,10 @@ static int config_parse(const unsigned char *buf, size_t len, struct config *cfg
 	}
 	if ((cfg->net_gateway || cfg->net_mac || cfg->nameserverc) && !cfg->net_ip_cidr) {
 		snprintf(err, errlen, "config: network given without ip_cidr");
+		return -1;
+	}
+	if (!cfg->tenant_net_mac != !cfg->tenant_net_ip_cidr) {
+		snprintf(err, errlen, "config: tenant network needs both mac and ip_cidr");
 		return -1;
 	}
 	if (!cfg->env) {
@@ -341,6 +352,8 @@ static void parse_and_print(const char *path)
 	print_field("net_mac", cfg.net_mac);
 	for (size_t i = 0; i < cfg.nameserverc; i++)
 		print_field("nameserver", cfg.nameservers[i]);
+	print_field("tenant_net_mac", cfg.tenant_net_mac);
+	print_field("tenant_net_ip_cidr", cfg.tenant_net_ip_cidr);
 }
 
 int main(int argc, char **argv)
@@ -814,28 +827,17 @@ static void find_interface_by_mac(const char *mac, char *ifname)
 	die(EXIT_INIT_FAILURE, "network: no interface with MAC %s", mac);
 }
 
-static void configure_network(const struct config *cfg)
+/* Address/prefix on the interface, then up: the kernel adds the subnet's route itself. */
+static void set_interface_address(int sock, const char *ifname, const char *ip_cidr)
 {
-	int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (sock < 0)
-		die(EXIT_INIT_FAILURE, "network: socket: %s", errno_text(errno));
-	set_interface_up(sock, "lo"); /* the kernel adds 127.0.0.1/8 itself */
-	if (!cfg->net_ip_cidr) {
-		close(sock);
-		return;
-	}
-	char ifname[IFNAMSIZ] = "eth0";
-	if (cfg->net_mac)
-		find_interface_by_mac(cfg->net_mac, ifname);
-
 	char address[64];
 	unsigned long prefix = 32;
-	snprintf(address, sizeof(address), "%s", cfg->net_ip_cidr);
+	snprintf(address, sizeof(address), "%s", ip_cidr);
 	char *slash = strchr(address, '/');
 	if (slash) {
 		*slash = '\0';
 		if (parse_decimal(slash + 1, 0, 32, &prefix) != 0)
-			die(EXIT_INIT_FAILURE, "network: bad prefix in %s", cfg->net_ip_cidr);
+			die(EXIT_INIT_FAILURE, "network: bad prefix in %s", ip_cidr);
 	}
 	struct ifreq ifr;
 	memset(&ifr, 0, sizeof(ifr));
@@ -843,7 +845,7 @@ static void configure_network(const struct config *cfg)
 	struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
 	sin->sin_family = AF_INET;
 	if (inet_pton(AF_INET, address, &sin->sin_addr) != 1)
-		die(EXIT_INIT_FAILURE, "network: bad address %s", cfg->net_ip_cidr);
+		die(EXIT_INIT_FAILURE, "network: bad address %s", ip_cidr);
 	if (ioctl(sock, SIOCSIFADDR, &ifr) != 0)
 		die(EXIT_INIT_FAILURE, "network: %s address: %s", ifname, errno_text(errno));
 	sin = (struct sockaddr_in *)&ifr.ifr_netmask;
@@ -852,6 +854,27 @@ static void configure_network(const struct config *cfg)
 	if (ioctl(sock, SIOCSIFNETMASK, &ifr) != 0)
 		die(EXIT_INIT_FAILURE, "network: %s netmask: %s", ifname, errno_text(errno));
 	set_interface_up(sock, ifname);
+}
+
+static void configure_network(const struct config *cfg)
+{
+	int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (sock < 0)
+		die(EXIT_INIT_FAILURE, "network: socket: %s", errno_text(errno));
+	set_interface_up(sock, "lo"); /* the kernel adds 127.0.0.1/8 itself */
+	if (cfg->tenant_net_ip_cidr) {
+		char tenant_ifname[IFNAMSIZ];
+		find_interface_by_mac(cfg->tenant_net_mac, tenant_ifname);
+		set_interface_address(sock, tenant_ifname, cfg->tenant_net_ip_cidr);
+	}
+	if (!cfg->net_ip_cidr) {
+		close(sock);
+		return;
+	}
+	char ifname[IFNAMSIZ] = "eth0";
+	if (cfg->net_mac)
+		find_interface_by_mac(cfg->net_mac, ifname);
+	set_interface_address(sock, ifname, cfg->net_ip_cidr);
 
 	if (cfg->net_gateway) {
 		struct rtentry route;
@@ -1581,7 +1604,7 @@ int main(void)
 
 	struct config cfg;
 	read_config(&cfg);
-	if (cfg.net_ip_cidr)
+	if (cfg.net_ip_cidr || cfg.tenant_net_ip_cidr)
 		load_modules("net");
 	if (cfg.hostname && cfg.hostname[0] && sethostname(cfg.hostname, strlen(cfg.hostname)) != 0)
 		die(EXIT_INIT_FAILURE, "hostname: %s", errno_text(errno));

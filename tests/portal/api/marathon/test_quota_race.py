@@ -47,4 +47,4 @@ def test_two_concurrent_deploys_for_the_last_slot_exactly_one_wins(live_stack, t
     loser = next(app_id for app_id, response in answers.items() if response.status_code == 403)
     assert "instances" in answers[loser].json()["message"]
     assert not App.objects.filter(marathon_id=loser).exists()
-    assert Instance.objects.count() == 1 and ResourceClaim.objects.count() == 1
+    assert Instance.objects.count() == 1 and ResourceClaim.objects.filter(owner_kind="instance").count() == 1

@@ -1,0 +1,314 @@
+"""WebSocket consumers: the tenant and app event streams and the instance console.
+
+Contract (the browser side is static/js/live.js; routes in portal/routing.py):
+
+- Every socket is authorized like the API: the session user through
+  tenants.access.tenant_access_resolve with at least the viewer role. A refused socket is
+  accepted and closed at once with 4403 (4404 for an unknown app or instance of a tenant the
+  user may see) and gets no message. (Closing before accept would be a bare HTTP 403.)
+- ``/ws/t/<slug>/`` and ``/ws/t/<slug>/apps/<id>/``: with ``?after=<event id>`` the Event rows of
+  that scope with id > after are replayed first (at most EVENT_REPLAY_LIMIT, else one
+  ``{"type": "reset"}`` and the stream goes on from the newest row), then live ones; without it
+  only events from now on. Each is ``{"type": "event", "id", "kind", "app_id", "instance_id",
+  "data"}``, in id order, never an id twice. The live Channels message is only a trigger: rows are
+  read with the gap-safe portal.selectors.event_list_after, and a slow poll covers dropped
+  messages (Redis is at-most-once).
+- ``/ws/t/<slug>/instances/<uuid>/console/?after=<seq>``: ``{"type": "lines", "lines": [{"seq",
+  "stream", "text"}]}`` — the backlog (last <= 1000 lines with seq > after; a
+  ``{"type": "truncated", "first_seq"}`` first when older ones were cut), then live batches, never
+  a seq <= the last one sent; and ``{"type": "status", "state": "waiting|live|exited|gone",
+  "exit_code", "message"}``. The lines come from the console agent of the instance's host
+  (vmworker.console_agent): the consumer joins the instance's console group first, then asks
+  the host for the backlog and holds live lines back until it arrives; a seq gap in live lines
+  (a dropped message) makes it ask again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from portal.choices import INSTANCE_TERMINAL, InstanceStatus
+from portal.events import app_group, instance_group, tenant_group
+from portal.models import App, Instance
+from portal.selectors import EVENT_REPLAY_LIMIT, event_latest_id, event_list_after
+from tenants.access import RoleRequired, TenantNotFound, tenant_access_resolve
+from tenants.choices import TenantRole
+from vmworker.console_agent import console_channel, console_group
+
+CLOSE_REFUSED = 4403
+CLOSE_NOT_FOUND = 4404
+EVENT_POLL_S = 2.0
+EVENT_CATCH_UP_MAX_BATCHES = 20
+BACKLOG_TIMEOUT_S = 2.0
+PENDING_MAX_LINES = 5000
+WAITING = frozenset({InstanceStatus.STAGED, InstanceStatus.PULLING, InstanceStatus.PREPARING, InstanceStatus.BOOTING})
+
+
+def _viewer_access(user, slug: str):
+    if user is None or not user.is_authenticated:
+        return None
+    try:
+        access = tenant_access_resolve(user=user, slug=slug)
+        access.require(TenantRole.VIEWER)
+    except (TenantNotFound, RoleRequired):
+        return None
+    return access
+
+
+def _query_int(scope, name: str) -> int | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin1")).get(name)
+    try:
+        return int(values[0]) if values else None
+    except ValueError:
+        return None
+
+
+class TenantScopedConsumer(AsyncJsonWebsocketConsumer):
+    """Resolves the tenant from the URL for the session user, or refuses the socket."""
+
+    async def connect(self):
+        kwargs = self.scope["url_route"]["kwargs"]
+        self.access = await database_sync_to_async(_viewer_access)(self.scope.get("user"), kwargs["slug"])
+        await self.accept()
+        if self.access is None:
+            await self.close(code=CLOSE_REFUSED)
+            return
+        await self.open(**kwargs)
+
+    async def open(self, **kwargs) -> None:
+        raise NotImplementedError
+
+    async def join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.groups.append(group)  # left again on disconnect
+
+    async def receive_json(self, content, **kwargs):
+        pass  # {"type": "ping"} or anything else: nothing to answer
+
+
+class EventStreamConsumer(TenantScopedConsumer):
+    """The tenant's events (``/ws/t/<slug>/``) or one app's (``/ws/t/<slug>/apps/<id>/``)."""
+
+    async def open(self, slug: str, app_id: int | None = None) -> None:
+        self.app = None
+        self._lock = asyncio.Lock()
+        self._poller = None
+        if app_id is not None:
+            apps = App.objects.for_tenant(self.access.tenant).filter(pk=app_id)
+            self.app = await database_sync_to_async(apps.first)()
+            if self.app is None:
+                await self.close(code=CLOSE_NOT_FOUND)
+                return
+        await self.join(app_group(self.app.pk) if self.app else tenant_group(self.access.tenant.pk))
+        after = _query_int(self.scope, "after")
+        if after is None:
+            self.last_id = await self.latest_id()
+        else:
+            self.last_id = after
+            await self.catch_up(replay=True)
+        self._poller = asyncio.create_task(self._poll())
+
+    async def latest_id(self) -> int:
+        return await database_sync_to_async(event_latest_id)(tenant=self.access.tenant, app=self.app)
+
+    async def disconnect(self, code):
+        if getattr(self, "_poller", None) is not None:
+            self._poller.cancel()
+
+    async def portal_event(self, message):
+        if message.get("event_id", 0) > self.last_id:
+            await self.catch_up()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(EVENT_POLL_S)
+            await self.catch_up()
+
+    async def catch_up(self, *, replay: bool = False) -> None:
+        async with self._lock:
+            for _ in range(EVENT_CATCH_UP_MAX_BATCHES):
+                events = await database_sync_to_async(event_list_after)(
+                    tenant=self.access.tenant, after_id=self.last_id, app=self.app, limit=EVENT_REPLAY_LIMIT + 1
+                )
+                if replay and len(events) > EVENT_REPLAY_LIMIT:
+                    await self.send_json({"type": "reset"})
+                    self.last_id = await self.latest_id()
+                    return
+                replay = False
+                for event in events[:EVENT_REPLAY_LIMIT]:
+                    await self.send_json(
+                        {
+                            "type": "event",
+                            "id": event.id,
+                            "kind": event.kind,
+                            "app_id": event.app_id,
+                            "instance_id": str(event.instance_id) if event.instance_id else None,
+                            "data": event.data,
+                        }
+                    )
+                    self.last_id = event.id
+                if len(events) <= EVENT_REPLAY_LIMIT:
+                    return
+
+
+def _instance_for(tenant, instance_id):
+    return Instance.objects.for_tenant(tenant).select_related("host").filter(pk=instance_id).first()
+
+
+class ConsoleConsumer(TenantScopedConsumer):
+    """One instance's console: its guest log's output lines, backlog first, then live."""
+
+    async def open(self, slug: str, instance_id) -> None:
+        instance = await database_sync_to_async(_instance_for)(self.access.tenant, instance_id)
+        if instance is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.instance_id = str(instance.pk)
+        after = _query_int(self.scope, "after")
+        self.last_seq = after if after is not None and after >= -1 else -1
+        self.pending: list[list[dict]] | None = None  # live batches held back while a backlog request is out
+        self.pending_exit: int | None = None
+        self.request_sent_at = 0.0
+        self.timeout_task: asyncio.Task | None = None
+        self.state: str | None = None
+        await self.join(console_group(self.instance_id))  # first: nothing written after the backlog is missed
+        await self.join(instance_group(self.instance_id))
+        await self.follow(instance)
+
+    async def disconnect(self, code):
+        if getattr(self, "timeout_task", None) is not None:
+            self.timeout_task.cancel()
+
+    async def send_status(self, state: str, *, exit_code: int | None = None, message: str = "") -> None:
+        self.state = state
+        await self.send_json({"type": "status", "state": state, "exit_code": exit_code, "message": message})
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("exited", "gone")
+
+    async def follow(self, instance: Instance) -> None:
+        """Starts (or refreshes) the stream from what the Instance row says now."""
+        self.instance = instance
+        if self.finished:
+            return
+        if instance.status in WAITING:
+            if self.state is None:
+                await self.send_status("waiting", message=f"The instance is {instance.status}.")
+            return
+        if self.pending is None and (self.state != "live" or instance.status in INSTANCE_TERMINAL):
+            await self.request_backlog()
+
+    async def request_backlog(self) -> None:
+        host = self.instance.host
+        if host is None:
+            await self.gone()
+            return
+        self.pending = []
+        self.request_sent_at = time.time()
+        request = {
+            "type": "console.backlog.request",
+            "instance_id": self.instance_id,
+            "after": self.last_seq,
+            "reply_to": self.channel_name,
+            "sent_at": self.request_sent_at,
+        }
+        try:
+            await self.channel_layer.send(console_channel(host.name), request)
+        except ChannelFull:  # the host has not been reading its requests for a while
+            self.pending = None
+            await self.gone()
+            return
+        if self.timeout_task is not None:
+            self.timeout_task.cancel()
+        self.timeout_task = asyncio.create_task(self._backlog_timeout(self.request_sent_at))
+
+    async def _backlog_timeout(self, sent_at: float) -> None:
+        await asyncio.sleep(BACKLOG_TIMEOUT_S)
+        if self.pending is not None and self.request_sent_at == sent_at and not self.finished:
+            self.pending = None
+            await self.gone()
+
+    async def gone(self) -> None:
+        instance = await database_sync_to_async(_instance_for)(self.access.tenant, self.instance_id)
+        instance = instance or self.instance
+        message = instance.failure_reason or "The console of this instance is not available."
+        if instance.console_tail:
+            message += "\n" + instance.console_tail
+        if instance.status in INSTANCE_TERMINAL and instance.exit_code is not None:
+            await self.send_status("exited", exit_code=instance.exit_code, message=message)
+        else:
+            await self.send_status("gone", message=message)
+
+    async def send_lines(self, lines: list[dict]) -> None:
+        fresh = [line for line in lines if line["seq"] > self.last_seq]
+        if fresh:
+            await self.send_json({"type": "lines", "lines": fresh})
+            self.last_seq = fresh[-1]["seq"]
+
+    # -- messages from the console agent --------------------------------------------------------
+
+    async def console_backlog(self, message):
+        if self.pending is None or self.finished:
+            return  # an answer to a request given up on
+        if not message.get("found"):
+            self.pending = None
+            await self.gone()
+            return
+        truncated = message.get("truncated_first_seq")
+        if truncated is not None and truncated > self.last_seq + 1:
+            await self.send_json({"type": "truncated", "first_seq": truncated})
+            self.last_seq = truncated - 1
+        await self.send_lines(message["lines"])
+        pending, self.pending = self.pending, None
+        exit_code = message.get("exit_code")
+        if exit_code is None:
+            exit_code = self.pending_exit
+        if self.state != "live" and exit_code is None:
+            await self.send_status("live")
+        await self.console_lines({"lines": [line for batch in pending for line in batch]})
+        if exit_code is not None:
+            await self.send_status("exited", exit_code=exit_code)
+        elif self.instance.status in INSTANCE_TERMINAL:
+            await self.gone()  # the VM ended without an exit record
+
+    async def console_lines(self, message):
+        lines = message["lines"]
+        if self.finished or not lines:
+            return
+        if self.pending is not None:
+            if sum(len(batch) for batch in self.pending) < PENDING_MAX_LINES:
+                self.pending.append(lines)
+            return
+        if self.state != "live":
+            return  # waiting: the backlog asked for when it runs holds these lines
+        fresh = [line for line in lines if line["seq"] > self.last_seq]
+        if fresh and fresh[0]["seq"] > self.last_seq + 1:
+            await self.request_backlog()  # a batch went missing: the host's log has it
+            self.pending.append(lines)
+            return
+        await self.send_lines(fresh)
+
+    async def console_exit(self, message):
+        if self.finished:
+            return
+        if self.pending is not None:
+            self.pending_exit = message["exit_code"]
+            return
+        await self.send_status("exited", exit_code=message["exit_code"])
+
+    async def portal_event(self, message):
+        """The instance changed: start when it runs, settle the end when it stopped."""
+        if self.finished:
+            return
+        instance = await database_sync_to_async(_instance_for)(self.access.tenant, self.instance_id)
+        if instance is None:
+            await self.send_status("gone", message="The instance no longer exists.")
+            return
+        await self.follow(instance)

@@ -1,0 +1,295 @@
+"""The deploy pages with Django's test client: roles, tenant scoping, inline form errors
+mapped from the Marathon parser's paths, nothing created on bad input."""
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from portal.choices import DeploymentStatus, InstanceStatus, VirtType
+from portal.forms import field_for_path
+from portal.marathon import parse_app_definition
+from portal.models import App, AppVersion, ComputeHost, Deployment, Instance
+from portal.services.apps import app_create
+from tenants.access import tenant_access_resolve
+from tenants.choices import TenantRole
+from tenants.models import ImageRegistry, Quota
+from tests.tenants.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+IMAGE = "127.0.0.1:5000/demo/hello:latest"
+FORM = {
+    "app_id": "/hello",
+    "registry": "",
+    "image": IMAGE,
+    "cmd": "",
+    "cpus": "0.5",
+    "mem": "128",
+    "instances": "1",
+    "ports": "8080",
+    "env": "GREETING=hi",
+    "health_check": "HTTP",
+    "health_path": "/",
+}
+
+
+@pytest.fixture
+def developer(tenant, member_of):
+    return member_of(tenant, TenantRole.DEVELOPER)
+
+
+def deployed(tenant, user, app_id="/hello", instances=1) -> App:
+    access = tenant_access_resolve(user=user, slug=tenant.slug)
+    definition = parse_app_definition(
+        {"id": app_id, "instances": instances, "cpus": 0.5, "mem": 128, "container": {"docker": {"image": IMAGE}}}
+    )
+    return app_create(access=access, definition=definition).app
+
+
+def test_the_form_builds_a_definition_and_deploys_it(tenant, developer, login):
+    response = login(developer).post(f"/t/{tenant.slug}/apps/deploy/", FORM)
+    app = App.objects.get(tenant=tenant, marathon_id="/hello")
+    assert response.status_code == 302 and response["Location"] == f"/t/{tenant.slug}/apps/{app.pk}/"
+    stored = app.current_version.definition["app"]
+    assert stored["container"]["docker"]["image"] == IMAGE
+    assert stored["container"]["port_mappings"][0]["container_port"] == 8080
+    assert stored["env"] == {"GREETING": "hi"}
+    assert stored["health_checks"][0]["protocol"] == "HTTP"
+    assert Instance.objects.filter(app=app).count() == 1
+
+
+def test_a_registry_choice_prefixes_the_image(tenant, developer, login):
+    registry = ImageRegistry.objects.create(tenant=tenant, name="local", url="http://127.0.0.1:5000", insecure=True)
+    login(developer).post(
+        f"/t/{tenant.slug}/apps/deploy/", FORM | {"registry": str(registry.pk), "image": "demo/hello:latest"}
+    )
+    assert App.objects.get().current_version.definition["app"]["container"]["docker"]["image"] == IMAGE
+    login(developer).post(f"/t/{tenant.slug}/apps/deploy/", FORM | {"registry": str(registry.pk), "app_id": "/full"})
+    assert (
+        App.objects.get(marathon_id="/full").current_version.definition["app"]["container"]["docker"]["image"] == IMAGE
+    )
+
+
+def test_parser_errors_show_at_their_form_fields_and_create_nothing(tenant, developer, login):
+    bad = FORM | {"app_id": "/Bad_Id", "cpus": "-1", "instances": "-2", "ports": "99999", "env": "=a"}
+    response = login(developer).post(f"/t/{tenant.slug}/apps/deploy/", bad)
+    assert response.status_code == 422
+    form = response.context["form"]
+    assert {"app_id", "cpus", "instances", "ports", "env"} <= set(form.errors)
+    assert "/container/portMappings(0)/containerPort" in " ".join(form.errors["ports"])
+    html = response.content.decode()
+    assert 'class="field invalid" data-field="cpus"' in html
+    assert not App.objects.exists() and not Instance.objects.exists() and not AppVersion.objects.exists()
+
+
+def test_a_non_number_is_refused_by_the_form_itself(tenant, developer, login):
+    response = login(developer).post(f"/t/{tenant.slug}/apps/deploy/", FORM | {"mem": "lots", "ports": "http"})
+    assert response.status_code == 422
+    assert set(response.context["form"].errors) == {"mem", "ports"}
+    assert not App.objects.exists()
+
+
+def test_an_existing_app_id_and_an_exceeded_quota_are_field_errors(tenant, developer, login):
+    deployed(tenant, developer)
+    client = login(developer)
+    exists = client.post(f"/t/{tenant.slug}/apps/deploy/", FORM)
+    assert "already exists" in " ".join(exists.context["form"].errors["app_id"])
+    Quota.objects.filter(tenant=tenant).update(memory_mib=200)
+    over = client.post(f"/t/{tenant.slug}/apps/deploy/", FORM | {"app_id": "/big", "mem": "512"})
+    assert over.status_code == 422 and "Quota exceeded" in " ".join(over.context["form"].errors["mem"])
+    assert list(App.objects.values_list("marathon_id", flat=True)) == ["/hello"]
+
+
+def test_json_mode_reports_malformed_json_by_line_and_column(tenant, developer, login):
+    text = '{\n  "id": "/hello",\n  "cpus": 0.5,,\n}'
+    response = login(developer).post(f"/t/{tenant.slug}/apps/deploy/", {"mode": "json", "definition_json": text})
+    assert response.status_code == 422
+    assert response.context["json_form"].json_error_position == (3, 15)
+    html = response.content.decode()
+    assert "line 3, column 15" in html and 'data-error-line="3"' in html
+    assert not App.objects.exists()
+
+
+def test_json_mode_lists_each_error_with_its_path(tenant, developer, login):
+    body = {"id": "/hello", "cpus": -1, "instances": "two", "fetch": [{"uri": "x"}], "container": {"docker": {}}}
+    response = login(developer).post(
+        f"/t/{tenant.slug}/apps/deploy/", {"mode": "json", "definition_json": json.dumps(body)}
+    )
+    assert response.status_code == 422
+    paths = {detail["path"] for detail in response.context["json_form"].path_errors}
+    assert {"/cpus", "/instances", "/fetch", "/container/docker/image"} <= paths
+    assert 'data-path="/cpus"' in response.content.decode()
+    assert not App.objects.exists() and not Deployment.objects.exists()
+
+
+def test_json_mode_deploys_a_valid_definition(tenant, developer, login):
+    body = {"id": "/json-app", "instances": 2, "cpus": 0.25, "mem": 64, "container": {"docker": {"image": IMAGE}}}
+    response = login(developer).post(
+        f"/t/{tenant.slug}/apps/deploy/", {"mode": "json", "definition_json": json.dumps(body)}
+    )
+    assert response.status_code == 302
+    assert Instance.objects.filter(app__marathon_id="/json-app").count() == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/id", "app_id"),
+        ("/container/docker/image", "image"),
+        ("/container/portMappings(1)/hostPort", "ports"),
+        ("/healthChecks(0)/portIndex", "health_check"),
+        ("/env/A", "env"),
+        ("/mem", "mem"),
+        ("/fetch", None),
+        ("/", None),
+    ],
+)
+def test_error_paths_map_to_form_fields(path, field):
+    assert field_for_path(path) == field
+
+
+def test_viewer_sees_the_pages_but_cannot_deploy_or_act(tenant, developer, member_of, login):
+    app = deployed(tenant, developer)
+    client = login(member_of(tenant, TenantRole.VIEWER))
+    for path in ("apps/", "apps/deploy/", f"apps/{app.pk}/"):
+        assert client.get(f"/t/{tenant.slug}/{path}").status_code == 200
+    page = client.get(f"/t/{tenant.slug}/apps/{app.pk}/").content.decode()
+    assert 'id="actions"' not in page and 'value="kill"' not in page
+    assert client.post(f"/t/{tenant.slug}/apps/deploy/", FORM | {"app_id": "/other"}).status_code == 403
+    assert client.post(f"/t/{tenant.slug}/apps/{app.pk}/action/", {"action": "delete"}).status_code == 403
+    assert list(App.objects.values_list("marathon_id", "deleting")) == [("/hello", False)]
+
+
+def test_another_tenants_app_pages_are_404(tenant, other_tenant, developer, member_of, login):
+    app = deployed(tenant, developer)
+    client = login(member_of(other_tenant, TenantRole.OWNER))
+    assert client.get(f"/t/{tenant.slug}/apps/").status_code == 404
+    assert client.get(f"/t/{tenant.slug}/apps/{app.pk}/").status_code == 404
+    # The app id under the user's own tenant does not find it either.
+    assert client.get(f"/t/{other_tenant.slug}/apps/{app.pk}/").status_code == 404
+    assert client.post(f"/t/{other_tenant.slug}/apps/{app.pk}/action/", {"action": "delete"}).status_code == 404
+    assert not App.objects.get().deleting
+
+
+def test_pages_need_login_and_posts_need_csrf(tenant, developer, client):
+    response = client.get(f"/t/{tenant.slug}/apps/")
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(developer)
+    assert strict.post(f"/t/{tenant.slug}/apps/deploy/", FORM).status_code == 403
+    assert not App.objects.exists()
+
+
+def test_actions_call_the_services(tenant, developer, login):
+    app = deployed(tenant, developer)
+    client = login(developer)
+    action = f"/t/{tenant.slug}/apps/{app.pk}/action/"
+    locked = client.post(action, {"action": "scale", "instances": "2"}, follow=True)
+    assert "locked by one or more deployments" in locked.content.decode()
+    Deployment.objects.update(status=DeploymentStatus.SUCCEEDED)
+    client.post(action, {"action": "scale", "instances": "2"})
+    assert Instance.objects.filter(app=app).count() == 1  # the engine adds the second one
+    assert app.versions.count() == 2 and Deployment.objects.filter(kind="scale", status="running").exists()
+    client.post(action, {"action": "stop", "force": "on"})
+    app.refresh_from_db()
+    assert app.current_version.definition["app"]["instances"] == 0
+    first = app.versions.order_by("created_at").first()
+    client.post(action, {"action": "rollback", "version": first.version, "force": "on"})
+    app.refresh_from_db()
+    assert app.current_version.definition["app"]["instances"] == 1 and app.versions.count() == 4
+    bad = client.post(action, {"action": "scale", "instances": "-1"}, follow=True)
+    assert "nothing was changed" in bad.content.decode() and app.versions.count() == 4
+    assert client.post(action, {"action": "kill", "instance": "not-a-uuid"}).status_code == 302
+    response = client.post(action, {"action": "delete"})
+    assert response["Location"] == f"/t/{tenant.slug}/apps/"
+    app.refresh_from_db()
+    assert app.deleting
+    assert client.get(f"/t/{tenant.slug}/apps/{app.pk}/").status_code == 404
+    assert "stopping its VMs" in client.get(f"/t/{tenant.slug}/apps/").content.decode()
+
+
+def test_kill_stops_one_instance_of_the_app_only(tenant, other_tenant, developer, member_of, login):
+    app = deployed(tenant, developer)
+    foreign = deployed(other_tenant, member_of(other_tenant, TenantRole.OWNER), app_id="/foreign")
+    mine, theirs = Instance.objects.get(app=app), Instance.objects.get(app=foreign)
+    action = f"/t/{tenant.slug}/apps/{app.pk}/action/"
+    client = login(developer)
+    refused = client.post(action, {"action": "kill", "instance": str(theirs.pk)}, follow=True)
+    assert "nothing was changed" in refused.content.decode()
+    client.post(action, {"action": "kill", "instance": str(mine.pk)})
+    mine.refresh_from_db(), theirs.refresh_from_db()
+    assert mine.status in (InstanceStatus.STOPPING, InstanceStatus.STOPPED)
+    assert theirs.status == InstanceStatus.STAGED
+
+
+def test_app_page_shows_phases_timings_and_a_failed_boot(tenant, developer, login):
+    app = deployed(tenant, developer)
+    instance = Instance.objects.get(app=app)
+    start = timezone.now() - timedelta(seconds=30)
+    instance.phase_times = {
+        "staged": start.isoformat(),
+        "pulling": (start + timedelta(seconds=1)).isoformat(),
+        "preparing": (start + timedelta(seconds=3.5)).isoformat(),
+        "booting": (start + timedelta(seconds=4)).isoformat(),
+        "failed": (start + timedelta(seconds=10)).isoformat(),
+    }
+    instance.status = InstanceStatus.FAILED
+    instance.failure_reason = "the guest init could not mount the root filesystem"
+    instance.console_tail = "hypervm-init: mount /dev/disk/by-id/virtio-rootfs failed"
+    instance.timings_s = {"pull": 2.5, "boot": 6.0}
+    instance.save()
+    page = login(developer).get(f"/t/{tenant.slug}/apps/{app.pk}/").content.decode()
+    assert "could not mount the root filesystem" in page and "virtio-rootfs failed" in page
+    assert 'data-phase="pulling">pulling\n      <small class="num">2.5 s</small>' in page
+    assert 'data-phase="booting">booting\n      <small class="num">6.0 s</small>' in page
+    assert "pull 2.50 s" in page
+
+
+def test_fragment_and_live_attributes(tenant, developer, login):
+    app = deployed(tenant, developer)
+    client = login(developer)
+    page = client.get(f"/t/{tenant.slug}/apps/{app.pk}/").content.decode()
+    assert f'data-ws-app="/ws/t/{tenant.slug}/apps/{app.pk}/"' in page and "data-last-event-id=" in page
+    instance = Instance.objects.get(app=app)
+    assert f'data-console-url="/ws/t/{tenant.slug}/instances/{instance.pk}/console/"' in page
+    fragment = client.get(f"/t/{tenant.slug}/apps/{app.pk}/?fragment=1").content.decode()
+    assert "<html" not in fragment and 'data-fragment="instances"' in fragment
+
+
+def test_empty_app_list_points_to_the_demo_image(tenant, developer, member_of, login):
+    registry = ImageRegistry.objects.create(tenant=tenant, name="local", url="http://127.0.0.1:5000", insecure=True)
+    page = login(developer).get(f"/t/{tenant.slug}/apps/").content.decode()
+    assert "No apps yet" in page and f"registry={registry.pk}" in page and "Deploy the demo image" in page
+    deploy = login(developer).get(
+        f"/t/{tenant.slug}/apps/deploy/?demo=1&registry={registry.pk}&image=demo/hello:latest"
+    )
+    assert deploy.context["form"]["image"].value() == "demo/hello:latest"
+    viewer_page = login(member_of(tenant, TenantRole.VIEWER)).get(f"/t/{tenant.slug}/apps/").content.decode()
+    assert "ask a developer" in viewer_page
+
+
+def test_hosts_page_is_for_platform_admins(tenant, developer, developer_app_host, login):
+    assert login(developer).get("/platform/hosts/").status_code == 403
+    page = login(UserFactory(is_staff=True)).get("/platform/hosts/").content.decode()
+    assert 'data-host="h1"' in page and "TCG (qemu)" in page
+    assert "0.5 / 4" not in page and "1 / 4" in page and "128 / 2048 MiB" in page
+
+
+@pytest.fixture
+def developer_app_host(tenant, developer):
+    host = ComputeHost.objects.create(
+        name="h1",
+        queue="host.h1",
+        libvirt_uri="qemu:///system",
+        vcpus=4,
+        memory_mib=2048,
+        virt_type=VirtType.QEMU,
+        last_heartbeat_at=timezone.now(),
+    )
+    app = deployed(tenant, developer)
+    Instance.objects.filter(app=app).update(host=host)
+    return host
