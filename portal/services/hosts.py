@@ -84,6 +84,8 @@ def apps_needing_converge() -> list[int]:
     instances of an old version, staged instances without a host (placement again), and a live
     count off target once the launch backoff has passed (a failed or lost instance to replace).
     """
+    if not App.objects.exists():
+        return []  # the common idle case: one table read, not the four-table query below
     live = Q(instances__status__in=LIVE_STATUSES)
     apps = App.objects.annotate(
         target=Cast(KeyTextTransform("instances", KeyTransform("app", "current_version__definition")), IntegerField()),
