@@ -7,6 +7,7 @@ published host ports are allocated per host from a range, avoiding those in use.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -98,6 +99,9 @@ def instance_place(request: PlacementRequest) -> Placement:
     ids = [host.id for host in hosts]
     usage, app_counts = _usage_by_host(ids), _app_count_by_host(request.app_id, ids)
     used_ports = _ports_by_address({host.publish_ip for host in hosts})
+    now = time.time()
+    for host in hosts:  # held by programs outside the platform (see host_ports_block)
+        used_ports[host.publish_ip].update(int(port) for port, until in host.blocked_ports.items() if until > now)
     ports = {host.id: used_ports[host.publish_ip] for host in hosts}
     reasons = []
     candidates = []
@@ -120,9 +124,11 @@ def instance_place(request: PlacementRequest) -> Placement:
     host = max(candidates, key=lambda pair: (pair[0], -pair[1].id))[1]
     taken = ports[host.id] | request.fixed_host_ports
     first, last = settings.HOST_PORT_RANGE
-    free = (port for port in range(first, last) if port not in taken)
-    try:
-        host_ports = tuple(port or next(free) for port in request.host_ports)
-    except StopIteration:
-        raise NoValidHost(f"{host.name}: no free host ports left in {first}-{last}.") from None
-    return Placement(host=host, host_ports=host_ports)
+    free = (port for port in range(first, last + 1) if port not in taken)
+    allocated: list[int] = []
+    for wanted in request.host_ports:
+        port = wanted or next(free, None)
+        if port is None:
+            raise NoValidHost(f"{host.name}: no free host ports left in {first}-{last}.")
+        allocated.append(port)
+    return Placement(host=host, host_ports=tuple(allocated))

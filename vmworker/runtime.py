@@ -28,6 +28,7 @@ No Django here: plain dataclasses in and out.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -115,6 +116,36 @@ class BootFailed(RuntimeFailure):
 
 class InstanceNotFound(RuntimeFailure):
     pass
+
+
+class HostPortBusy(RuntimeFailure):
+    """A published host port is held by a program the runtime does not know about."""
+
+    def __init__(self, message: str, *, ports: tuple[PortForward, ...]):
+        super().__init__(message)
+        self.ports = ports
+
+
+def busy_host_ports(ports: tuple[PortForward, ...] | list[PortForward]) -> tuple[PortForward, ...]:
+    """The forwards whose host address and port something already listens on (QEMU's user
+    network binds them only when the VM starts, and then fails the whole start)."""
+    busy = []
+    for port in ports:
+        family = socket.AF_INET6 if ":" in port.host_ip else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
+            try:
+                probe.bind((port.host_ip, port.host_port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                busy.append(port)
+    return tuple(busy)
+
+
+def _host_port_busy(ports) -> HostPortBusy:
+    listed = ", ".join(f"{port.host_ip}:{port.host_port}" for port in ports)
+    return HostPortBusy(f"host port {listed} is in use by a program outside the platform", ports=tuple(ports))
 
 
 class ExecCheckFailed(RuntimeFailure):
@@ -479,8 +510,16 @@ class HyperVMRuntime:
             metadata={"name": name, **{k: v for k, v in spec.metadata.items() if k != "instance"}},
         )
         notify("booting")
+        busy = busy_host_ports(spec.ports)
+        if busy:
+            raise _host_port_busy(busy)
         started = self._clock()
-        self._define_and_start(domain, spec.network)
+        try:
+            self._define_and_start(domain, spec.network)
+        except DriverError as exc:
+            if spec.ports and "host forwarding" in str(exc):  # taken between the check and QEMU's bind
+                raise _host_port_busy(busy_host_ports(spec.ports) or spec.ports) from exc
+            raise
         timings["define"] = round(self._clock() - started, 4)
         self._wait_for_start(instance_id, directory, started, timings)
         logger.info("runtime.booted", extra={"instance_id": instance_id, "timings": timings})
@@ -811,6 +850,7 @@ __all__ = [
     "BootFailed",
     "BootResult",
     "ExecCheckFailed",
+    "HostPortBusy",
     "HyperVMRuntime",
     "ImageError",
     "InstanceNotFound",

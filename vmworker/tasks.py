@@ -32,7 +32,7 @@ from portal.marathon import AppDefinition
 from portal.marathon.app_definition import HealthCheckProbe, NetworkMode
 from portal.models import Instance
 from portal.services.deployments import app_record_launch_success
-from portal.services.hosts import host_heartbeat, host_queue, host_register
+from portal.services.hosts import host_heartbeat, host_ports_block, host_queue, host_register
 from portal.services.instances import instance_transition
 from tenants.crypto import secret_decrypt
 from tenants.selectors import registry_for_image
@@ -43,7 +43,14 @@ from vmworker.failures import MAX_RETRIES, failure_is_transient, retry_countdown
 from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
 from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
-from vmworker.runtime import HyperVMRuntime, InstanceNotFound, InstanceSpec, RuntimeFailure, RuntimeSettings
+from vmworker.runtime import (
+    HostPortBusy,
+    HyperVMRuntime,
+    InstanceNotFound,
+    InstanceSpec,
+    RuntimeFailure,
+    RuntimeSettings,
+)
 
 logger = logging.getLogger(__name__)
 _heartbeat_stop = threading.Event()
@@ -246,6 +253,12 @@ def boot_instance(self, instance_id: str) -> None:
                 phase in PHASE_TO_STATUS and instance_transition(instance_id=instance_id, to=PHASE_TO_STATUS[phase])
             ),
         )
+    except HostPortBusy as exc:
+        # Not the app's fault: the port goes on the host's blocked list and the replacement
+        # placed by the engine gets another one (a fixed hostPort waits until it is free).
+        host_ports_block(name=host_name(), ports=[port.host_port for port in exc.ports])
+        instance_transition(instance_id=instance_id, to=InstanceStatus.FAILED, failure_reason=str(exc)[:1000])
+        return
     except (ImageError, RuntimeFailure, DriverError) as exc:
         if failure_is_transient(exc) and self.request.retries < self.max_retries:
             _retry_later(self, instance_id, exc)

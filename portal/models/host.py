@@ -20,6 +20,9 @@ class ComputeHost(models.Model):
     state = models.CharField(max_length=8, choices=HostState.choices, default=HostState.UP)
     registered_at = models.DateTimeField(auto_now_add=True)
     last_heartbeat_at = models.DateTimeField()
+    # Ports of publish_ip that a program outside the platform held when a boot tried them:
+    # {"20000": unix time until which placement skips it}. Written by the host's worker.
+    blocked_ports = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["name"]

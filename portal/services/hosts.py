@@ -4,7 +4,9 @@ periodic reconcile (from beat)."""
 from __future__ import annotations
 
 import logging
+import time
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
@@ -54,6 +56,21 @@ def host_register(
 def host_heartbeat(*, name: str) -> bool:
     """False when the host's row is gone (e.g. removed by an admin): the worker registers again."""
     return bool(ComputeHost.objects.filter(name=name).update(last_heartbeat_at=timezone.now(), state=HostState.UP))
+
+
+def host_ports_block(*, name: str, ports: list[int]) -> None:
+    """Ports a program outside the platform holds on this host's publish address: placement
+    skips them for HOST_PORT_BLOCK_S (entries past their time are dropped here)."""
+    now = time.time()
+    with transaction.atomic():
+        host = ComputeHost.objects.select_for_update().filter(name=name).first()
+        if host is None:
+            return
+        blocked = {port: until for port, until in host.blocked_ports.items() if until > now}
+        blocked.update({str(port): now + settings.HOST_PORT_BLOCK_S for port in ports})
+        host.blocked_ports = blocked
+        host.save(update_fields=["blocked_ports"])
+    logger.warning("host.ports_blocked", extra={"host": name, "ports": ports})
 
 
 def hosts_expire() -> list[str]:

@@ -176,6 +176,8 @@ HOST_PORT_RANGE = (
     int(os.environ.get("PORTAL_HOST_PORT_MIN", "20000")),
     int(os.environ.get("PORTAL_HOST_PORT_MAX", "30000")),
 )
+# A host port found held by a program outside the platform is skipped by placement this long.
+HOST_PORT_BLOCK_S = float(os.environ.get("PORTAL_HOST_PORT_BLOCK_S", "600"))
 RECONCILE_INTERVAL_S = float(os.environ.get("PORTAL_RECONCILE_INTERVAL_S", "2"))
 GUEST_MIN_MEMORY_MIB = 96  # the guest kernel does not start in less
 

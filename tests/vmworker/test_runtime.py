@@ -17,6 +17,7 @@ from vmworker.runtime import (
     LOG_TAIL_CHECK_BYTES,
     BootFailed,
     ExecCheckFailed,
+    HostPortBusy,
     HyperVMRuntime,
     InstanceSpec,
     InvalidSpec,
@@ -131,6 +132,23 @@ def test_a_missing_program_is_a_boot_failure_with_the_reason_and_no_domain(runti
     assert excinfo.value.exit_code == 127
     assert "/no/such/program" in str(excinfo.value)
     assert domains_named(f"hvm-{spec.instance_id}") == []
+
+
+def test_a_host_port_held_by_another_program_is_refused_and_nothing_is_left(
+    runtime, runtime_state_dir, test_images, registry_authfile
+):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        spec = spec_for(test_images["httpd"], registry_authfile, ports=(PortForward("127.0.0.1", taken, 8080),))
+        with pytest.raises(HostPortBusy, match=f"127.0.0.1:{taken} is in use") as excinfo:
+            runtime.boot(spec)
+    assert [port.host_port for port in excinfo.value.ports] == [taken]
+    assert domains_named(f"hvm-{spec.instance_id}") == []
+    assert not (runtime_state_dir / "instances" / spec.instance_id).exists()
 
 
 def test_too_little_memory_is_refused_before_anything_is_made(runtime, runtime_state_dir):
