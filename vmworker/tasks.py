@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 
 from celery import shared_task
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 from django.conf import settings
 from django.utils import timezone
 
@@ -99,6 +99,22 @@ def register_this_host(sender=None, **kwargs) -> None:
     thread = threading.Thread(target=_heartbeat_loop, args=(name,), name="host-heartbeat", daemon=True)
     thread.start()
     _start_console_agent(name)
+
+
+@worker_process_init.connect
+def fresh_runtime_per_process(**kwargs) -> None:
+    """A pool process must not share the parent's libvirt connection (a process forked after
+    the parent connected would inherit its socket), so it makes its own runtime; and it warms
+    the file-backed parts now (initramfs and kernel lookups: ~0.5 s) rather than during the
+    first boot it runs."""
+    runtime.cache_clear()
+    if not host_name():
+        return
+    try:
+        runtime().initramfs()
+        runtime().boot_kernel()
+    except Exception:  # the first boot will report it with its instance
+        logger.warning("host.warm_up_failed", exc_info=True)
 
 
 @worker_shutting_down.connect
