@@ -45,23 +45,13 @@ class AppPageView(TenantPageView):
         return self.render(fragment if self.request.GET.get("fragment") else template, **context)
 
 
-def _app_row(app) -> dict:
-    definition = selectors.app_definition(app)
-    return {
-        "app": app,
-        "definition": definition,
-        "counts": selectors.app_counts(app),
-        "deploying": app.deployments.filter(status=DeploymentStatus.RUNNING).exists(),
-    }
-
-
 class AppListView(AppPageView):
     def get(self, request, tenant_slug):
         demo_registry = registry_list(tenant=self.tenant).filter(name=DEMO_REGISTRY_NAME).first()
         return self.render_live(
             "portal/app_list.html",
             "portal/_app_list_live.html",
-            rows=[_app_row(app) for app in selectors.app_list(tenant=self.tenant)],
+            rows=selectors.app_list_rows(tenant=self.tenant),
             deleting=selectors.app_list_deleting(tenant=self.tenant),
             demo_registry=demo_registry,
             demo_image=DEMO_IMAGE,
@@ -141,7 +131,7 @@ class AppDetailView(AppPageView):
             app=app,
             definition=definition,
             backoff_until=app.next_launch_at if app.next_launch_at and app.next_launch_at > timezone.now() else None,
-            counts=selectors.app_counts(app),
+            counts=selectors.app_counts(app, definition),
             versions=selectors.app_versions(app)[:20],
             deployments=deployments,
             running_deployment=next((d for d in deployments if d.status == DeploymentStatus.RUNNING), None),
