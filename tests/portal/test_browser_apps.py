@@ -136,7 +136,7 @@ def test_deploy_by_click_watch_it_boot_scale_stop_and_delete(live_stack, one_hos
     record_instance_statuses(page)
     healthy = page.locator('#instance-table tr[data-status="healthy"]')
     healthy.wait_for(timeout=BOOT_WAIT_MS)
-    (seen,) = recorded_chips(page).values()
+    seen = recorded_chips(page)[healthy.get_attribute("data-instance")]
     assert [s for s in STATUS_ORDER if s in seen] == seen, seen  # in order, none invented
     assert "booting" in seen and seen[-1] == "healthy", seen  # the boot itself was shown live
     for phase in ("pulling", "preparing", "booting", "running"):
