@@ -10,6 +10,7 @@ import json
 from django import forms
 
 from portal.marathon import MarathonValidationError, parse_app_definition
+from tenants.embedded_registry import EmbeddedRegistry
 from tenants.errors import DomainError
 
 NO_HEALTH_CHECK = ""
@@ -54,6 +55,12 @@ def field_for_path(path: str | None) -> str | None:
     return None
 
 
+def registry_label(registry) -> str:
+    if isinstance(registry, EmbeddedRegistry):
+        return f"{registry.name} ({registry.host}, the platform's registry, read-only)"
+    return f"{registry.name} ({registry.host})"
+
+
 class DeployForm(forms.Form):
     app_id = forms.CharField(
         label="App id", max_length=255, initial="/hello", help_text="Lowercase path, e.g. /hello or /shop/web."
@@ -78,7 +85,7 @@ class DeployForm(forms.Form):
     def __init__(self, *args, registries=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.registries = {str(r.pk): r for r in registries}
-        self.fields["registry"].choices = [(pk, f"{r.name} ({r.host})") for pk, r in self.registries.items()] + [
+        self.fields["registry"].choices = [(pk, registry_label(r)) for pk, r in self.registries.items()] + [
             (FULL_REFERENCE, "None: the image is a full reference")
         ]
 

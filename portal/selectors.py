@@ -1,12 +1,13 @@
 """Reads of the deploy domain; every query is narrowed to a tenant first."""
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db.models import Max, QuerySet
+from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, InstanceStatus
+from portal.choices import INSTANCE_ACTIVE, INSTANCE_UP, DeploymentStatus, InstanceStatus
 from portal.marathon import AppDefinition
 from portal.models import App, AppVersion, Deployment, Event, Instance
 
@@ -71,20 +72,60 @@ def deployment_list_running(*, tenant) -> QuerySet[Deployment]:
     return Deployment.objects.for_tenant(tenant).filter(status=DeploymentStatus.RUNNING).order_by("created_at")
 
 
-def app_counts(app: App) -> dict:
-    instances = list(Instance.objects.filter(app=app, status__in=INSTANCE_ACTIVE).values_list("status", flat=True))
-    has_checks = bool(app_definition(app).health_checks) if app.current_version_id else False
+# Which active statuses each count of an app takes in (app_counts, app_list_rows).
+COUNTED_STATUSES = {
+    "staged": (InstanceStatus.STAGED, InstanceStatus.PULLING, InstanceStatus.PREPARING, InstanceStatus.BOOTING),
+    "running": tuple(INSTANCE_UP),
+    "healthy": (InstanceStatus.HEALTHY,),
+    "unhealthy": (InstanceStatus.UNHEALTHY,),
+}
+HEALTH_COUNTS = ("healthy", "unhealthy")
+
+
+def _status_counts(prefix: str = "") -> dict[str, Count]:
+    """One COUNT per entry of COUNTED_STATUSES over the instances at ``prefix`` (an aggregate
+    of Instance rows, or an annotation of App rows with ``instances__``)."""
     return {
-        "staged": sum(
-            s in (InstanceStatus.STAGED, InstanceStatus.PULLING, InstanceStatus.PREPARING, InstanceStatus.BOOTING)
-            for s in instances
-        ),
-        "running": sum(
-            s in (InstanceStatus.RUNNING, InstanceStatus.HEALTHY, InstanceStatus.UNHEALTHY) for s in instances
-        ),
-        "healthy": sum(s == InstanceStatus.HEALTHY for s in instances) if has_checks else 0,
-        "unhealthy": sum(s == InstanceStatus.UNHEALTHY for s in instances) if has_checks else 0,
+        f"count_{name}": Count(f"{prefix}pk", filter=Q(**{f"{prefix}status__in": statuses}))
+        for name, statuses in COUNTED_STATUSES.items()
     }
+
+
+def _counts(totals: dict, *, has_checks: bool) -> dict:
+    # Without health checks nothing is healthy or unhealthy, whatever a status says.
+    return {
+        name: totals[f"count_{name}"] if has_checks or name not in HEALTH_COUNTS else 0 for name in COUNTED_STATUSES
+    }
+
+
+def app_counts(app: App, definition: AppDefinition | None = None) -> dict:
+    """Instances by status group, one query."""
+    if definition is None and app.current_version_id:
+        definition = app_definition(app)
+    totals = Instance.objects.filter(app=app).aggregate(**_status_counts())
+    return _counts(totals, has_checks=bool(definition and definition.health_checks))
+
+
+@dataclass(frozen=True)
+class AppRow:
+    app: App
+    definition: AppDefinition
+    counts: dict
+    deploying: bool
+
+
+def app_list_rows(*, tenant) -> list[AppRow]:
+    """The app list page: every app with its counts and whether a deployment runs, in one query
+    whatever the number of apps (the fragment is re-fetched on every event of the tenant)."""
+    running = Deployment.objects.filter(app=OuterRef("pk"), status=DeploymentStatus.RUNNING)
+    apps = app_list(tenant=tenant).annotate(**_status_counts("instances__"), deploying=Exists(running))
+    rows = []
+    for app in apps.order_by("marathon_id"):
+        definition = app_definition(app)
+        totals = {key: getattr(app, key) for key in _status_counts()}
+        counts = _counts(totals, has_checks=bool(definition.health_checks))
+        rows.append(AppRow(app=app, definition=definition, counts=counts, deploying=app.deploying))
+    return rows
 
 
 def host_list():

@@ -21,13 +21,20 @@ from portal.forms import DeployForm, MarathonJsonForm, ScaleForm
 from portal.phases import instance_phases
 from portal.services import apps as app_services
 from tenants.choices import TenantRole
+from tenants.embedded_registry import EmbeddedRegistry
 from tenants.errors import DomainError
-from tenants.selectors import registry_list
+from tenants.selectors import registry_list_for_deploy
 from tenants.views import PlatformAdminView, TenantPageView
 
 DEMO_IMAGE = "demo/hello:latest"
 DEMO_REGISTRY_NAME = "local"
 JSON_MODE = "json"
+
+
+def demo_registry(registries):
+    """Where the demo image is: the platform's embedded registry, else a tenant registry named local."""
+    embedded = next((r for r in registries if isinstance(r, EmbeddedRegistry)), None)
+    return embedded or next((r for r in registries if r.name == DEMO_REGISTRY_NAME), None)
 
 
 class AppPageView(TenantPageView):
@@ -45,25 +52,15 @@ class AppPageView(TenantPageView):
         return self.render(fragment if self.request.GET.get("fragment") else template, **context)
 
 
-def _app_row(app) -> dict:
-    definition = selectors.app_definition(app)
-    return {
-        "app": app,
-        "definition": definition,
-        "counts": selectors.app_counts(app),
-        "deploying": app.deployments.filter(status=DeploymentStatus.RUNNING).exists(),
-    }
-
-
 class AppListView(AppPageView):
     def get(self, request, tenant_slug):
-        demo_registry = registry_list(tenant=self.tenant).filter(name=DEMO_REGISTRY_NAME).first()
+        registry = demo_registry(registry_list_for_deploy(tenant=self.tenant))
         return self.render_live(
             "portal/app_list.html",
             "portal/_app_list_live.html",
-            rows=[_app_row(app) for app in selectors.app_list(tenant=self.tenant)],
+            rows=selectors.app_list_rows(tenant=self.tenant),
             deleting=selectors.app_list_deleting(tenant=self.tenant),
-            demo_registry=demo_registry,
+            demo_registry=registry,
             demo_image=DEMO_IMAGE,
         )
 
@@ -71,7 +68,7 @@ class AppListView(AppPageView):
 class DeployView(AppPageView):
     def forms(self, data=None):
         mode = (data or self.request.GET).get("mode", "")
-        registries = registry_list(tenant=self.tenant)
+        registries = registry_list_for_deploy(tenant=self.tenant)
         initial = {"registry": self.request.GET.get("registry", ""), "image": self.request.GET.get("image", "")}
         if self.request.GET.get("demo"):
             initial |= {"ports": "8080", "health_check": "HTTP"}
@@ -83,8 +80,8 @@ class DeployView(AppPageView):
 
     @staticmethod
     def example_json(registries) -> str:
-        """A definition to start from: the demo image when the tenant has the local registry."""
-        local = registries.filter(name=DEMO_REGISTRY_NAME).first()
+        """A definition to start from: the demo image when a registry holding it is offered."""
+        local = demo_registry(registries)
         image = f"{local.host}/{DEMO_IMAGE}" if local else "registry.example.com:5000/team/web:1.0"
         example = {
             "id": "/hello",
@@ -141,7 +138,7 @@ class AppDetailView(AppPageView):
             app=app,
             definition=definition,
             backoff_until=app.next_launch_at if app.next_launch_at and app.next_launch_at > timezone.now() else None,
-            counts=selectors.app_counts(app),
+            counts=selectors.app_counts(app, definition),
             versions=selectors.app_versions(app)[:20],
             deployments=deployments,
             running_deployment=next((d for d in deployments if d.status == DeploymentStatus.RUNNING), None),

@@ -3,6 +3,7 @@ from dataclasses import dataclass
 from django.db.models import Sum
 
 from tenants.choices import QuotaResource
+from tenants.embedded_registry import EmbeddedRegistry, embedded_registry
 from tenants.models import ImageRegistry, Membership, Quota, ResourceClaim, Tenant
 
 
@@ -52,9 +53,20 @@ def registry_list(*, tenant: Tenant):
     return ImageRegistry.objects.for_tenant(tenant)
 
 
-def registry_for_image(*, tenant: Tenant, image: str) -> ImageRegistry | None:
-    """The tenant's registry whose host[:port] is the image reference's registry part."""
+def registry_list_for_deploy(*, tenant: Tenant) -> list[ImageRegistry | EmbeddedRegistry]:
+    """What the Deploy form offers: the tenant's registries, then the platform's embedded one
+    unless the tenant has its own registry for that host (which is what a pull would use)."""
+    registries: list[ImageRegistry | EmbeddedRegistry] = list(registry_list(tenant=tenant))
+    embedded = embedded_registry()
+    if embedded is not None and all(r.host != embedded.host for r in registries):
+        registries.append(embedded)
+    return registries
+
+
+def registry_for_image(*, tenant: Tenant, image: str) -> ImageRegistry | EmbeddedRegistry | None:
+    """The tenant's registry whose host[:port] is the image reference's registry part, else the
+    platform's embedded registry when the image is on it (read-only pulls for every tenant)."""
     first, sep, _ = image.partition("/")
     if not sep:
         return None
-    return next((r for r in registry_list(tenant=tenant) if r.host == first), None)
+    return next((r for r in registry_list_for_deploy(tenant=tenant) if r.host == first), None)

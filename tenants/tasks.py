@@ -3,7 +3,6 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from tenants.crypto import secret_decrypt
 from tenants.models import ImageRegistry
 from tenants.registry_check import registry_check
 from tenants.services import registry_check_record
@@ -20,7 +19,7 @@ def check_registry(registry_id: int) -> bool:
     result = registry_check(
         url=registry.url,
         username=registry.username,
-        password=secret_decrypt(registry.password_encrypted) if registry.has_password else "",
+        password=registry.pull_password(),
         insecure=registry.insecure,
         timeout_s=settings.REGISTRY_CHECK_TIMEOUT_S,
     )

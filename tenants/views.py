@@ -14,6 +14,7 @@ from tenants import selectors, services
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.context_processors import SESSION_TENANT_KEY
+from tenants.embedded_registry import embedded_registry
 from tenants.errors import DomainError
 from tenants.forms import MemberAddForm, MemberRoleForm, QuotaForm, RegistryForm, TenantCreateForm, TokenCreateForm
 from tenants.models import ApiToken, ImageRegistry, Membership, Tenant
@@ -129,6 +130,7 @@ class TenantRegistriesView(TenantPageView):
         return self.render(
             "tenants/registries.html",
             registries=selectors.registry_list(tenant=self.tenant),
+            embedded=embedded_registry(),
             form=form or RegistryForm(),
         )
 

@@ -34,7 +34,6 @@ from portal.models import Instance
 from portal.services.deployments import app_record_launch_success
 from portal.services.hosts import host_heartbeat, host_ports_block, host_queue, host_register
 from portal.services.instances import instance_transition
-from tenants.crypto import secret_decrypt
 from tenants.selectors import registry_for_image
 from vmworker.console_agent import ConsoleAgent
 from vmworker.driver.errors import DriverError
@@ -154,12 +153,12 @@ def _heartbeat_loop(name: str) -> None:
 
 
 def _credentials(instance: Instance, image: str) -> tuple[RegistryCredentials | None, bool]:
-    """The tenant's registry for the image's host: credentials decrypted here, in the worker
-    (they never travel through the broker), and whether TLS is verified."""
+    """The tenant's registry for the image's host, else the platform's embedded one: credentials
+    read here, in the worker (they never travel through the broker), and whether TLS is verified."""
     registry = registry_for_image(tenant=instance.tenant, image=image)
     if registry is None:
         return None, True
-    password = secret_decrypt(registry.password_encrypted) if registry.has_password else ""
+    password = registry.pull_password()
     credentials = RegistryCredentials(registry.username, password) if registry.username else None
     return credentials, not registry.insecure
 

@@ -105,6 +105,12 @@ STATIC_ROOT = STATE_DIR / "staticfiles"
 FERNET_KEYS_FILE = Path(os.environ.get("PORTAL_FERNET_KEYS_FILE", STATE_DIR / "secrets" / "fernet.keys"))
 FERNET_KEYS = [k for k in os.environ.get("PORTAL_FERNET_KEYS", "").split(",") if k]
 
+# The embedded local registry every tenant may pull from, read-only (tenants.embedded_registry).
+# The run command sets these; the password only ever comes from the 0600 file.
+EMBEDDED_REGISTRY_URL = os.environ.get("PORTAL_EMBEDDED_REGISTRY_URL", "")
+EMBEDDED_REGISTRY_USERNAME = os.environ.get("PORTAL_EMBEDDED_REGISTRY_USERNAME", "")
+EMBEDDED_REGISTRY_PASSWORD_FILE = os.environ.get("PORTAL_EMBEDDED_REGISTRY_PASSWORD_FILE", "")
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tenants.authentication.ApiTokenAuthentication",

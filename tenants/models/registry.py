@@ -33,6 +33,12 @@ class ImageRegistry(models.Model):
     def has_password(self) -> bool:
         return bool(self.password_encrypted)
 
+    def pull_password(self) -> str:
+        """Decrypted for a pull or a check, in the worker only."""
+        from tenants.crypto import secret_decrypt
+
+        return secret_decrypt(self.password_encrypted) if self.has_password else ""
+
     @property
     def host(self) -> str:
         """host[:port] as it appears in image references."""

@@ -13,13 +13,13 @@ import time
 import pytest
 from django.db import close_old_connections
 
-from portal.choices import INSTANCE_ACTIVE
+from portal.choices import INSTANCE_ACTIVE, InstanceStatus
 from portal.marathon import parse_app_definition
 from portal.models import App, ComputeHost, Instance
-from portal.services.apps import app_create
+from portal.services.apps import app_create, app_delete, app_scale
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
-from tenants.models import Membership
+from tenants.models import ImageRegistry, Membership
 from tenants.services import registry_create
 from tests.support.browser import screenshot
 from tests.support.oci_images import HTTPD_PORT, PRINTER_EXIT_CODE, PRINTER_STDOUT_LINES
@@ -86,19 +86,32 @@ def assert_not_reloaded(page) -> None:
     assert page.evaluate("window.__notReloaded === true"), "the page was reloaded"
 
 
-def record_statuses(page) -> None:
-    """Keep every instance status the page shows, as fragments are swapped in."""
+def record_chips(page, rows: str, key: str, chip: str) -> None:
+    """Keep, per row (keyed by its ``key`` attribute), every text its status chip shows, in the
+    order shown: a MutationObserver sees each fragment swap, whatever triggered it."""
     page.evaluate(
-        """() => {
-        window.__seen = [];
-        const note = () => document.querySelectorAll('#instance-table tr[data-status]').forEach((tr) => {
-          const s = tr.dataset.status;
-          if (window.__seen[window.__seen.length - 1] !== s) window.__seen.push(s);
+        """([rows, key, chip]) => {
+        window.__chips = {};
+        const note = () => document.querySelectorAll(rows).forEach((row) => {
+          const shown = row.querySelector(chip);
+          if (!shown) return;
+          const seen = (window.__chips[row.getAttribute(key)] ||= []);
+          const text = shown.textContent.trim();
+          if (seen[seen.length - 1] !== text) seen.push(text);
         });
         note();
-        document.addEventListener('portal:refreshed', note);
-      }"""
+        new MutationObserver(note).observe(document.body, {childList: true, subtree: true, characterData: true});
+      }""",
+        [rows, key, chip],
     )
+
+
+def recorded_chips(page) -> dict[str, list[str]]:
+    return page.evaluate("window.__chips")
+
+
+def record_instance_statuses(page) -> None:
+    record_chips(page, "#instance-table tr[data-instance]", "data-instance", ".badge")
 
 
 def test_deploy_by_click_watch_it_boot_scale_stop_and_delete(live_stack, one_host, acme, page):
@@ -120,12 +133,12 @@ def test_deploy_by_click_watch_it_boot_scale_stop_and_delete(live_stack, one_hos
     assert app.current_version.definition["app"]["cmd"] == DEMO_CMD
 
     mark_loaded(page)
-    record_statuses(page)
+    record_instance_statuses(page)
     healthy = page.locator('#instance-table tr[data-status="healthy"]')
     healthy.wait_for(timeout=BOOT_WAIT_MS)
-    seen = page.evaluate("window.__seen")
-    assert len(seen) >= 2 and seen[-1] == "healthy", seen
+    seen = recorded_chips(page)[healthy.get_attribute("data-instance")]
     assert [s for s in STATUS_ORDER if s in seen] == seen, seen  # in order, none invented
+    assert "booting" in seen and seen[-1] == "healthy", seen  # the boot itself was shown live
     for phase in ("pulling", "preparing", "booting", "running"):
         chip = healthy.locator(f'[data-phase="{phase}"]')
         assert "done" in chip.get_attribute("class")
@@ -264,3 +277,96 @@ def test_hosts_page_shows_capacity_virt_type_and_heartbeat(live_stack, one_host,
     assert f" / {host.vcpus}" in row.inner_text() and ("KVM" in row.inner_text() or "TCG" in row.inner_text())
     assert re.search(r"\d+\.\d s ago", row.inner_text())
     screenshot(page, "platform-hosts")
+
+
+def live_app(test_images, app_id: str) -> dict:
+    """The demo web server with a TCP check (no host port clash with other sessions: port 0)."""
+    return {
+        "id": app_id,
+        "instances": 1,
+        "cpus": 0.5,
+        "mem": 128,
+        "container": {
+            "docker": {"image": test_images["httpd"].reference},
+            "portMappings": [{"containerPort": HTTPD_PORT, "hostPort": 0}],
+        },
+        "networks": [{"mode": "container/bridge"}],
+        "healthChecks": [{"protocol": "TCP", "portIndex": 0, "intervalSeconds": 1, "gracePeriodSeconds": 120}],
+    }
+
+
+def test_the_app_list_shows_apps_and_status_changes_made_elsewhere_live(live_stack, one_host, acme, test_images, page):
+    log_in(page, live_stack.url, "alice")
+    page.goto(live_stack.url + "/t/acme/apps/")
+    page.get_by_text("No apps yet").wait_for()
+    mark_loaded(page)
+    record_chips(page, "#apps tr[data-app]", "data-app", ".app-status .badge")
+    access = tenant_access_resolve(user=Membership.objects.get(tenant=acme).user, slug="acme")
+
+    app = app_create(access=access, definition=parse_app_definition(live_app(test_images, "/elsewhere"))).app
+    row = page.locator('#apps tr[data-app="/elsewhere"]')
+    row.wait_for()
+    row.locator(".badge", has_text="running").wait_for(timeout=BOOT_WAIT_MS)
+    assert row.locator("[data-count=running]").inner_text() == "1"
+    app_scale(access=access, app=App.objects.get(pk=app.pk), instances=0)
+    row.locator(".badge", has_text="stopped").wait_for(timeout=120_000)
+    assert row.locator("[data-count=target]").inner_text() == "0"
+    assert_not_reloaded(page)
+    seen = recorded_chips(page)["/elsewhere"]
+    assert seen[0] == "deploying" and "running" in seen and seen[-1] == "stopped", seen
+    screenshot(page, "app-list-live")
+
+    app_delete(access=access, app=App.objects.get(pk=app.pk), force=True)
+    page.get_by_text("No apps yet").wait_for(timeout=120_000)
+    assert_not_reloaded(page)
+
+
+@pytest.fixture
+def beta(acme):
+    """Tenant beta, owned by bob: no registry of its own (acme, another tenant, has one)."""
+    user = UserFactory(username="bob")
+    tenant = TenantFactory(slug="beta", name="Beta")
+    Membership.objects.create(tenant=tenant, user=user, role=TenantRole.OWNER)
+    return tenant
+
+
+def test_a_tenant_without_registries_deploys_from_the_embedded_registry_then_restarts(
+    live_stack, one_host, beta, registry, test_images, page
+):
+    log_in(page, live_stack.url, "bob")
+    page.goto(live_stack.url + "/t/beta/apps/")
+    page.click("#deploy-demo")
+    page.wait_for_url(re.compile(r".*/apps/deploy/\?demo=1.*"))
+    assert page.input_value("#id_registry") == "platform"
+    assert f"local ({registry.host_port}, the platform" in page.locator("#id_registry option:checked").inner_text()
+    page.fill("#id_app_id", "/from-local")
+    page.click("#deploy-form button[type=submit]")
+    page.wait_for_url(re.compile(r".*/t/beta/apps/\d+/$"))
+    app = App.objects.get(tenant=beta, marathon_id="/from-local")
+    image = f"{registry.host_port}/demo/hello:latest"
+    assert app.current_version.definition["app"]["container"]["docker"]["image"] == image
+    assert not ImageRegistry.objects.filter(tenant=beta).exists()
+    # The registry asks for credentials: a healthy instance means the worker pulled with the embedded ones.
+    first = page.locator('#instance-table tr[data-status="healthy"]')
+    first.wait_for(timeout=BOOT_WAIT_MS)
+    old_id = first.get_attribute("data-instance")
+    page.locator('[data-fragment="deployment"] tr[data-status="succeeded"]').first.wait_for(timeout=60_000)
+
+    # Restart: a new VM replaces the old one; the page follows without a reload.
+    page.click("#actions-form button[value=restart]")
+    page.wait_for_load_state()
+    mark_loaded(page)
+    record_instance_statuses(page)
+    replacement = page.locator(f'#instance-table tr[data-status="healthy"]:not([data-instance="{old_id}"])')
+    replacement.wait_for(timeout=BOOT_WAIT_MS)
+    page.locator(f'#instance-table tr[data-instance="{old_id}"]').wait_for(state="detached", timeout=120_000)
+    page.locator(f'#ended-table tr[data-instance="{old_id}"][data-status="stopped"]').wait_for(timeout=60_000)
+    assert page.locator("#instance-table tr[data-instance]").count() == 1
+    assert_not_reloaded(page)
+    new_id = replacement.get_attribute("data-instance")
+    assert recorded_chips(page)[new_id][-1] == "healthy"
+    assert Instance.objects.get(pk=old_id).status == InstanceStatus.STOPPED
+    screenshot(page, "app-page-restarted")
+    owner = Membership.objects.get(tenant=beta).user
+    app_delete(access=tenant_access_resolve(user=owner, slug="beta"), app=App.objects.get(pk=app.pk), force=True)
+    db_wait("the app is gone", lambda: not App.objects.filter(pk=app.pk).exists())

@@ -6,7 +6,7 @@ import pytest
 from django.db import transaction
 
 from tenants.choices import TenantRole
-from tenants.models import Membership, Quota
+from tenants.models import ImageRegistry, Membership, Quota
 from tenants.services import ResourceRequest, quota_reserve
 from tests.support.browser import screenshot
 from tests.tenants.factories import TenantFactory, UserFactory
@@ -51,3 +51,45 @@ def test_wrong_password_is_refused(live_stack, page):
     page.click("button[type=submit]")
     assert page.locator(".error").inner_text().strip() != ""
     assert "/login/" in page.url
+
+
+def test_tenant_admin_pages_members_registries_quota_and_overview(live_stack, page):
+    """What a tenant admin works with, seen in the browser, each page saved as a screenshot."""
+    admin = UserFactory(username="carol", is_staff=True)
+    tenant = TenantFactory(slug="gamma", name="Gamma")
+    Membership.objects.create(tenant=tenant, user=admin, role=TenantRole.OWNER)
+    Membership.objects.create(tenant=tenant, user=UserFactory(username="dave"), role=TenantRole.DEVELOPER)
+    Membership.objects.create(tenant=tenant, user=UserFactory(username="erin"), role=TenantRole.VIEWER)
+    ImageRegistry.objects.create(
+        tenant=tenant, name="corp", url="https://registry.corp.test", username="robot", password_encrypted=b"x"
+    )
+    Quota.objects.filter(tenant=tenant).update(vcpus=4, instances=4)
+    with transaction.atomic():
+        quota_reserve(tenant=tenant, owner_kind="test", owner_id="1", request=ResourceRequest(vcpus=3, instances=2))
+
+    page.goto(live_stack.url + "/login/")
+    page.fill("#id_username", "carol")
+    page.fill("#id_password", "pw-for-tests-1")
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+
+    page.goto(live_stack.url + "/t/gamma/")
+    assert page.locator(".quota-row").count() == 7
+    assert page.locator('.quota-row[data-resource="vcpus"] td.num').inner_text().strip() == "3 / 4"
+    screenshot(page, "tenant-admin-overview")
+
+    page.goto(live_stack.url + "/t/gamma/members/")
+    for username, role in (("carol", "owner"), ("dave", "developer"), ("erin", "viewer")):
+        assert page.locator(f'tr[data-username="{username}"] select').input_value() == role
+    screenshot(page, "tenant-admin-members")
+
+    page.goto(live_stack.url + "/t/gamma/registries/")
+    corp = page.locator('tr[data-registry="corp"]')
+    assert "https://registry.corp.test" in corp.inner_text() and "robot" in corp.inner_text()
+    assert "the platform's embedded registry" in page.locator("#platform-registry").inner_text()
+    screenshot(page, "tenant-admin-registries")
+
+    page.goto(live_stack.url + "/platform/tenants/gamma/quota/")
+    assert page.locator('.quota-row[data-resource="instances"] td.num').inner_text().strip() == "2 / 4"
+    assert page.input_value("input[name=vcpus]") == "4"
+    screenshot(page, "tenant-admin-quota")

@@ -293,3 +293,46 @@ def developer_app_host(tenant, developer):
     app = deployed(tenant, developer)
     Instance.objects.filter(app=app).update(host=host)
     return host
+
+
+def list_fragment(client, tenant) -> str:
+    return client.get(f"/t/{tenant.slug}/apps/?fragment=1").content.decode()
+
+
+def test_app_list_counts_come_from_one_query_whatever_the_number_of_apps(
+    tenant, developer, login, django_assert_max_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    Quota.objects.filter(tenant=tenant).update(vcpus=100, memory_mib=100_000, instances=100, published_ports=100)
+    client = login(developer)
+    checked = parse_app_definition(
+        {
+            "id": "/checked",
+            "instances": 3,
+            "container": {"docker": {"image": IMAGE}, "portMappings": [{"containerPort": 80, "hostPort": 0}]},
+            "networks": [{"mode": "container/bridge"}],
+            "healthChecks": [{"protocol": "HTTP", "path": "/", "portIndex": 0}],
+        }
+    )
+    app = app_create(access=tenant_access_resolve(user=developer, slug=tenant.slug), definition=checked).app
+    first, second, third = Instance.objects.filter(app=app).order_by("created_at")
+    Instance.objects.filter(pk=first.pk).update(status=InstanceStatus.HEALTHY)
+    Instance.objects.filter(pk=second.pk).update(status=InstanceStatus.UNHEALTHY)
+    Instance.objects.filter(pk=third.pk).update(status=InstanceStatus.BOOTING)
+    list_fragment(client, tenant)  # session and content types cached, as on every later fetch
+    with CaptureQueriesContext(connection) as one_app:
+        page = list_fragment(client, tenant)
+    assert '2</span> / <span data-count="target">3</span> running · 1 starting · 1 healthy' in page
+    assert "deploying" in page
+
+    for index in range(6):
+        more = deployed(tenant, developer, app_id=f"/more-{index}", instances=2)
+        Instance.objects.filter(app=more).update(status=InstanceStatus.RUNNING)
+        Deployment.objects.filter(app=more).update(status=DeploymentStatus.SUCCEEDED)
+    with django_assert_max_num_queries(len(one_app.captured_queries)):
+        page = list_fragment(client, tenant)
+    assert page.count('<tr data-app="/more-') == 6
+    assert page.count('<span data-count="running">2</span> / <span data-count="target">2</span> running') == 6
+    assert page.count('<span class="badge good">running</span>') == 6

@@ -75,6 +75,21 @@ class LiveStack:
     url: str
     queue: str
     log_dir: Path
+    env: dict  # every process of the stack runs with it
+
+
+def embedded_registry_env(registry, secrets_dir: Path) -> dict[str, str]:
+    """The test registry as the platform's embedded one, as the run command sets it up: the
+    password in a 0600 file, never in the environment."""
+    password_file = secrets_dir / "embedded-registry-password"
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(registry.password)
+    return {
+        "PORTAL_EMBEDDED_REGISTRY_URL": f"http://{registry.host_port}",
+        "PORTAL_EMBEDDED_REGISTRY_USERNAME": registry.username,
+        "PORTAL_EMBEDDED_REGISTRY_PASSWORD_FILE": str(password_file),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -83,10 +98,11 @@ def celery_queue() -> str:
 
 
 @pytest.fixture(scope="session")
-def live_stack(django_db_setup, django_db_blocker, celery_queue, tmp_path_factory):
-    """daphne + a Celery worker on this session's queue; yields LiveStack."""
+def live_stack(django_db_setup, django_db_blocker, celery_queue, registry, tmp_path_factory):
+    """daphne + a Celery worker on this session's queue, the test registry as the embedded one;
+    yields LiveStack."""
     log_dir = tmp_path_factory.mktemp("live-stack")
-    env = stack_env(celery_queue)
+    env = stack_env(celery_queue) | embedded_registry_env(registry, tmp_path_factory.mktemp("secrets"))
     port = free_port()
     web_log = open(log_dir / "web.log", "wb")  # noqa: SIM115
     worker_log = open(log_dir / "worker.log", "wb")  # noqa: SIM115
@@ -110,7 +126,7 @@ def live_stack(django_db_setup, django_db_blocker, celery_queue, tmp_path_factor
                     tail = (log_dir / "web.log").read_text()[-2000:]
                     raise RuntimeError(f"web server did not start: {tail}") from None
                 time.sleep(0.2)
-        yield LiveStack(url=url, queue=celery_queue, log_dir=log_dir)
+        yield LiveStack(url=url, queue=celery_queue, log_dir=log_dir, env=env)
     finally:
         _stop(web)
         _stop(worker)
@@ -149,7 +165,7 @@ def celery_beat(live_stack, tmp_path_factory):
                 "INFO",
             ],
             cwd=ROOT,
-            env=stack_env(live_stack.queue),
+            env=live_stack.env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -176,7 +192,7 @@ class HostPool:
         state_dir = Path(tempfile.mkdtemp(prefix=f"hypervm-{full_name}-", dir="/var/tmp"))
         state_dir.chmod(0o755)
         log_path = self.live_stack.log_dir / f"host-{name}.log"
-        env = stack_env(self.live_stack.queue) | {"HYPERVM_HOST_NAME": full_name, "HYPERVM_STATE_DIR": str(state_dir)}
+        env = self.live_stack.env | {"HYPERVM_HOST_NAME": full_name, "HYPERVM_STATE_DIR": str(state_dir)}
         with open(log_path, "ab") as log:
             process = start_celery_worker(queues=f"host.{full_name}", name=full_name, env=env, log=log, concurrency=3)
         self.workers[name] = HostWorker(name=full_name, state_dir=state_dir, process=process, log_path=log_path)
