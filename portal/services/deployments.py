@@ -85,9 +85,16 @@ def instance_stop(instance: Instance, *, reason: str = "") -> None:
 def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
     """Place the instance and give it its tenant-network address, in one transaction: when
     either fails (no host, the network full, no network quota) nothing is claimed and the
-    instance waits, staged, with the reason."""
+    instance waits, staged, with the reason.
+
+    Locks are taken in the one order every writer uses: the tenant's quota row (by
+    ``network_ensure`` when it makes the network), the network row (the address), then the
+    host rows (``instance_place``). Hosts first would deadlock against ``app_create``, which
+    holds the quota row when it places."""
     try:
         with transaction.atomic():
+            network = network_ensure(tenant=instance.tenant, name=network_name_for(definition))
+            allocation = network_address_allocate(instance=instance, network=network)
             placement = instance_place(
                 PlacementRequest(
                     app_id=instance.app_id,
@@ -97,8 +104,6 @@ def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
                     constraints=definition.constraints,
                 )
             )
-            network = network_ensure(tenant=instance.tenant, name=network_name_for(definition))
-            allocation = network_address_allocate(instance=instance, network=network)
             instance.host = placement.host
             instance.host_ports = list(placement.host_ports)
             instance.ip_address = allocation.address
