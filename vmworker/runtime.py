@@ -12,6 +12,13 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   ``config.img``, ``guest.log`` (the log port, written by QEMU: app output and guest events,
   the durable record that survives a worker restart) and ``console.log``; its control socket
   is ``<socket_root>/<hash of state_dir>/<uuid>.sock`` (unix socket paths must stay short).
+  Once it has ended (``stop``, ``release``, or an exit record with the domain gone) it also holds
+  ``ended.json``, its final status: ``status`` answers from it without reading the log or asking
+  libvirt. ``prune_ended`` deletes the folders of instances ended longer ago than a retention.
+- ``release`` is for an instance that ended by itself (its app exited, its VM vanished): what is
+  left of its domain goes, and so does its tenant network on this host once no domain uses it.
+  ``network_sweep`` removes every tenant network of this libvirtd (our names only) that no
+  domain uses and the caller does not name as wanted.
 - ``stop`` sends ``stop`` on the control port (the init SIGTERMs the app, SIGKILLs it after
   the grace), waits for the ``exit`` record, then destroys whatever is left.
 - ``status``, ``logs``, ``follow`` read the instance's files; nothing here needs the process
@@ -39,7 +46,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,7 +82,7 @@ from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
 from vmworker.images.manifest import ImageConfig
 from vmworker.images.store import ImageStore, PreparedImage
-from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
+from vmworker.network.tenant import NETWORK_NAME_PREFIX, NetworkAttachment, TenantNetwork, instance_mac
 
 logger = logging.getLogger("vmworker.runtime")
 
@@ -84,6 +91,7 @@ USER_NET_GUEST = GuestNetwork(ip_cidr="10.0.2.15/24", gateway="10.0.2.2")
 INSTANCE_FILE = "instance.json"
 GUEST_LOG = "guest.log"
 CONSOLE_LOG = "console.log"
+ENDED_FILE = "ended.json"
 CONSOLE_TAIL_BYTES = 4096
 GiB = 1024**3
 STATUS_CACHE_INSTANCES = 4096
@@ -651,7 +659,15 @@ class HyperVMRuntime:
         self._destroy_domain(instance_id)
         self._release_network(info)
         logger.info("runtime.stopped", extra={"instance_id": instance_id, "instance_name": info["name"]})
-        return self.status(instance_id)
+        return self._record_end(instance_id)
+
+    def release(self, instance_id: str) -> InstanceStatus:
+        """The instance ended by itself (its app exited, its QEMU died): destroy what is left of
+        its domain, free its tenant network on this host, record its end. Raises InstanceNotFound."""
+        info = self._read_instance(instance_id)
+        self._destroy_domain(instance_id)
+        self._release_network(info)
+        return self._record_end(instance_id)
 
     def remove(self, instance_id: str) -> None:
         """Destroy the domain (if any) and delete the instance's files."""
@@ -662,6 +678,9 @@ class HyperVMRuntime:
         self._destroy_domain(instance_id)
         if info is not None:
             self._release_network(info)
+        self._remove_files(instance_id)
+
+    def _remove_files(self, instance_id: str) -> None:
         self.control_socket(instance_id).unlink(missing_ok=True)
         shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
         self._log_progress.pop(str(uuid.UUID(instance_id)), None)
@@ -669,13 +688,75 @@ class HyperVMRuntime:
     def _release_network(self, info: dict) -> None:
         """The instance's tenant network goes from this host once no domain here uses it."""
         attachment = info.get("network")
-        if not attachment:
-            return
-        network = TenantNetwork.for_network_id(attachment["network_id"])
+        if attachment:
+            self._remove_network_if_unused(TenantNetwork.for_network_id(attachment["network_id"]))
+
+    def _remove_network_if_unused(self, network: TenantNetwork) -> bool:
         try:
-            self.host.network_remove(network, only_if_unused=True)
+            return self.host.network_remove(network, only_if_unused=True)
         except DriverError:
             logger.warning("runtime.network_remove_failed", extra={"network": network.libvirt_name}, exc_info=True)
+            return False
+
+    def network_sweep(self, *, wanted_network_ids: Collection[str]) -> list[str]:
+        """Removes the tenant networks of this libvirtd that no domain uses and that are not
+        wanted (the portal's networks some live instance holds an address on; a boot between
+        its network_ensure and its domain start is one of those); returns their libvirt names.
+        Only names of our scheme are looked at: ``default`` and anyone else's stay."""
+        wanted = {str(uuid.UUID(str(network_id))) for network_id in wanted_network_ids}
+        removed = []
+        for name in self.host.list_networks():
+            try:
+                network = TenantNetwork.for_network_id(name.removeprefix(NETWORK_NAME_PREFIX))
+            except ValueError:
+                continue  # our prefix, not our scheme: not ours to judge
+            if network.libvirt_name != name or network.network_id in wanted:
+                continue
+            if self._remove_network_if_unused(network):
+                removed.append(name)
+        if removed:
+            logger.info("runtime.networks_swept", extra={"networks": removed})
+        return removed
+
+    def live_instance_ids(self) -> set[str]:
+        """Instances of this state dir whose domain exists: one libvirt listing, no log reads."""
+        domains = {guest.instance_id for guest in self.host.list_guests()}
+        return {path.name for path in self.instances_dir.iterdir() if path.name in domains}
+
+    def prune_ended(self, *, retention_s: float, keep: Collection[str] = ()) -> list[str]:
+        """Deletes the folders of instances that ended more than ``retention_s`` ago (their
+        record, console tail and failure reason live on in the portal's database); returns
+        their ids. An instance in ``keep`` or with a domain stays whatever its files say. One
+        without an end record (it vanished before it was released) counts from its last write."""
+        cutoff = time.time() - retention_s
+        spared = {str(instance_id) for instance_id in keep} | self.live_instance_ids()
+        pruned = []
+        for path in self.instances_dir.iterdir():
+            if path.name in spared or not _is_instance_dir_name(path.name):
+                continue
+            ended_at = _ended_at(path)
+            if ended_at is not None and ended_at < cutoff:
+                self._remove_files(path.name)
+                pruned.append(path.name)
+        if pruned:
+            logger.info("runtime.instances_pruned", extra={"count": len(pruned)})
+        return pruned
+
+    def _record_end(self, instance_id: str) -> InstanceStatus:
+        status = self._live_status(self._read_instance(instance_id))
+        _atomic_write_json(
+            self.instance_dir(instance_id) / ENDED_FILE,
+            {
+                "state": status.state,
+                "exit_code": status.exit_code,
+                "oom": status.oom,
+                "errors": list(status.errors),
+                "ended_at": time.time(),
+                "log_inode": _inode(self.instance_dir(instance_id) / GUEST_LOG),
+            },
+        )
+        self._log_progress.pop(status.instance_id, None)
+        return status
 
     def records(self, instance_id: str) -> list[GuestRecord]:
         parser = GuestLogParser()
@@ -684,24 +765,36 @@ class HyperVMRuntime:
 
     def status(self, instance_id: str) -> InstanceStatus:
         info = self._read_instance(instance_id)
+        ended = self._read_end(instance_id)
+        if ended is None:
+            status = self._live_status(info)
+            if status.state == "exited" and self._guest_state(instance_id) in STOPPED_STATES:
+                return self._record_end(instance_id)  # final: the log will not grow again
+            return status
+        return _instance_status(
+            info, state=ended["state"], exit_code=ended["exit_code"], oom=ended["oom"], errors=tuple(ended["errors"])
+        )
+
+    def _read_end(self, instance_id: str) -> dict | None:
+        """The end record, if it is about the guest log there now (an instance made again has a new one)."""
+        directory = self.instance_dir(instance_id)
+        try:
+            ended = json.loads((directory / ENDED_FILE).read_text())
+            return ended if ended.get("log_inode") == _inode(directory / GUEST_LOG) else None
+        except FileNotFoundError:
+            return None
+
+    def _live_status(self, info: dict) -> InstanceStatus:
         progress = self._read_log_progress(info["instance_id"])
-        guest_state = self._guest_state(instance_id)
+        guest_state = self._guest_state(info["instance_id"])
         if progress.exit_code is not None:
             state = "exited"
         elif guest_state in STOPPED_STATES:
             state = "lost"
         else:
             state = "running" if progress.started else "booting"
-        return InstanceStatus(
-            instance_id=info["instance_id"],
-            name=info["name"],
-            image=info["image"],
-            state=state,
-            exit_code=progress.exit_code,
-            oom=progress.oom,
-            errors=progress.errors,
-            ports=tuple(PortForward(**port) for port in info["ports"]),
-            created_at=info["created_at"],
+        return _instance_status(
+            info, state=state, exit_code=progress.exit_code, oom=progress.oom, errors=progress.errors
         )
 
     def _read_log_progress(self, instance_id: str) -> _LogProgress:
@@ -832,6 +925,49 @@ class HyperVMRuntime:
                 return console.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+
+
+def _instance_status(info: dict, *, state: str, exit_code: int | None, oom: bool, errors: tuple) -> InstanceStatus:
+    return InstanceStatus(
+        instance_id=info["instance_id"],
+        name=info["name"],
+        image=info["image"],
+        state=state,
+        exit_code=exit_code,
+        oom=oom,
+        errors=errors,
+        ports=tuple(PortForward(**port) for port in info["ports"]),
+        created_at=info["created_at"],
+    )
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _is_instance_dir_name(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
+
+
+def _ended_at(directory: Path) -> float | None:
+    """When the instance ended: its end record's time, else its files' last write (None: no files)."""
+    try:
+        return json.loads((directory / ENDED_FILE).read_text())["ended_at"]
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    times = []
+    for name in (INSTANCE_FILE, GUEST_LOG, CONSOLE_LOG):
+        try:
+            times.append((directory / name).stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return max(times, default=None)
 
 
 def _exec_exit_code(result: ExecResult, timeout_s: float) -> int:

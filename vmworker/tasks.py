@@ -339,6 +339,7 @@ def reconcile_host(name: str) -> None:
                 failure_reason=reason,
                 console_tail=runtime().console_tail(str(instance.pk))[-4000:],
             )
+            _release(instance)
         elif status.state == "exited":
             reason = f"the app exited with code {status.exit_code}" + (" (OOM)" if status.oom else "")
             instance_transition(
@@ -349,16 +350,38 @@ def reconcile_host(name: str) -> None:
                 exit_code=status.exit_code,
                 oom_killed=status.oom,
             )
+            _release(instance)
         else:
             _check_health(instance)
     _destroy_orphans(name)
     _retry_stuck(name)
+    _sweep_host(name)
+
+
+def _release(instance: Instance) -> None:
+    """An instance that ended by itself: its domain remnant and its tenant network go from this host."""
+    try:
+        runtime().release(str(instance.pk))
+    except InstanceNotFound:
+        pass  # its folder is gone already (pruned, or never made here)
+
+
+def _sweep_host(name: str) -> None:
+    """What no live instance needs any more: tenant networks on this libvirtd that no domain
+    uses and no live instance holds an address on (some instance ended without a stop, e.g. a
+    killed QEMU, or a release failed), and the folders of instances ended longer ago than
+    HOST_INSTANCE_RETENTION_S (so per-round work does not grow with every instance ever run)."""
+    from portal.services.networks import network_ids_in_use
+
+    runtime().network_sweep(wanted_network_ids=network_ids_in_use())
+    live = Instance.objects.filter(host__name=name, status__in=INSTANCE_ACTIVE).values_list("pk", flat=True)
+    runtime().prune_ended(retention_s=settings.HOST_INSTANCE_RETENTION_S, keep={str(pk) for pk in live})
 
 
 def _destroy_orphans(name: str) -> None:
     """VMs this host runs whose instance has ended or no longer exists (e.g. its app was
     deleted while a stop failed): the database is the truth, the VM goes."""
-    running = {s.instance_id for s in runtime().list_instances() if s.state in ("running", "booting")}
+    running = runtime().live_instance_ids()
     if not running:
         return
     live = {
