@@ -27,7 +27,10 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   STATUS_CACHE_INSTANCES instances, the last MAX_STATUS_ERRORS errors each).
 - ``exec_check`` runs a command in the instance's container through the control port (the
   guest init forks ``/bin/sh -c``) and returns its exit code; ``ExecCheckFailed`` says why it
-  could not run to its end (no /bin/sh in the image, timeout, the VM unreachable).
+  could not run to its end (no /bin/sh in the image, timeout, the VM unreachable, a stop).
+  QEMU serves the control socket to one client at a time, and a stop must never queue behind
+  a long check: ``stop`` first leaves ``stop.requested`` in the instance folder (seen by any
+  process), and a check gives the channel up within EXEC_STOP_POLL_S once it is there.
 
 No Django here: plain dataclasses in and out.
 """
@@ -101,6 +104,8 @@ LOG_TAIL_CHECK_BYTES = 64
 # How long past the command's own timeout the guest's answer may take (the init kills the
 # command at its timeout; this covers the port and a paused control reader).
 EXEC_REPLY_MARGIN_S = 5.0
+STOP_REQUEST_FILE = "stop.requested"
+EXEC_STOP_POLL_S = 0.2  # how soon a running check gives the control channel up to a stop
 
 
 class RuntimeFailure(Exception):
@@ -640,6 +645,7 @@ class HyperVMRuntime:
         info = self._read_instance(instance_id)
         grace = timeout_s if timeout_s is not None else self.settings.stop_grace_s
         if self._guest_state(instance_id) not in STOPPED_STATES:
+            (self.instance_dir(instance_id) / STOP_REQUEST_FILE).touch()  # a running check lets go
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
                     control.settimeout(5)
@@ -841,8 +847,11 @@ class HyperVMRuntime:
         working dir) and returns its exit code. The guest kills it after ``timeout_s``.
         Raises ExecCheckFailed when it could not run to its end, InstanceNotFound."""
         self._read_instance(instance_id)
+        stop_requested = self.instance_dir(instance_id) / STOP_REQUEST_FILE
         if self._guest_state(instance_id) in STOPPED_STATES:
             raise ExecCheckFailed("the VM is not running")
+        if stop_requested.exists():
+            raise ExecCheckFailed("the instance is stopping")
         request_id = uuid.uuid4().hex
         try:
             request = exec_request(request_id, command, timeout_s)
@@ -857,8 +866,13 @@ class HyperVMRuntime:
                 control.sendall(request)
                 pending = b""
                 while (remaining := deadline - self._clock()) > 0:
-                    control.settimeout(remaining)
-                    chunk = control.recv(4096)
+                    if stop_requested.exists():  # closing the socket hands the channel to the stop
+                        raise ExecCheckFailed("the instance is stopping")
+                    control.settimeout(min(remaining, EXEC_STOP_POLL_S))
+                    try:
+                        chunk = control.recv(4096)
+                    except TimeoutError:
+                        continue
                     if not chunk:
                         raise ExecCheckFailed("the guest closed its control channel")
                     *lines, pending = (pending + chunk).split(b"\n")

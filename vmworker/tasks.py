@@ -18,6 +18,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -325,6 +327,7 @@ def reconcile_host(name: str) -> None:
     """What libvirt and the instance files say, against what the database says; then health."""
     if name != host_name():
         return
+    healthy_candidates = []
     for instance in Instance.objects.select_related("app", "version").filter(host__name=name, status__in=INSTANCE_UP):
         try:
             status = runtime().status(str(instance.pk))
@@ -352,10 +355,49 @@ def reconcile_host(name: str) -> None:
             )
             _release(instance)
         else:
-            _check_health(instance)
+            healthy_candidates.append(instance)
+    _health_round(healthy_candidates)
     _destroy_orphans(name)
     _retry_stuck(name)
     _sweep_host(name)
+
+
+# Health probes run in a bounded pool of this worker process, not in the reconcile task: a
+# round waits at most HEALTH_ROUND_S for them (a COMMAND check may take its timeout + 5 s), so
+# it never holds one of the host queue's few slots for long; a probe still running is not
+# started again by the next round, its result is written when it ends.
+HEALTH_PROBE_THREADS = 8
+HEALTH_ROUND_S = 3.0
+_probe_pool: ThreadPoolExecutor | None = None
+_probing: set[str] = set()
+_probing_lock = threading.Lock()
+
+
+def _health_round(instances: list[Instance]) -> None:
+    global _probe_pool
+    futures = []
+    with _probing_lock:
+        if instances and _probe_pool is None:
+            _probe_pool = ThreadPoolExecutor(max_workers=HEALTH_PROBE_THREADS, thread_name_prefix="health-probe")
+        for instance in instances:
+            if str(instance.pk) in _probing:
+                continue
+            _probing.add(str(instance.pk))
+            futures.append(_probe_pool.submit(_check_health_in_pool, instance))
+    futures_wait(futures, timeout=HEALTH_ROUND_S)
+
+
+def _check_health_in_pool(instance: Instance) -> None:
+    from django.db import connection
+
+    try:
+        _check_health(instance)
+    except Exception:
+        logger.warning("instance.health_check_failed", extra={"instance_id": str(instance.pk)}, exc_info=True)
+    finally:
+        with _probing_lock:
+            _probing.discard(str(instance.pk))
+        connection.close()  # this thread's own connection: a pool thread must not keep one open
 
 
 def _release(instance: Instance) -> None:

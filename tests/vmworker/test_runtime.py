@@ -3,12 +3,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 import uuid
 
 import pytest
 
-from tests.support.oci_images import PRINTER_STDOUT_LINES, SIGTERM_READY_LINE
+from tests.support.oci_images import PRINTER_STDOUT_LINES, SIGTERM_GOT_LINE, SIGTERM_READY_LINE
 from vmworker.cli import credentials_from_authfile, parse_publish
 from vmworker.driver.fake import FakeHost
 from vmworker.driver.spec import DomainSpec, InterfaceSpec, PortForward
@@ -173,6 +174,32 @@ def test_exec_check_runs_commands_inside_the_instance(runtime, test_images, regi
     runtime.stop(spec.instance_id, timeout_s=10)
     with pytest.raises(ExecCheckFailed, match="not running"):
         runtime.exec_check(spec.instance_id, "true", timeout_s=10)
+
+
+@pytest.mark.vm
+def test_a_stop_during_a_long_command_check_stops_the_app_with_sigterm(runtime, test_images, registry_authfile):
+    """QEMU serves the control socket to one client at a time: the check gives it up to the stop."""
+    spec = spec_for(test_images["sigterm"], registry_authfile)
+    runtime.boot(spec)
+    outcome: list[BaseException] = []
+
+    def long_check():
+        try:
+            runtime.exec_check(spec.instance_id, "sleep 120", timeout_s=120)
+        except ExecCheckFailed as exc:
+            outcome.append(exc)
+
+    checker = threading.Thread(target=long_check)
+    checker.start()
+    time.sleep(2)  # the check holds the control channel now (nothing to wait on: it only sleeps)
+    assert checker.is_alive()
+
+    stopped = runtime.stop(spec.instance_id, timeout_s=10)
+    checker.join(timeout=30)
+
+    lines = [r.text for r in runtime.records(spec.instance_id) if isinstance(r, OutputLine)]
+    assert (stopped.state, stopped.exit_code, SIGTERM_GOT_LINE in lines) == ("exited", 0, True)  # not destroyed
+    assert [str(exc) for exc in outcome] == ["the instance is stopping"]
 
 
 def make_instance_files(runtime: HyperVMRuntime) -> tuple[str, object]:
