@@ -17,8 +17,8 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   libvirt. ``prune_ended`` deletes the folders of instances ended longer ago than a retention.
 - ``release`` is for an instance that ended by itself (its app exited, its VM vanished): what is
   left of its domain goes, and so does its tenant network on this host once no domain uses it.
-  ``network_sweep`` removes every tenant network of this libvirtd (our names only) that no
-  domain uses and the caller does not name as wanted.
+  ``network_sweep`` removes every tenant network this runtime made (``networks/<id>`` notes
+  it) that no domain uses and the caller does not name as wanted.
 - ``stop`` sends ``stop`` on the control port (the init SIGTERMs the app, SIGKILLs it after
   the grace), waits for the ``exit`` record, then destroys whatever is left.
 - ``status``, ``logs``, ``follow`` read the instance's files; nothing here needs the process
@@ -85,7 +85,7 @@ from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
 from vmworker.images.manifest import ImageConfig
 from vmworker.images.store import ImageStore, PreparedImage
-from vmworker.network.tenant import NETWORK_NAME_PREFIX, NetworkAttachment, TenantNetwork, instance_mac
+from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 
 logger = logging.getLogger("vmworker.runtime")
 
@@ -551,14 +551,26 @@ class HyperVMRuntime:
         if network is None:
             self.host.define_and_start(domain)
             return
-        self.host.network_ensure(network.network)
+        self.network_ensure(network.network)
         try:
             self.host.define_and_start(domain)
         except DriverError:
             # A stop on this host removes a network once no domain uses it; if that happened
             # between our ensure and our start, make it again and start once more.
-            self.host.network_ensure(network.network)
+            self.network_ensure(network.network)
             self.host.define_and_start(domain)
+
+    def network_ensure(self, network: TenantNetwork) -> None:
+        """Makes the tenant network on this libvirtd and notes that this runtime made it
+        (``networks/<id>`` in the state dir): the sweep only ever judges networks it made,
+        never those of another runtime sharing the libvirtd."""
+        self.networks_dir.mkdir(mode=0o755, exist_ok=True)
+        (self.networks_dir / network.network_id).touch()
+        self.host.network_ensure(network)
+
+    @property
+    def networks_dir(self) -> Path:
+        return self.state_dir / "networks"
 
     def _wait_for_start(self, instance_id: str, directory: Path, created_at: float, timings: dict) -> None:
         """Until the init reports ``started``; records boot-to-init and init-to-exec."""
@@ -705,21 +717,27 @@ class HyperVMRuntime:
             return False
 
     def network_sweep(self, *, wanted_network_ids: Collection[str]) -> list[str]:
-        """Removes the tenant networks of this libvirtd that no domain uses and that are not
+        """Removes the tenant networks this runtime made that no domain uses and that are not
         wanted (the portal's networks some live instance holds an address on; a boot between
         its network_ensure and its domain start is one of those); returns their libvirt names.
-        Only names of our scheme are looked at: ``default`` and anyone else's stay."""
+        Only networks of our scheme this runtime made are looked at: ``default`` and the
+        networks of other runtimes (other portals) sharing the libvirtd stay."""
         wanted = {str(uuid.UUID(str(network_id))) for network_id in wanted_network_ids}
+        on_host = set(self.host.list_networks())
+        made = self.networks_dir.iterdir() if self.networks_dir.is_dir() else ()
         removed = []
-        for name in self.host.list_networks():
+        for marker in made:
             try:
-                network = TenantNetwork.for_network_id(name.removeprefix(NETWORK_NAME_PREFIX))
+                network = TenantNetwork.for_network_id(marker.name)
             except ValueError:
-                continue  # our prefix, not our scheme: not ours to judge
-            if network.libvirt_name != name or network.network_id in wanted:
                 continue
-            if self._remove_network_if_unused(network):
-                removed.append(name)
+            if network.network_id in wanted:
+                continue
+            if network.libvirt_name not in on_host:
+                marker.unlink(missing_ok=True)  # gone already (a stop removed it)
+            elif self._remove_network_if_unused(network):
+                marker.unlink(missing_ok=True)
+                removed.append(network.libvirt_name)
         if removed:
             logger.info("runtime.networks_swept", extra={"networks": removed})
         return removed

@@ -116,11 +116,13 @@ def test_a_killed_vms_network_and_a_stray_one_go_from_the_host_and_default_stays
     test_images,
 ):
     """No stop ever runs for a VM whose QEMU died: the reconciler releases its network, and the
-    host's sweep removes a tenant network nothing on the host uses (one left by a crashed worker)."""
+    host's sweep removes a tenant network it made that nothing uses (one a crashed worker left);
+    libvirt's default network and a network someone else made stay."""
     runtime = HyperVMRuntime(RuntimeSettings(state_dir=one_host.state_dir))
     default_before = libvirt_networks(runtime)["default"]
-    stray = TenantNetwork.for_network_id(str(uuid.uuid4()))
-    runtime.host.network_ensure(stray)
+    stray, others = (TenantNetwork.for_network_id(str(uuid.uuid4())) for _ in range(2))
+    runtime.network_ensure(stray)  # as a boot on this host does; left behind by a crashed worker
+    runtime.host.network_ensure(others)  # made by someone else on this libvirtd: never ours to remove
     body = {**app_on(test_images, "/lonely", network={"mode": "container", "name": "lonely"}), "backoffSeconds": 3600}
     deploy(access, body)
     [victim] = wait_until("running", lambda: running("/lonely"))
@@ -136,6 +138,8 @@ def test_a_killed_vms_network_and_a_stray_one_go_from_the_host_and_default_stays
         60,
     )
     assert libvirt_networks(runtime)["default"] == default_before  # others' networks are never touched
+    assert others.libvirt_name in libvirt_networks(runtime)
+    runtime.host.network_remove(others)
     app_delete(access=access, app=App.objects.get(tenant=access.tenant, marathon_id="/lonely"))
     wait_until("app gone", lambda: not App.objects.filter(tenant=access.tenant).exists())
 

@@ -320,12 +320,13 @@ def test_folders_of_instances_ended_before_the_retention_are_deleted_and_live_or
     assert runtime.prune_ended(retention_s=3600, keep={kept}) == []
 
 
-def test_the_network_sweep_removes_only_unwanted_unused_networks_of_our_scheme(tmp_path):
+def test_the_network_sweep_removes_only_unwanted_unused_networks_this_runtime_made(tmp_path):
     host = FakeHost()
     runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=host)
-    wanted, unused, busy = (TenantNetwork.for_network_id(str(uuid.uuid4())) for _ in range(3))
+    wanted, unused, busy, others = (TenantNetwork.for_network_id(str(uuid.uuid4())) for _ in range(4))
     for network in (wanted, unused, busy):
-        host.network_ensure(network)
+        runtime.network_ensure(network)
+    host.network_ensure(others)  # another runtime (another portal) on this libvirtd made it
     instance_id = str(uuid.uuid4())
     nic = InterfaceSpec(network=busy.libvirt_name, mac=instance_mac(instance_id, "tenant"))
     host.define_and_start(fake_domain(tmp_path, instance_id, interfaces=(nic,)))
@@ -333,7 +334,7 @@ def test_the_network_sweep_removes_only_unwanted_unused_networks_of_our_scheme(t
     removed = runtime.network_sweep(wanted_network_ids={wanted.network_id})
 
     assert removed == [unused.libvirt_name]
-    assert host.list_networks() == sorted([wanted.libvirt_name, busy.libvirt_name])
+    assert host.list_networks() == sorted([wanted.libvirt_name, busy.libvirt_name, others.libvirt_name])
     host.lookup(instance_id).destroy()
     assert runtime.network_sweep(wanted_network_ids={wanted.network_id}) == [busy.libvirt_name]
 
