@@ -187,10 +187,12 @@ def app_converge(*, app_id: int) -> None:
         max_capacity = max(n, math.floor(n * (1 + strategy.maximum_over_capacity)))
 
         # Too many of the current version: scale down.
+        asked_to_stop = []  # stopping now, though `active` (read before) still says otherwise
         if len(new) > n:
             for victim in _kill_order(new, definition.kill_selection, has_checks)[: len(new) - n]:
                 instance_stop(victim, reason="scaled down")
                 new.remove(victim)
+                asked_to_stop.append(victim)
 
         # Old instances go while enough healthy ones remain (unhealthy old ones cost nothing).
         killable = max(0, sum(_is_healthy(i, has_checks) for i in new + old) - min_healthy)
@@ -201,6 +203,7 @@ def app_converge(*, app_id: int) -> None:
                 killable -= 1
             instance_stop(victim, reason="replaced by a new version")
             old.remove(victim)
+            asked_to_stop.append(victim)
 
         # Unplaced staged instances: try placing them again.
         for waiting in [i for i in new if i.host_id is None and i.status == InstanceStatus.STAGED]:
@@ -224,7 +227,7 @@ def app_converge(*, app_id: int) -> None:
 
         if deployment is not None:
             # Done when the old instances have really stopped, not just been asked to.
-            stopping = sum(i.status == InstanceStatus.STOPPING for i in active)
+            stopping = sum(i.status == InstanceStatus.STOPPING for i in active) + len(asked_to_stop)
             has_checks |= _version_has_checks([i for i in new if i.version_id not in has_checks])
             new_healthy = sum(_is_healthy(i, has_checks) for i in new)
             done = not old and not stopping and len(new) == n and new_healthy == n
