@@ -90,7 +90,9 @@ def _constraints_allow(host: ComputeHost, constraints, app_instances_here: int) 
 
 
 def instance_place(request: PlacementRequest) -> Placement:
-    """Must run in the caller's transaction: the chosen host's row stays locked until commit."""
+    """Must run in the caller's transaction: the chosen host's row stays locked until commit.
+    Host rows are the last lock of a placement (quota -> network -> hosts): take any quota or
+    network row lock before calling this, never after."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("instance_place must run inside transaction.atomic()")
     hosts = list(hosts_alive().select_for_update().order_by("id"))

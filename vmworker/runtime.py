@@ -12,6 +12,13 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   ``config.img``, ``guest.log`` (the log port, written by QEMU: app output and guest events,
   the durable record that survives a worker restart) and ``console.log``; its control socket
   is ``<socket_root>/<hash of state_dir>/<uuid>.sock`` (unix socket paths must stay short).
+  Once it has ended (``stop``, ``release``, or an exit record with the domain gone) it also holds
+  ``ended.json``, its final status: ``status`` answers from it without reading the log or asking
+  libvirt. ``prune_ended`` deletes the folders of instances ended longer ago than a retention.
+- ``release`` is for an instance that ended by itself (its app exited, its VM vanished): what is
+  left of its domain goes, and so does its tenant network on this host once no domain uses it.
+  ``network_sweep`` removes every tenant network this runtime made (``networks/<id>`` notes
+  it) that no domain uses and the caller does not name as wanted.
 - ``stop`` sends ``stop`` on the control port (the init SIGTERMs the app, SIGKILLs it after
   the grace), waits for the ``exit`` record, then destroys whatever is left.
 - ``status``, ``logs``, ``follow`` read the instance's files; nothing here needs the process
@@ -20,7 +27,10 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   STATUS_CACHE_INSTANCES instances, the last MAX_STATUS_ERRORS errors each).
 - ``exec_check`` runs a command in the instance's container through the control port (the
   guest init forks ``/bin/sh -c``) and returns its exit code; ``ExecCheckFailed`` says why it
-  could not run to its end (no /bin/sh in the image, timeout, the VM unreachable).
+  could not run to its end (no /bin/sh in the image, timeout, the VM unreachable, a stop).
+  QEMU serves the control socket to one client at a time, and a stop must never queue behind
+  a long check: ``stop`` first leaves ``stop.requested`` in the instance folder (seen by any
+  process), and a check gives the channel up within EXEC_STOP_POLL_S once it is there.
 
 No Django here: plain dataclasses in and out.
 """
@@ -39,7 +49,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,6 +94,7 @@ USER_NET_GUEST = GuestNetwork(ip_cidr="10.0.2.15/24", gateway="10.0.2.2")
 INSTANCE_FILE = "instance.json"
 GUEST_LOG = "guest.log"
 CONSOLE_LOG = "console.log"
+ENDED_FILE = "ended.json"
 CONSOLE_TAIL_BYTES = 4096
 GiB = 1024**3
 STATUS_CACHE_INSTANCES = 4096
@@ -93,6 +104,8 @@ LOG_TAIL_CHECK_BYTES = 64
 # How long past the command's own timeout the guest's answer may take (the init kills the
 # command at its timeout; this covers the port and a paused control reader).
 EXEC_REPLY_MARGIN_S = 5.0
+STOP_REQUEST_FILE = "stop.requested"
+EXEC_STOP_POLL_S = 0.2  # how soon a running check gives the control channel up to a stop
 
 
 class RuntimeFailure(Exception):
@@ -538,14 +551,26 @@ class HyperVMRuntime:
         if network is None:
             self.host.define_and_start(domain)
             return
-        self.host.network_ensure(network.network)
+        self.network_ensure(network.network)
         try:
             self.host.define_and_start(domain)
         except DriverError:
             # A stop on this host removes a network once no domain uses it; if that happened
             # between our ensure and our start, make it again and start once more.
-            self.host.network_ensure(network.network)
+            self.network_ensure(network.network)
             self.host.define_and_start(domain)
+
+    def network_ensure(self, network: TenantNetwork) -> None:
+        """Makes the tenant network on this libvirtd and notes that this runtime made it
+        (``networks/<id>`` in the state dir): the sweep only ever judges networks it made,
+        never those of another runtime sharing the libvirtd."""
+        self.networks_dir.mkdir(mode=0o755, exist_ok=True)
+        (self.networks_dir / network.network_id).touch()
+        self.host.network_ensure(network)
+
+    @property
+    def networks_dir(self) -> Path:
+        return self.state_dir / "networks"
 
     def _wait_for_start(self, instance_id: str, directory: Path, created_at: float, timings: dict) -> None:
         """Until the init reports ``started``; records boot-to-init and init-to-exec."""
@@ -632,6 +657,7 @@ class HyperVMRuntime:
         info = self._read_instance(instance_id)
         grace = timeout_s if timeout_s is not None else self.settings.stop_grace_s
         if self._guest_state(instance_id) not in STOPPED_STATES:
+            (self.instance_dir(instance_id) / STOP_REQUEST_FILE).touch()  # a running check lets go
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
                     control.settimeout(5)
@@ -651,7 +677,15 @@ class HyperVMRuntime:
         self._destroy_domain(instance_id)
         self._release_network(info)
         logger.info("runtime.stopped", extra={"instance_id": instance_id, "instance_name": info["name"]})
-        return self.status(instance_id)
+        return self._record_end(instance_id)
+
+    def release(self, instance_id: str) -> InstanceStatus:
+        """The instance ended by itself (its app exited, its QEMU died): destroy what is left of
+        its domain, free its tenant network on this host, record its end. Raises InstanceNotFound."""
+        info = self._read_instance(instance_id)
+        self._destroy_domain(instance_id)
+        self._release_network(info)
+        return self._record_end(instance_id)
 
     def remove(self, instance_id: str) -> None:
         """Destroy the domain (if any) and delete the instance's files."""
@@ -662,6 +696,9 @@ class HyperVMRuntime:
         self._destroy_domain(instance_id)
         if info is not None:
             self._release_network(info)
+        self._remove_files(instance_id)
+
+    def _remove_files(self, instance_id: str) -> None:
         self.control_socket(instance_id).unlink(missing_ok=True)
         shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
         self._log_progress.pop(str(uuid.UUID(instance_id)), None)
@@ -669,13 +706,81 @@ class HyperVMRuntime:
     def _release_network(self, info: dict) -> None:
         """The instance's tenant network goes from this host once no domain here uses it."""
         attachment = info.get("network")
-        if not attachment:
-            return
-        network = TenantNetwork.for_network_id(attachment["network_id"])
+        if attachment:
+            self._remove_network_if_unused(TenantNetwork.for_network_id(attachment["network_id"]))
+
+    def _remove_network_if_unused(self, network: TenantNetwork) -> bool:
         try:
-            self.host.network_remove(network, only_if_unused=True)
+            return self.host.network_remove(network, only_if_unused=True)
         except DriverError:
             logger.warning("runtime.network_remove_failed", extra={"network": network.libvirt_name}, exc_info=True)
+            return False
+
+    def network_sweep(self, *, wanted_network_ids: Collection[str]) -> list[str]:
+        """Removes the tenant networks this runtime made that no domain uses and that are not
+        wanted (the portal's networks some live instance holds an address on; a boot between
+        its network_ensure and its domain start is one of those); returns their libvirt names.
+        Only networks of our scheme this runtime made are looked at: ``default`` and the
+        networks of other runtimes (other portals) sharing the libvirtd stay."""
+        wanted = {str(uuid.UUID(str(network_id))) for network_id in wanted_network_ids}
+        on_host = set(self.host.list_networks())
+        made = self.networks_dir.iterdir() if self.networks_dir.is_dir() else ()
+        removed = []
+        for marker in made:
+            try:
+                network = TenantNetwork.for_network_id(marker.name)
+            except ValueError:
+                continue
+            if network.network_id in wanted:
+                continue
+            if network.libvirt_name not in on_host:
+                marker.unlink(missing_ok=True)  # gone already (a stop removed it)
+            elif self._remove_network_if_unused(network):
+                marker.unlink(missing_ok=True)
+                removed.append(network.libvirt_name)
+        if removed:
+            logger.info("runtime.networks_swept", extra={"networks": removed})
+        return removed
+
+    def live_instance_ids(self) -> set[str]:
+        """Instances of this state dir whose domain exists: one libvirt listing, no log reads."""
+        domains = {guest.instance_id for guest in self.host.list_guests()}
+        return {path.name for path in self.instances_dir.iterdir() if path.name in domains}
+
+    def prune_ended(self, *, retention_s: float, keep: Collection[str] = ()) -> list[str]:
+        """Deletes the folders of instances that ended more than ``retention_s`` ago (their
+        record, console tail and failure reason live on in the portal's database); returns
+        their ids. An instance in ``keep`` or with a domain stays whatever its files say. One
+        without an end record (it vanished before it was released) counts from its last write."""
+        cutoff = time.time() - retention_s
+        spared = {str(instance_id) for instance_id in keep} | self.live_instance_ids()
+        pruned = []
+        for path in self.instances_dir.iterdir():
+            if path.name in spared or not _is_instance_dir_name(path.name):
+                continue
+            ended_at = _ended_at(path)
+            if ended_at is not None and ended_at < cutoff:
+                self._remove_files(path.name)
+                pruned.append(path.name)
+        if pruned:
+            logger.info("runtime.instances_pruned", extra={"count": len(pruned)})
+        return pruned
+
+    def _record_end(self, instance_id: str) -> InstanceStatus:
+        status = self._live_status(self._read_instance(instance_id))
+        _atomic_write_json(
+            self.instance_dir(instance_id) / ENDED_FILE,
+            {
+                "state": status.state,
+                "exit_code": status.exit_code,
+                "oom": status.oom,
+                "errors": list(status.errors),
+                "ended_at": time.time(),
+                "log_inode": _inode(self.instance_dir(instance_id) / GUEST_LOG),
+            },
+        )
+        self._log_progress.pop(status.instance_id, None)
+        return status
 
     def records(self, instance_id: str) -> list[GuestRecord]:
         parser = GuestLogParser()
@@ -684,24 +789,36 @@ class HyperVMRuntime:
 
     def status(self, instance_id: str) -> InstanceStatus:
         info = self._read_instance(instance_id)
+        ended = self._read_end(instance_id)
+        if ended is None:
+            status = self._live_status(info)
+            if status.state == "exited" and self._guest_state(instance_id) in STOPPED_STATES:
+                return self._record_end(instance_id)  # final: the log will not grow again
+            return status
+        return _instance_status(
+            info, state=ended["state"], exit_code=ended["exit_code"], oom=ended["oom"], errors=tuple(ended["errors"])
+        )
+
+    def _read_end(self, instance_id: str) -> dict | None:
+        """The end record, if it is about the guest log there now (an instance made again has a new one)."""
+        directory = self.instance_dir(instance_id)
+        try:
+            ended = json.loads((directory / ENDED_FILE).read_text())
+            return ended if ended.get("log_inode") == _inode(directory / GUEST_LOG) else None
+        except FileNotFoundError:
+            return None
+
+    def _live_status(self, info: dict) -> InstanceStatus:
         progress = self._read_log_progress(info["instance_id"])
-        guest_state = self._guest_state(instance_id)
+        guest_state = self._guest_state(info["instance_id"])
         if progress.exit_code is not None:
             state = "exited"
         elif guest_state in STOPPED_STATES:
             state = "lost"
         else:
             state = "running" if progress.started else "booting"
-        return InstanceStatus(
-            instance_id=info["instance_id"],
-            name=info["name"],
-            image=info["image"],
-            state=state,
-            exit_code=progress.exit_code,
-            oom=progress.oom,
-            errors=progress.errors,
-            ports=tuple(PortForward(**port) for port in info["ports"]),
-            created_at=info["created_at"],
+        return _instance_status(
+            info, state=state, exit_code=progress.exit_code, oom=progress.oom, errors=progress.errors
         )
 
     def _read_log_progress(self, instance_id: str) -> _LogProgress:
@@ -748,8 +865,11 @@ class HyperVMRuntime:
         working dir) and returns its exit code. The guest kills it after ``timeout_s``.
         Raises ExecCheckFailed when it could not run to its end, InstanceNotFound."""
         self._read_instance(instance_id)
+        stop_requested = self.instance_dir(instance_id) / STOP_REQUEST_FILE
         if self._guest_state(instance_id) in STOPPED_STATES:
             raise ExecCheckFailed("the VM is not running")
+        if stop_requested.exists():
+            raise ExecCheckFailed("the instance is stopping")
         request_id = uuid.uuid4().hex
         try:
             request = exec_request(request_id, command, timeout_s)
@@ -764,8 +884,13 @@ class HyperVMRuntime:
                 control.sendall(request)
                 pending = b""
                 while (remaining := deadline - self._clock()) > 0:
-                    control.settimeout(remaining)
-                    chunk = control.recv(4096)
+                    if stop_requested.exists():  # closing the socket hands the channel to the stop
+                        raise ExecCheckFailed("the instance is stopping")
+                    control.settimeout(min(remaining, EXEC_STOP_POLL_S))
+                    try:
+                        chunk = control.recv(4096)
+                    except TimeoutError:
+                        continue
                     if not chunk:
                         raise ExecCheckFailed("the guest closed its control channel")
                     *lines, pending = (pending + chunk).split(b"\n")
@@ -832,6 +957,49 @@ class HyperVMRuntime:
                 return console.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+
+
+def _instance_status(info: dict, *, state: str, exit_code: int | None, oom: bool, errors: tuple) -> InstanceStatus:
+    return InstanceStatus(
+        instance_id=info["instance_id"],
+        name=info["name"],
+        image=info["image"],
+        state=state,
+        exit_code=exit_code,
+        oom=oom,
+        errors=errors,
+        ports=tuple(PortForward(**port) for port in info["ports"]),
+        created_at=info["created_at"],
+    )
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _is_instance_dir_name(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
+
+
+def _ended_at(directory: Path) -> float | None:
+    """When the instance ended: its end record's time, else its files' last write (None: no files)."""
+    try:
+        return json.loads((directory / ENDED_FILE).read_text())["ended_at"]
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    times = []
+    for name in (INSTANCE_FILE, GUEST_LOG, CONSOLE_LOG):
+        try:
+            times.append((directory / name).stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return max(times, default=None)
 
 
 def _exec_exit_code(result: ExecResult, timeout_s: float) -> int:

@@ -18,6 +18,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -340,6 +342,7 @@ def reconcile_host(name: str) -> None:
     """What libvirt and the instance files say, against what the database says; then health."""
     if name != host_name():
         return
+    healthy_candidates = []
     for instance in Instance.objects.select_related("app", "version").filter(host__name=name, status__in=INSTANCE_UP):
         try:
             status = runtime().status(str(instance.pk))
@@ -354,6 +357,7 @@ def reconcile_host(name: str) -> None:
                 failure_reason=reason,
                 console_tail=runtime().console_tail(str(instance.pk))[-4000:],
             )
+            _release(instance)
         elif status.state == "exited":
             reason = f"the app exited with code {status.exit_code}" + (" (OOM)" if status.oom else "")
             instance_transition(
@@ -364,16 +368,77 @@ def reconcile_host(name: str) -> None:
                 exit_code=status.exit_code,
                 oom_killed=status.oom,
             )
+            _release(instance)
         else:
-            _check_health(instance)
+            healthy_candidates.append(instance)
+    _health_round(healthy_candidates)
     _destroy_orphans(name)
     _retry_stuck(name)
+    _sweep_host(name)
+
+
+# Health probes run in a bounded pool of this worker process, not in the reconcile task: a
+# round waits at most HEALTH_ROUND_S for them (a COMMAND check may take its timeout + 5 s), so
+# it never holds one of the host queue's few slots for long; a probe still running is not
+# started again by the next round, its result is written when it ends.
+HEALTH_PROBE_THREADS = 8
+HEALTH_ROUND_S = 3.0
+_probe_pool: ThreadPoolExecutor | None = None
+_probing: set[str] = set()
+_probing_lock = threading.Lock()
+
+
+def _health_round(instances: list[Instance]) -> None:
+    global _probe_pool
+    futures = []
+    with _probing_lock:
+        if instances and _probe_pool is None:
+            _probe_pool = ThreadPoolExecutor(max_workers=HEALTH_PROBE_THREADS, thread_name_prefix="health-probe")
+        for instance in instances:
+            if str(instance.pk) in _probing:
+                continue
+            _probing.add(str(instance.pk))
+            futures.append(_probe_pool.submit(_check_health_in_pool, instance))
+    futures_wait(futures, timeout=HEALTH_ROUND_S)
+
+
+def _check_health_in_pool(instance: Instance) -> None:
+    from django.db import connection
+
+    try:
+        _check_health(instance)
+    except Exception:
+        logger.warning("instance.health_check_failed", extra={"instance_id": str(instance.pk)}, exc_info=True)
+    finally:
+        with _probing_lock:
+            _probing.discard(str(instance.pk))
+        connection.close()  # this thread's own connection: a pool thread must not keep one open
+
+
+def _release(instance: Instance) -> None:
+    """An instance that ended by itself: its domain remnant and its tenant network go from this host."""
+    try:
+        runtime().release(str(instance.pk))
+    except InstanceNotFound:
+        pass  # its folder is gone already (pruned, or never made here)
+
+
+def _sweep_host(name: str) -> None:
+    """What no live instance needs any more: tenant networks on this libvirtd that no domain
+    uses and no live instance holds an address on (some instance ended without a stop, e.g. a
+    killed QEMU, or a release failed), and the folders of instances ended longer ago than
+    HOST_INSTANCE_RETENTION_S (so per-round work does not grow with every instance ever run)."""
+    from portal.services.networks import network_ids_in_use
+
+    runtime().network_sweep(wanted_network_ids=network_ids_in_use())
+    live = Instance.objects.filter(host__name=name, status__in=INSTANCE_ACTIVE).values_list("pk", flat=True)
+    runtime().prune_ended(retention_s=settings.HOST_INSTANCE_RETENTION_S, keep={str(pk) for pk in live})
 
 
 def _destroy_orphans(name: str) -> None:
     """VMs this host runs whose instance has ended or no longer exists (e.g. its app was
     deleted while a stop failed): the database is the truth, the VM goes."""
-    running = {s.instance_id for s in runtime().list_instances() if s.state in ("running", "booting")}
+    running = runtime().live_instance_ids()
     if not running:
         return
     live = {

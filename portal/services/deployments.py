@@ -85,9 +85,16 @@ def instance_stop(instance: Instance, *, reason: str = "") -> None:
 def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
     """Place the instance and give it its tenant-network address, in one transaction: when
     either fails (no host, the network full, no network quota) nothing is claimed and the
-    instance waits, staged, with the reason."""
+    instance waits, staged, with the reason.
+
+    Locks are taken in the one order every writer uses: the tenant's quota row (by
+    ``network_ensure`` when it makes the network), the network row (the address), then the
+    host rows (``instance_place``). Hosts first would deadlock against ``app_create``, which
+    holds the quota row when it places."""
     try:
         with transaction.atomic():
+            network = network_ensure(tenant=instance.tenant, name=network_name_for(definition))
+            allocation = network_address_allocate(instance=instance, network=network)
             placement = instance_place(
                 PlacementRequest(
                     app_id=instance.app_id,
@@ -97,8 +104,6 @@ def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
                     constraints=definition.constraints,
                 )
             )
-            network = network_ensure(tenant=instance.tenant, name=network_name_for(definition))
-            allocation = network_address_allocate(instance=instance, network=network)
             instance.host = placement.host
             instance.host_ports = list(placement.host_ports)
             instance.ip_address = allocation.address
@@ -182,10 +187,12 @@ def app_converge(*, app_id: int) -> None:
         max_capacity = max(n, math.floor(n * (1 + strategy.maximum_over_capacity)))
 
         # Too many of the current version: scale down.
+        asked_to_stop = []  # stopping now, though `active` (read before) still says otherwise
         if len(new) > n:
             for victim in _kill_order(new, definition.kill_selection, has_checks)[: len(new) - n]:
                 instance_stop(victim, reason="scaled down")
                 new.remove(victim)
+                asked_to_stop.append(victim)
 
         # Old instances go while enough healthy ones remain (unhealthy old ones cost nothing).
         killable = max(0, sum(_is_healthy(i, has_checks) for i in new + old) - min_healthy)
@@ -196,6 +203,7 @@ def app_converge(*, app_id: int) -> None:
                 killable -= 1
             instance_stop(victim, reason="replaced by a new version")
             old.remove(victim)
+            asked_to_stop.append(victim)
 
         # Unplaced staged instances: try placing them again.
         for waiting in [i for i in new if i.host_id is None and i.status == InstanceStatus.STAGED]:
@@ -219,7 +227,7 @@ def app_converge(*, app_id: int) -> None:
 
         if deployment is not None:
             # Done when the old instances have really stopped, not just been asked to.
-            stopping = sum(i.status == InstanceStatus.STOPPING for i in active)
+            stopping = sum(i.status == InstanceStatus.STOPPING for i in active) + len(asked_to_stop)
             has_checks |= _version_has_checks([i for i in new if i.version_id not in has_checks])
             new_healthy = sum(_is_healthy(i, has_checks) for i in new)
             done = not old and not stopping and len(new) == n and new_healthy == n

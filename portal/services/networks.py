@@ -9,6 +9,8 @@
   its address across retries (one allocation per instance). A full network raises
   ``NetworkFull``.
 - ``network_address_release`` frees it; portal.services.instances calls it when an instance ends.
+- ``network_ids_in_use`` names the networks some instance holds an address on (the host
+  workers' network sweep keeps those on libvirt).
 - ``network_remove_unused`` deletes the tenant's networks no app uses any more and no instance
   holds an address on (with their quota claims); the engine calls it when an app is deleted, so
   a tenant without apps holds no network (a later deploy makes its default one again).
@@ -132,6 +134,13 @@ def network_remove_unused(*, tenant: Tenant) -> list[str]:
     if removed:
         logger.info("network.removed", extra={"tenant": tenant.slug, "networks": removed})
     return removed
+
+
+def network_ids_in_use() -> set[str]:
+    """Every network some instance holds an address on (instances free theirs when they end):
+    what a host's network sweep must leave alone, wherever the instance runs (hosts may share
+    one libvirtd, and a boot makes the network before its domain uses it)."""
+    return {str(pk) for pk in NetworkAllocation.objects.values_list("network_id", flat=True).distinct()}
 
 
 def network_attachment_of(instance: Instance) -> tuple[Network, NetworkAllocation] | None:

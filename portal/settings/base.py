@@ -184,6 +184,9 @@ HOST_PORT_RANGE = (
 )
 # A host port found held by a program outside the platform is skipped by placement this long.
 HOST_PORT_BLOCK_S = float(os.environ.get("PORTAL_HOST_PORT_BLOCK_S", "600"))
+# How long a host keeps an ended instance's folder (its guest log) before deleting it; the
+# portal's database keeps its console tail, failure reason and timings.
+HOST_INSTANCE_RETENTION_S = float(os.environ.get("PORTAL_HOST_INSTANCE_RETENTION_S", "3600"))
 RECONCILE_INTERVAL_S = float(os.environ.get("PORTAL_RECONCILE_INTERVAL_S", "2"))
 GUEST_MIN_MEMORY_MIB = 96  # the guest kernel does not start in less
 

@@ -40,6 +40,18 @@ def make_instance(tenant, app_id="/web") -> Instance:
     return Instance.objects.create(tenant=tenant, app=app, version=version, vcpus=1, memory_mib=128)
 
 
+def host_up(name: str) -> ComputeHost:
+    return ComputeHost.objects.create(
+        name=name,
+        queue=f"host.{name}",
+        libvirt_uri="qemu:///system",
+        vcpus=8,
+        memory_mib=8192,
+        virt_type="qemu",
+        last_heartbeat_at=timezone.now(),
+    )
+
+
 @pytest.mark.django_db
 def test_a_tenants_networks_get_distinct_subnets_and_a_quota_claim_each(tenant, other_tenant):
     default = network_ensure(tenant=tenant, name="default")
@@ -179,15 +191,7 @@ def test_which_network_an_app_joins(networks, expected):
 
 @pytest.mark.django_db
 def test_a_deployed_instance_gets_its_address_at_placement_and_shows_it(tenant):
-    ComputeHost.objects.create(
-        name="host-n",
-        queue="host.host-n",
-        libvirt_uri="qemu:///system",
-        vcpus=8,
-        memory_mib=8192,
-        virt_type="qemu",
-        last_heartbeat_at=timezone.now(),
-    )
+    host_up("host-n")
     user = MembershipFactory(tenant=tenant, role=TenantRole.DEVELOPER).user
     access = tenant_access_resolve(user=user, slug=tenant.slug)
     body = {**APP, "instances": 2, "networks": [{"mode": "container", "name": "backend"}]}
@@ -241,3 +245,63 @@ def test_the_network_an_app_left_goes_when_its_deployment_finishes(tenant):
 
     assert (before, list(Network.objects.filter(tenant=tenant).values_list("name", flat=True))) == (["a"], ["b"])
     assert quota_usage(tenant=tenant)["networks"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_placing_on_a_new_network_while_first_deploys_make_it_does_not_deadlock(monkeypatch):
+    """Lock order quota -> network -> hosts everywhere. A waiting instance placed again (the
+    converge of a scale) on a network nobody made yet, while two first deploys of that network
+    run: the placement holds the host rows a while (held on purpose, so the two sides overlap).
+    Hosts-before-quota there made PostgreSQL abort one side with a deadlock."""
+    from portal.services import deployments
+
+    tenant = TenantFactory()
+    Quota.objects.filter(tenant=tenant).update(instances=10, vcpus=10, memory_mib=10_000)
+    host_up("host-lock")
+    on_fresh = {**APP, "networks": [{"mode": "container", "name": "fresh"}]}
+    waiting = make_instance(tenant, "/scaled")
+    AppVersion.objects.filter(pk=waiting.version_id).update(definition=parse_app_definition(on_fresh).to_stored())
+    developer = MembershipFactory(tenant=tenant, role=TenantRole.DEVELOPER).user
+    access = tenant_access_resolve(user=developer, slug=tenant.slug)
+    hosts_held = threading.Event()
+    real_place = deployments.instance_place
+
+    def place_and_hold(request):
+        placement = real_place(request)
+        if threading.current_thread().name == "scale":
+            hosts_held.set()
+            connection.cursor().execute("SELECT pg_sleep(0.5)")  # the host rows stay locked meanwhile
+        return placement
+
+    monkeypatch.setattr(deployments, "instance_place", place_and_hold)
+    failures: list[BaseException] = []
+
+    def contender(work):
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+        finally:
+            close_old_connections()
+            connection.close()
+
+    def first_deploy(app_id):
+        hosts_held.wait(timeout=20)
+        app_services.app_create(access=access, definition=parse_app_definition({**on_fresh, "id": app_id}))
+
+    threads = [
+        threading.Thread(target=contender, args=(lambda: app_converge(app_id=waiting.app_id),), name="scale"),
+        *(
+            threading.Thread(target=contender, args=(lambda app_id=app_id: first_deploy(app_id),), name=app_id)
+            for app_id in ("/first-a", "/first-b")
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    placed = Instance.objects.filter(tenant=tenant, host__name="host-lock")
+    assert sorted(placed.values_list("app__marathon_id", flat=True)) == ["/first-a", "/first-b", "/scaled"]
+    assert list(Network.objects.filter(tenant=tenant).values_list("name", flat=True)) == ["fresh"]
+    assert sorted(placed.values_list("ip_address", flat=True)) == ["10.1.0.1", "10.1.0.2", "10.1.0.3"]

@@ -6,7 +6,10 @@ none of them. Probes are bounded and aim only at these test VMs' addresses."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import time
+import uuid
 
 import pytest
 from django.db import close_old_connections
@@ -20,6 +23,7 @@ from tests.portal.test_pipeline import access, marathon, one_host, wait_until  #
 from tests.support.network_probe import NOT_REACHED, REACHED, probe_results, probe_script
 from tests.support.tenant_access import owner_access_with_registry
 from vmworker.guestinit.protocol import OutputLine
+from vmworker.network.tenant import TenantNetwork
 from vmworker.runtime import HyperVMRuntime, RuntimeSettings
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -104,3 +108,48 @@ def test_apps_of_one_tenant_network_reach_each_other_and_another_tenants_app_doe
     wait_until("apps gone", lambda: not App.objects.filter(tenant__in=[access.tenant, outsider_access.tenant]).exists())
     assert quota_usage(tenant=access.tenant)["networks"] == quota_usage(tenant=outsider_access.tenant)["networks"] == 0
     assert not Network.objects.filter(tenant__in=[access.tenant, outsider_access.tenant]).exists()
+
+
+def test_a_killed_vms_network_and_a_stray_one_go_from_the_host_and_default_stays(
+    access,  # noqa: F811 (the fixture imported above)
+    one_host,  # noqa: F811
+    test_images,
+):
+    """No stop ever runs for a VM whose QEMU died: the reconciler releases its network, and the
+    host's sweep removes a tenant network it made that nothing uses (one a crashed worker left);
+    libvirt's default network and a network someone else made stay."""
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=one_host.state_dir))
+    default_before = libvirt_networks(runtime)["default"]
+    stray, others = (TenantNetwork.for_network_id(str(uuid.uuid4())) for _ in range(2))
+    runtime.network_ensure(stray)  # as a boot on this host does; left behind by a crashed worker
+    runtime.host.network_ensure(others)  # made by someone else on this libvirtd: never ours to remove
+    body = {**app_on(test_images, "/lonely", network={"mode": "container", "name": "lonely"}), "backoffSeconds": 3600}
+    deploy(access, body)
+    [victim] = wait_until("running", lambda: running("/lonely"))
+    network = TenantNetwork.for_network_id(str(Network.objects.get(tenant=access.tenant, name="lonely").pk))
+    assert network.libvirt_name in runtime.host.list_networks()
+
+    os.kill(runtime.host.lookup(str(victim.pk)).qemu_pid(), signal.SIGKILL)
+
+    wait_until("marked lost", lambda: Instance.objects.filter(pk=victim.pk, status=InstanceStatus.LOST).exists(), 60)
+    wait_until(
+        "both networks gone from libvirt",
+        lambda: not {network.libvirt_name, stray.libvirt_name} & set(libvirt_networks(runtime)),
+        60,
+    )
+    assert libvirt_networks(runtime)["default"] == default_before  # others' networks are never touched
+    assert others.libvirt_name in libvirt_networks(runtime)
+    runtime.host.network_remove(others)
+    app_delete(access=access, app=App.objects.get(tenant=access.tenant, marathon_id="/lonely"))
+    wait_until("app gone", lambda: not App.objects.filter(tenant=access.tenant).exists())
+
+
+def libvirt_networks(runtime: HyperVMRuntime) -> dict[str, bool]:
+    """Every network of the host's libvirtd (not only ours) and whether it is active."""
+    import libvirt
+
+    connection = libvirt.open(runtime.settings.libvirt_uri)
+    try:
+        return {network.name(): bool(network.isActive()) for network in connection.listAllNetworks(0)}
+    finally:
+        connection.close()

@@ -7,13 +7,14 @@ import os
 import signal
 import time
 import urllib.request
+from datetime import datetime
 
 import pytest
 from django.db import close_old_connections
 
 from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, HostState, InstanceStatus
 from portal.marathon import parse_app_definition
-from portal.models import App, ComputeHost, Deployment, Instance
+from portal.models import App, ComputeHost, Deployment, Event, Instance
 from portal.selectors import app_get
 from portal.services.apps import app_create, app_delete
 from tenants.access import tenant_access_resolve
@@ -46,6 +47,24 @@ def active(app_marathon_id: str) -> list[Instance]:
         .select_related("host")
         .order_by("created_at")
     )
+
+
+def healthy_over_time(app_marathon_id: str) -> tuple[list[int], list[tuple[str, str]]]:
+    """How many of the app's instances were healthy after each status change, from the event
+    log (every change writes a status_update_event in its own transaction, with the time it
+    happened under the instance's row lock): exact, nothing sampled. Also the changes, in order."""
+    changes = sorted(
+        (datetime.fromisoformat(data["phaseTimes"][data["status"]]), data["instanceId"], data["status"])
+        for data in Event.objects.filter(kind="status_update_event", app__marathon_id=app_marathon_id).values_list(
+            "data", flat=True
+        )
+    )
+    status_of: dict[str, str] = {}
+    counts = []
+    for _, instance_id, status in changes:
+        status_of[instance_id] = status
+        counts.append(sum(s == InstanceStatus.HEALTHY for s in status_of.values()))
+    return counts, [(instance_id, status) for _, instance_id, status in changes]
 
 
 def deployment_done(deployment) -> bool:
@@ -138,14 +157,13 @@ def test_marathon_client_deploys_rolls_scales_and_deletes(marathon, access, one_
     app = marathon.get_app("/web")
     app.env = {"COLOR": "blue"}
     marathon.update_app("/web", app)
-    lowest_healthy = 2
-    deadline = time.monotonic() + WAIT_S
-    while marathon.list_deployments():
-        close_old_connections()
-        lowest_healthy = min(lowest_healthy, sum(i.status == InstanceStatus.HEALTHY for i in active("/web")))
-        assert time.monotonic() < deadline, "the rolling update did not finish"
-        time.sleep(0.2)
-    assert lowest_healthy >= 2  # minimumHealthCapacity 1 with 2 instances: never below 2 healthy
+    wait_until("the rolling update finished", lambda: not marathon.list_deployments())
+    counts, changes = healthy_over_time("/web")
+    reached = {status: {i for i, s in changes if s == status} for status in ("healthy", "stopping", "stopped")}
+    # The record holds the whole update: 2 old and 2 new instances healthy, the 2 old stopped...
+    assert [len(reached[status]) for status in ("healthy", "stopping", "stopped")] == [4, 2, 2], changes
+    # ...and from the first moment 2 were healthy, never fewer (minimumHealthCapacity 1, 2 instances).
+    assert min(counts[counts.index(2) :]) == 2
     current = app_get(tenant=access.tenant, marathon_id="/web").current_version_id
     assert {i.version_id for i in active("/web")} == {current}
     assert {i.app.marathon_id for i in active("/web")} == {"/web"}

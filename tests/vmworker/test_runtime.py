@@ -1,18 +1,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import threading
 import time
 import uuid
 
 import pytest
 
-from tests.support.oci_images import PRINTER_STDOUT_LINES, SIGTERM_READY_LINE
+from tests.support.oci_images import PRINTER_STDOUT_LINES, SIGTERM_GOT_LINE, SIGTERM_READY_LINE
 from vmworker.cli import credentials_from_authfile, parse_publish
 from vmworker.driver.fake import FakeHost
-from vmworker.driver.spec import PortForward
+from vmworker.driver.spec import DomainSpec, InterfaceSpec, PortForward
 from vmworker.guestinit.protocol import OutputLine
 from vmworker.images.manifest import ImageConfig
+from vmworker.network.tenant import TenantNetwork, instance_mac
 from vmworker.runtime import (
     LOG_TAIL_CHECK_BYTES,
     BootFailed,
@@ -173,6 +176,32 @@ def test_exec_check_runs_commands_inside_the_instance(runtime, test_images, regi
         runtime.exec_check(spec.instance_id, "true", timeout_s=10)
 
 
+@pytest.mark.vm
+def test_a_stop_during_a_long_command_check_stops_the_app_with_sigterm(runtime, test_images, registry_authfile):
+    """QEMU serves the control socket to one client at a time: the check gives it up to the stop."""
+    spec = spec_for(test_images["sigterm"], registry_authfile)
+    runtime.boot(spec)
+    outcome: list[BaseException] = []
+
+    def long_check():
+        try:
+            runtime.exec_check(spec.instance_id, "sleep 120", timeout_s=120)
+        except ExecCheckFailed as exc:
+            outcome.append(exc)
+
+    checker = threading.Thread(target=long_check)
+    checker.start()
+    time.sleep(2)  # the check holds the control channel now (nothing to wait on: it only sleeps)
+    assert checker.is_alive()
+
+    stopped = runtime.stop(spec.instance_id, timeout_s=10)
+    checker.join(timeout=30)
+
+    lines = [r.text for r in runtime.records(spec.instance_id) if isinstance(r, OutputLine)]
+    assert (stopped.state, stopped.exit_code, SIGTERM_GOT_LINE in lines) == ("exited", 0, True)  # not destroyed
+    assert [str(exc) for exc in outcome] == ["the instance is stopping"]
+
+
 def make_instance_files(runtime: HyperVMRuntime) -> tuple[str, object]:
     instance_id = str(uuid.uuid4())
     directory = runtime.instance_dir(instance_id)
@@ -237,3 +266,91 @@ def test_status_remembers_a_bounded_number_of_instances(tmp_path, monkeypatch):
     assert runtime.log_bytes_read == read + LOG_TAIL_CHECK_BYTES
     runtime.status(logs[0])  # forgotten (the oldest): read again from the start
     assert runtime.log_bytes_read == read + LOG_TAIL_CHECK_BYTES + len(content)
+
+
+def ended_instances(runtime: HyperVMRuntime, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        instance_id, log = make_instance_files(runtime)
+        log.write_bytes(b"started 1.0\nout hello\nexit 0\n")
+        ids.append(instance_id)
+    return ids
+
+
+def test_ended_instances_are_recorded_once_then_cost_no_log_read_nor_libvirt_lookup(tmp_path, monkeypatch):
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
+    ids = ended_instances(runtime, 1500)
+    assert {s.state for s in runtime.list_instances()} == {"exited"}  # each log read once, its end recorded
+    lookups = []
+    real_lookup = runtime.host.lookup
+    monkeypatch.setattr(
+        runtime.host, "lookup", lambda instance_id: lookups.append(instance_id) or real_lookup(instance_id)
+    )
+    read = runtime.log_bytes_read
+
+    statuses = runtime.list_instances()
+
+    assert (len(statuses), {(s.state, s.exit_code) for s in statuses}) == (1500, {("exited", 0)})
+    assert (runtime.log_bytes_read - read, lookups, runtime.live_instance_ids()) == (0, [], set())
+    fresh = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())  # a restarted worker
+    assert (fresh.status(ids[0]).state, fresh.log_bytes_read) == ("exited", 0)
+
+
+def test_folders_of_instances_ended_before_the_retention_are_deleted_and_live_or_kept_ones_stay(tmp_path):
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
+    old, recent = ended_instances(runtime, 300), ended_instances(runtime, 20)
+    for instance_id in old + recent:
+        runtime.release(instance_id)
+    hour_ago = time.time() - 3700
+    for instance_id in old:
+        record = runtime.instance_dir(instance_id) / "ended.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "ended_at": hour_ago}))
+    vanished, _ = make_instance_files(runtime)  # never released (the worker died): its files' age counts
+    os.utime(runtime.instance_dir(vanished) / "instance.json", (hour_ago, hour_ago))
+    kept, _ = make_instance_files(runtime)  # the database still calls it live (e.g. booting)
+    os.utime(runtime.instance_dir(kept) / "instance.json", (hour_ago, hour_ago))
+    stray = runtime.instances_dir / "not-an-instance"
+    stray.mkdir()
+
+    pruned = runtime.prune_ended(retention_s=3600, keep={kept})
+
+    assert sorted(pruned) == sorted([*old, vanished])
+    left = {path.name for path in runtime.instances_dir.iterdir()}
+    assert left == {*recent, kept, stray.name}
+    assert runtime.prune_ended(retention_s=3600, keep={kept}) == []
+
+
+def test_the_network_sweep_removes_only_unwanted_unused_networks_this_runtime_made(tmp_path):
+    host = FakeHost()
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=host)
+    wanted, unused, busy, others = (TenantNetwork.for_network_id(str(uuid.uuid4())) for _ in range(4))
+    for network in (wanted, unused, busy):
+        runtime.network_ensure(network)
+    host.network_ensure(others)  # another runtime (another portal) on this libvirtd made it
+    instance_id = str(uuid.uuid4())
+    nic = InterfaceSpec(network=busy.libvirt_name, mac=instance_mac(instance_id, "tenant"))
+    host.define_and_start(fake_domain(tmp_path, instance_id, interfaces=(nic,)))
+
+    removed = runtime.network_sweep(wanted_network_ids={wanted.network_id})
+
+    assert removed == [unused.libvirt_name]
+    assert host.list_networks() == sorted([wanted.libvirt_name, busy.libvirt_name, others.libvirt_name])
+    host.lookup(instance_id).destroy()
+    assert runtime.network_sweep(wanted_network_ids={wanted.network_id}) == [busy.libvirt_name]
+
+
+def fake_domain(tmp_path, instance_id: str, **overrides) -> DomainSpec:
+    for name in ("vmlinuz", "initrd"):
+        (tmp_path / name).touch()
+    return DomainSpec(
+        instance_id=instance_id,
+        kernel=tmp_path / "vmlinuz",
+        initrd=tmp_path / "initrd",
+        cmdline="quiet",
+        vcpus=1,
+        memory_mib=128,
+        console_log=tmp_path / "console.log",
+        virt_type="qemu",
+        metadata={"tenant": "t"},
+        **overrides,
+    )
