@@ -34,6 +34,7 @@ Contract (the browser side is static/js/live.js; routes in portal/routing.py):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from importlib import import_module
 from urllib.parse import parse_qs
@@ -51,6 +52,8 @@ from portal.selectors import EVENT_REPLAY_LIMIT, event_latest_id, event_list_aft
 from tenants.access import RoleRequired, TenantNotFound, tenant_access_resolve
 from tenants.choices import TenantRole
 from vmworker.console_agent import console_channel, console_group
+
+logger = logging.getLogger("portal.consumers")
 
 CLOSE_REFUSED = 4403
 CLOSE_NOT_FOUND = 4404
@@ -127,10 +130,13 @@ class TenantScopedConsumer(AsyncJsonWebsocketConsumer):
     async def _poll(self) -> None:
         while not self.refused:
             await asyncio.sleep(POLL_S)
-            if not await self.still_allowed():
-                await self.refuse(CLOSE_REFUSED)
-                return
-            await self.tick()
+            try:
+                if not await self.still_allowed():
+                    await self.refuse(CLOSE_REFUSED)
+                    return
+                await self.tick()
+            except Exception:  # e.g. the database restarting: the next poll tries again
+                logger.warning("consumers.poll_failed", extra={"path": self.scope.get("path")}, exc_info=True)
 
     async def disconnect(self, code):
         if getattr(self, "_poller", None) is not None:
