@@ -7,8 +7,10 @@ that tries to drive the terminal. (The VM end to end is in test_console_live.py.
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from portal.choices import InstanceStatus
+from portal.models import Instance
 from tests.portal.test_consumers import (
     agent,
     app,
@@ -59,6 +61,16 @@ def open_console(page, live_stack, user, tenant, console_of) -> list[str]:
     return sockets
 
 
+def wait_for_state(page, state: str, instance) -> None:
+    try:
+        page.wait_for_function(STATE_IS, arg=state, timeout=WAIT_MS)
+    except PlaywrightTimeout:
+        shown = page.locator("#test-console").get_attribute("data-console-state")
+        note = page.locator("#test-console .console-note").inner_text()
+        row = Instance.objects.filter(pk=instance.pk).values("status", "host__name", "failure_reason").first()
+        raise AssertionError(f"console not {state}: {shown!r} ({note!r}); instance {row}") from None
+
+
 @pytest.fixture
 def open_instance_console(live_stack, page, tenant, viewer, instance):
     """Opens the instance's console in a page of the portal, as a viewer; returns open_console's list."""
@@ -93,18 +105,18 @@ def test_a_dropped_socket_reconnects_and_resumes_without_duplicates_or_gaps(
 
 
 def test_a_console_whose_host_does_not_answer_shows_unavailable_and_recovers(
-    page, open_instance_console, host, host_logs, running_log
+    page, open_instance_console, instance, host, host_logs, running_log
 ):
     append(running_log, "out zero", "out one")
     open_instance_console()
-    page.wait_for_function(STATE_IS, arg="unavailable", timeout=WAIT_MS)
+    wait_for_state(page, "unavailable", instance)
     assert "retrying" in page.locator("#test-console .console-note").inner_text()
     page.evaluate("() => document.querySelector('#test-console').hyperLiveConsole.drop()")  # a drop meanwhile
-    page.wait_for_function(STATE_IS, arg="unavailable", timeout=WAIT_MS)
+    wait_for_state(page, "unavailable", instance)
 
     agent = start_agent(host, host_logs)  # the host answers again
     try:
-        page.wait_for_function(STATE_IS, arg="live", timeout=WAIT_MS)
+        wait_for_state(page, "live", instance)
         page.wait_for_function(SEEN_AT_LEAST, arg=1, timeout=WAIT_MS)
     finally:
         agent.stop()
@@ -113,7 +125,7 @@ def test_a_console_whose_host_does_not_answer_shows_unavailable_and_recovers(
 
 
 def test_guest_text_cannot_drive_the_terminal_or_fake_the_portals_notes(
-    page, open_instance_console, agent, running_log
+    page, open_instance_console, instance, agent, running_log
 ):
     log = running_log
     append(
@@ -149,6 +161,6 @@ def test_guest_text_cannot_drive_the_terminal_or_fake_the_portals_notes(
     assert page.locator("#test-console .console-note").inner_text() == ""
 
     append(log, "exit 0")
-    page.wait_for_function(STATE_IS, arg="exited", timeout=WAIT_MS)
+    wait_for_state(page, "exited", instance)
     assert page.locator("#test-console .console-note").inner_text() == "[exited with code 0]"
     assert page.evaluate(TERMINAL_ROWS) == rows  # the real note is beside the output, not in it

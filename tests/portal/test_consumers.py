@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from portal.asgi import application
-from portal.choices import InstanceStatus
+from portal.choices import HostState, InstanceStatus
 from portal.events import event_publish
 from portal.marathon import parse_app_definition
 from portal.models import ComputeHost, Event, Instance
@@ -103,6 +103,8 @@ def make_app(access, app_id: str = "/web"):
         "mem": 64,
         "instances": 1,
         "container": {"type": "DOCKER", "docker": {"image": "demo/hello:latest"}},
+        # Never placed on a real host another test of the session may run: these tests set the row.
+        "constraints": [["hostname", "CLUSTER", "no-host-runs-this"]],
     }
     return app_create(access=access, definition=parse_app_definition(body)).app
 
@@ -126,7 +128,10 @@ def other_app(other_tenant, member_of):
 
 @pytest.fixture
 def host():
+    """A host row only these tests use: down, so placement never picks it and its heartbeat never
+    expires (which would make its instances lost); the consumers look at the instance's row."""
     return ComputeHost.objects.create(
+        state=HostState.DOWN,
         name=f"test-consumers-{uuid.uuid4().hex[:8]}",
         queue=f"host.test-consumers-{uuid.uuid4().hex[:8]}",
         libvirt_uri="qemu:///system",
