@@ -5,33 +5,45 @@ Contract (the browser side is static/js/live.js; routes in portal/routing.py):
 - Every socket is authorized like the API: the session user through
   tenants.access.tenant_access_resolve with at least the viewer role. A refused socket is
   accepted and closed at once with 4403 (4404 for an unknown app or instance of a tenant the
-  user may see) and gets no message. (Closing before accept would be a bare HTTP 403.)
+  user may see) and gets no message. (Closing before accept would be a bare HTTP 403.) The
+  check is done again every POLL_S from the session store: a member removed from the tenant, or
+  a session logged out, is closed with 4403 within that poll.
 - ``/ws/t/<slug>/`` and ``/ws/t/<slug>/apps/<id>/``: with ``?after=<event id>`` the Event rows of
   that scope with id > after are replayed first (at most EVENT_REPLAY_LIMIT, else one
   ``{"type": "reset"}`` and the stream goes on from the newest row), then live ones; without it
   only events from now on. Each is ``{"type": "event", "id", "kind", "app_id", "instance_id",
   "data"}``, in id order, never an id twice. The live Channels message is only a trigger: rows are
   read with the gap-safe portal.selectors.event_list_after, and a slow poll covers dropped
-  messages (Redis is at-most-once).
+  messages (Redis is at-most-once). The horizon that read needs is shared by the sockets of a
+  process for EVENT_HORIZON_MAX_AGE_S (portal.selectors.event_read_limit), so the database load
+  of a burst of events does not grow with the number of sockets.
 - ``/ws/t/<slug>/instances/<uuid>/console/?after=<seq>``: ``{"type": "lines", "lines": [{"seq",
   "stream", "text"}]}`` — the backlog (last <= 1000 lines with seq > after; a
   ``{"type": "truncated", "first_seq"}`` first when older ones were cut), then live batches, never
-  a seq <= the last one sent; and ``{"type": "status", "state": "waiting|live|exited|gone",
-  "exit_code", "message"}``. The lines come from the console agent of the instance's host
-  (vmworker.console_agent): the consumer joins the instance's console group first, then asks
-  the host for the backlog and holds live lines back until it arrives; a seq gap in live lines
-  (a dropped message) makes it ask again.
+  a seq <= the last one sent; and ``{"type": "status", "state":
+  "waiting|live|unavailable|exited|gone", "exit_code", "message"}``. The lines come from the
+  console agent of the instance's host (vmworker.console_agent): the consumer joins the
+  instance's console group first, then asks the host for the backlog and holds live lines back
+  until it arrives; a seq gap in live lines (a dropped message) makes it ask again. A host that
+  does not answer within BACKLOG_TIMEOUT_S (or whose request channel is full) makes the state
+  ``unavailable`` and the consumer asks again every POLL_S, going ``live`` when it answers;
+  ``gone`` only when the Instance row says the instance ended (or has no host). While
+  ``waiting``, the row is read every POLL_S and live lines of the instance start it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from importlib import import_module
 from urllib.parse import parse_qs
 
+from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from portal.choices import INSTANCE_TERMINAL, InstanceStatus
 from portal.events import app_group, instance_group, tenant_group
@@ -41,9 +53,12 @@ from tenants.access import RoleRequired, TenantNotFound, tenant_access_resolve
 from tenants.choices import TenantRole
 from vmworker.console_agent import console_channel, console_group
 
+logger = logging.getLogger("portal.consumers")
+
 CLOSE_REFUSED = 4403
 CLOSE_NOT_FOUND = 4404
-EVENT_POLL_S = 2.0
+POLL_S = 2.0  # access re-check, dropped events, a console waiting or unavailable
+EVENT_HORIZON_MAX_AGE_S = 0.2
 EVENT_CATCH_UP_MAX_BATCHES = 20
 BACKLOG_TIMEOUT_S = 2.0
 PENDING_MAX_LINES = 5000
@@ -69,20 +84,63 @@ def _query_int(scope, name: str) -> int | None:
         return None
 
 
+async def _session_user_now(scope):
+    """The user the socket's session belongs to now, read again from the session store (the
+    scope's session and user were loaded once, at connect)."""
+    session = scope.get("session")
+    key = getattr(session, "session_key", None)
+    if key is None:
+        return None
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=key)
+    return await get_user({"session": store})
+
+
 class TenantScopedConsumer(AsyncJsonWebsocketConsumer):
-    """Resolves the tenant from the URL for the session user, or refuses the socket."""
+    """Resolves the tenant from the URL for the session user, or refuses the socket; checks again
+    every POLL_S and calls ``tick()`` while the socket stays allowed."""
 
     async def connect(self):
         kwargs = self.scope["url_route"]["kwargs"]
-        self.access = await database_sync_to_async(_viewer_access)(self.scope.get("user"), kwargs["slug"])
+        self.slug = kwargs["slug"]
+        self.refused = False
+        self._poller = None
+        self.access = await database_sync_to_async(_viewer_access)(self.scope.get("user"), self.slug)
         await self.accept()
         if self.access is None:
-            await self.close(code=CLOSE_REFUSED)
+            await self.refuse(CLOSE_REFUSED)
             return
         await self.open(**kwargs)
+        if not self.refused:
+            self._poller = asyncio.create_task(self._poll())
 
     async def open(self, **kwargs) -> None:
         raise NotImplementedError
+
+    async def tick(self) -> None:
+        """Called every POLL_S while the socket is open and still allowed."""
+
+    async def refuse(self, code: int) -> None:
+        self.refused = True
+        await self.close(code=code)
+
+    async def still_allowed(self) -> bool:
+        user = await _session_user_now(self.scope)
+        return await database_sync_to_async(_viewer_access)(user, self.slug) is not None
+
+    async def _poll(self) -> None:
+        while not self.refused:
+            await asyncio.sleep(POLL_S)
+            try:
+                if not await self.still_allowed():
+                    await self.refuse(CLOSE_REFUSED)
+                    return
+                await self.tick()
+            except Exception:  # e.g. the database restarting: the next poll tries again
+                logger.warning("consumers.poll_failed", extra={"path": self.scope.get("path")}, exc_info=True)
+
+    async def disconnect(self, code):
+        if getattr(self, "_poller", None) is not None:
+            self._poller.cancel()
 
     async def join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
@@ -98,12 +156,11 @@ class EventStreamConsumer(TenantScopedConsumer):
     async def open(self, slug: str, app_id: int | None = None) -> None:
         self.app = None
         self._lock = asyncio.Lock()
-        self._poller = None
         if app_id is not None:
             apps = App.objects.for_tenant(self.access.tenant).filter(pk=app_id)
             self.app = await database_sync_to_async(apps.first)()
             if self.app is None:
-                await self.close(code=CLOSE_NOT_FOUND)
+                await self.refuse(CLOSE_NOT_FOUND)
                 return
         await self.join(app_group(self.app.pk) if self.app else tenant_group(self.access.tenant.pk))
         after = _query_int(self.scope, "after")
@@ -112,29 +169,30 @@ class EventStreamConsumer(TenantScopedConsumer):
         else:
             self.last_id = after
             await self.catch_up(replay=True)
-        self._poller = asyncio.create_task(self._poll())
 
     async def latest_id(self) -> int:
         return await database_sync_to_async(event_latest_id)(tenant=self.access.tenant, app=self.app)
 
-    async def disconnect(self, code):
-        if getattr(self, "_poller", None) is not None:
-            self._poller.cancel()
-
     async def portal_event(self, message):
-        if message.get("event_id", 0) > self.last_id:
-            await self.catch_up()
+        event_id = message.get("event_id", 0)
+        if event_id > self.last_id:
+            await self.catch_up(at_least=event_id)
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(EVENT_POLL_S)
-            await self.catch_up()
+    async def tick(self) -> None:
+        await self.catch_up()
 
-    async def catch_up(self, *, replay: bool = False) -> None:
+    async def catch_up(self, *, replay: bool = False, at_least: int | None = None) -> None:
+        # A replay reads a fresh horizon (once per socket); live triggers and polls share one.
+        horizon_max_age_s = 0.0 if replay else EVENT_HORIZON_MAX_AGE_S
         async with self._lock:
             for _ in range(EVENT_CATCH_UP_MAX_BATCHES):
                 events = await database_sync_to_async(event_list_after)(
-                    tenant=self.access.tenant, after_id=self.last_id, app=self.app, limit=EVENT_REPLAY_LIMIT + 1
+                    tenant=self.access.tenant,
+                    after_id=self.last_id,
+                    app=self.app,
+                    limit=EVENT_REPLAY_LIMIT + 1,
+                    horizon_max_age_s=horizon_max_age_s,
+                    at_least=at_least,
                 )
                 if replay and len(events) > EVENT_REPLAY_LIMIT:
                     await self.send_json({"type": "reset"})
@@ -167,7 +225,7 @@ class ConsoleConsumer(TenantScopedConsumer):
     async def open(self, slug: str, instance_id) -> None:
         instance = await database_sync_to_async(_instance_for)(self.access.tenant, instance_id)
         if instance is None:
-            await self.close(code=CLOSE_NOT_FOUND)
+            await self.refuse(CLOSE_NOT_FOUND)
             return
         self.instance_id = str(instance.pk)
         after = _query_int(self.scope, "after")
@@ -182,8 +240,21 @@ class ConsoleConsumer(TenantScopedConsumer):
         await self.follow(instance)
 
     async def disconnect(self, code):
+        await super().disconnect(code)
         if getattr(self, "timeout_task", None) is not None:
             self.timeout_task.cancel()
+
+    async def tick(self) -> None:
+        """A console waiting for its instance, or whose host did not answer, looks again."""
+        if self.state in ("waiting", "unavailable") and self.pending is None:
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        instance = await database_sync_to_async(_instance_for)(self.access.tenant, self.instance_id)
+        if instance is None:
+            await self.send_status("gone", message="The instance no longer exists.")
+            return
+        await self.follow(instance)
 
     async def send_status(self, state: str, *, exit_code: int | None = None, message: str = "") -> None:
         self.state = state
@@ -223,7 +294,7 @@ class ConsoleConsumer(TenantScopedConsumer):
             await self.channel_layer.send(console_channel(host.name), request)
         except ChannelFull:  # the host has not been reading its requests for a while
             self.pending = None
-            await self.gone()
+            await self.unavailable()
             return
         if self.timeout_task is not None:
             self.timeout_task.cancel()
@@ -233,7 +304,18 @@ class ConsoleConsumer(TenantScopedConsumer):
         await asyncio.sleep(BACKLOG_TIMEOUT_S)
         if self.pending is not None and self.request_sent_at == sent_at and not self.finished:
             self.pending = None
+            await self.unavailable()
+
+    async def unavailable(self) -> None:
+        """The host did not answer: gone if the row says the instance ended, else try again."""
+        instance = await database_sync_to_async(_instance_for)(self.access.tenant, self.instance_id)
+        if instance is None or instance.status in INSTANCE_TERMINAL or instance.host_id is None:
             await self.gone()
+            return
+        self.instance = instance
+        if self.state != "unavailable":
+            message = "The host of this instance does not answer; retrying."
+            await self.send_status("unavailable", message=message)
 
     async def gone(self) -> None:
         instance = await database_sync_to_async(_instance_for)(self.access.tenant, self.instance_id)
@@ -286,12 +368,16 @@ class ConsoleConsumer(TenantScopedConsumer):
             if sum(len(batch) for batch in self.pending) < PENDING_MAX_LINES:
                 self.pending.append(lines)
             return
+        if self.state == "waiting":
+            await self.start_running()  # the instance runs, whatever the row said when it was read
+            return
         if self.state != "live":
-            return  # waiting: the backlog asked for when it runs holds these lines
+            return  # unavailable: the next backlog holds these lines
         fresh = [line for line in lines if line["seq"] > self.last_seq]
         if fresh and fresh[0]["seq"] > self.last_seq + 1:
             await self.request_backlog()  # a batch went missing: the host's log has it
-            self.pending.append(lines)
+            if self.pending is not None:
+                self.pending.append(lines)
             return
         await self.send_lines(fresh)
 
@@ -303,12 +389,16 @@ class ConsoleConsumer(TenantScopedConsumer):
             return
         await self.send_status("exited", exit_code=message["exit_code"])
 
+    async def start_running(self) -> None:
+        """Live lines came while waiting: their host has the log, so the backlog is asked for
+        even when the row has not caught up yet (its status message may have been lost)."""
+        instance = await database_sync_to_async(_instance_for)(self.access.tenant, self.instance_id)
+        if instance is None or instance.host_id is None:
+            return
+        self.instance = instance
+        await self.request_backlog()
+
     async def portal_event(self, message):
         """The instance changed: start when it runs, settle the end when it stopped."""
-        if self.finished:
-            return
-        instance = await database_sync_to_async(_instance_for)(self.access.tenant, self.instance_id)
-        if instance is None:
-            await self.send_status("gone", message="The instance no longer exists.")
-            return
-        await self.follow(instance)
+        if not self.finished:
+            await self.refresh()

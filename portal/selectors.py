@@ -1,5 +1,7 @@
 """Reads of the deploy domain; every query is narrowed to a tenant first."""
 
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -134,6 +136,23 @@ def host_list():
     return ComputeHost.objects.all()
 
 
+def _event_horizon_scan(grace_s: float) -> tuple[int | None, int]:
+    """(the horizon as event_horizon gives it, the highest id a reader may pass by that scan)."""
+    cutoff = timezone.now() - timedelta(seconds=grace_s)
+    young = list(Event.objects.filter(created_at__gte=cutoff).order_by("id").values_list("id", flat=True))
+    # Every hole below a row older than the grace counts as a rollback; rows committed after this
+    # scan are young, so they cannot raise this bound.
+    settled = Event.objects.filter(created_at__lt=cutoff).aggregate(latest=Max("id"))["latest"] or 0
+    if not young:
+        return None, settled
+    previous = Event.objects.filter(id__lt=young[0]).order_by("-id").values_list("id", flat=True).first()
+    present = young if previous is None else [previous, *young]
+    for before, after in zip(present, present[1:], strict=False):
+        if after != before + 1:
+            return before, before
+    return None, max(young[-1], settled)
+
+
 def event_horizon(*, grace_s: float = EVENT_GAP_GRACE_S) -> int | None:
     """The highest Event id a reader may move past without ever skipping a row (None: no limit).
 
@@ -145,27 +164,55 @@ def event_horizon(*, grace_s: float = EVENT_GAP_GRACE_S) -> int | None:
     Only rows of the last ``grace_s`` are looked at (created_at is indexed), across all tenants,
     since the sequence is shared.
     """
-    cutoff = timezone.now() - timedelta(seconds=grace_s)
-    young = list(Event.objects.filter(created_at__gte=cutoff).order_by("id").values_list("id", flat=True))
-    if not young:
-        return None
-    previous = Event.objects.filter(id__lt=young[0]).order_by("-id").values_list("id", flat=True).first()
-    present = young if previous is None else [previous, *young]
-    for before, after in zip(present, present[1:], strict=False):
-        if after != before + 1:
-            return before
-    return None
+    return _event_horizon_scan(grace_s)[0]
+
+
+@dataclass(frozen=True)
+class _ReadLimit:
+    id: int
+    computed_at: float  # time.monotonic()
+
+
+_read_limit_lock = threading.Lock()
+_read_limit: _ReadLimit | None = None
+
+
+def event_read_limit(*, max_age_s: float = 0.0, at_least: int | None = None) -> int:
+    """The highest Event id a reader may pass now, the horizon as a number: unlike event_horizon
+    it is safe to keep for a while, since rows committed later are above it.
+
+    With ``max_age_s`` the value is shared by every reader of this process for that long (the
+    scan is across all tenants; many sockets polling it each would load the database once per
+    socket); ``at_least``: a row the caller knows was written (a live message's id) makes a
+    cached value below it stale at once, so live events are not held back by the cache.
+    """
+    global _read_limit
+    cached = _read_limit
+    now = time.monotonic()
+    if cached is not None and now - cached.computed_at < max_age_s and (at_least is None or at_least <= cached.id):
+        return cached.id
+    limit = _event_horizon_scan(EVENT_GAP_GRACE_S)[1]
+    with _read_limit_lock:
+        if _read_limit is None or _read_limit.computed_at < now:
+            _read_limit = _ReadLimit(limit, now)
+    return limit
 
 
 def event_list_after(
-    *, tenant, after_id: int, app: App | None = None, kinds=None, limit: int = EVENT_REPLAY_LIMIT
+    *,
+    tenant,
+    after_id: int,
+    app: App | None = None,
+    kinds=None,
+    limit: int = EVENT_REPLAY_LIMIT,
+    horizon_max_age_s: float = 0.0,
+    at_least: int | None = None,
 ) -> list[Event]:
     """The tenant's Event rows with id > after_id, oldest first, up to the gap-safe horizon:
-    a reader that always resumes after the last id it got never misses a committed row."""
-    events = Event.objects.for_tenant(tenant).filter(id__gt=after_id)
-    horizon = event_horizon()
-    if horizon is not None:
-        events = events.filter(id__lte=horizon)
+    a reader that always resumes after the last id it got never misses a committed row.
+    ``horizon_max_age_s``/``at_least``: a horizon shared with other readers (event_read_limit)."""
+    horizon = event_read_limit(max_age_s=horizon_max_age_s, at_least=at_least)
+    events = Event.objects.for_tenant(tenant).filter(id__gt=after_id, id__lte=horizon)
     if app is not None:
         events = events.filter(app=app)
     if kinds is not None:

@@ -6,7 +6,9 @@ end, see vmworker.guestinit.protocol). The file is the record, so a seq names th
 across reconnects, page reloads and worker restarts.
 
 ``GuestLogTail`` reads one log incrementally, a bounded number of bytes per call, and keeps a
-sparse index of (offset, seq) checkpoints at record boundaries. ``backlog(after_seq)`` then
+sparse index of (offset, seq, lines in pieces) checkpoints at record boundaries, also inside a
+line the app has not ended yet (the parser keeps at most LINE_MAX_CHARS of it, so that state is
+small, and one state is shared by the checkpoints of one long line). ``backlog(after_seq)`` then
 reads at most about ``BACKLOG_MAX_BYTES`` of the file, never the whole of it: the last
 ``BACKLOG_MAX_LINES`` lines after ``after_seq``, and where older ones were cut the seq of the
 first line it gives (the console's ``truncated`` message).
@@ -20,13 +22,13 @@ import bisect
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmworker.guestinit.protocol import GuestEvent, GuestLogParser, OutputLine
+from vmworker.guestinit.protocol import OUTPUT_LINE_MAX_CHARS, GuestEvent, GuestLogParser, OutputLine
 
 BACKLOG_MAX_LINES = 1000
 BACKLOG_MAX_BYTES = 1024 * 1024
 READ_MAX_BYTES = 1024 * 1024  # per read() call: one agent tick never reads more of one log
 CHECKPOINT_EVERY_BYTES = 64 * 1024
-LINE_MAX_CHARS = 16 * 1024  # longer lines are cut for the browser; the file keeps them whole
+LINE_MAX_CHARS = OUTPUT_LINE_MAX_CHARS  # longer lines are cut for the browser; the file keeps them whole
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,9 @@ class Backlog:
 
 
 def _console_line(seq: int, record: OutputLine) -> ConsoleLine:
-    text = record.text if len(record.text) <= LINE_MAX_CHARS else record.text[:LINE_MAX_CHARS] + " [cut]"
+    if not record.cut and len(record.text) <= LINE_MAX_CHARS:
+        return ConsoleLine(seq, record.stream, record.text)
+    text = record.text[:LINE_MAX_CHARS] + " [cut]"
     return ConsoleLine(seq, record.stream, text)
 
 
@@ -62,11 +66,13 @@ class GuestLogTail:
         self.next_seq = 0
         self.exit_code: int | None = None
         self._offset = 0  # bytes fed to the parser
-        self._parser = GuestLogParser()
+        self._parser = GuestLogParser(line_max_chars=LINE_MAX_CHARS)
         self._checkpoint_every = checkpoint_every_bytes
-        # Record boundaries with no line in pieces: a fresh parser may start at any of them.
+        # Record boundaries, and the lines in pieces there: a parser restored from that state may
+        # start at any of them.
         self._checkpoint_offsets = [0]
         self._checkpoint_seqs = [0]
+        self._checkpoint_states: list[tuple] = [()]
 
     @property
     def boundary(self) -> int:
@@ -102,9 +108,13 @@ class GuestLogTail:
                     self.exit_code = record.code
             boundary = self.boundary
             far_enough = boundary - self._checkpoint_offsets[-1] >= self._checkpoint_every
-            if far_enough and not self._parser.in_fragmented_line:
+            if far_enough:
+                state = self._parser.fragment_state()
+                if state == self._checkpoint_states[-1]:
+                    state = self._checkpoint_states[-1]  # one copy for all checkpoints of a long line
                 self._checkpoint_offsets.append(boundary)
                 self._checkpoint_seqs.append(self.next_seq)
+                self._checkpoint_states.append(state)
         return lines
 
     def backlog(
@@ -119,10 +129,12 @@ class GuestLogTail:
         # The latest checkpoint at or before the first wanted line...
         index = bisect.bisect_right(self._checkpoint_seqs, wanted) - 1
         if end - self._checkpoint_offsets[index] > max_bytes:
-            # ...unless that is too far back: then the first checkpoint within max_bytes of the end.
+            # ...unless that is too far back: then the first checkpoint within max_bytes of the end
+            # (or the newest one, when even that is further back).
             index = bisect.bisect_left(self._checkpoint_offsets, end - max_bytes)
+            index = min(index, len(self._checkpoint_offsets) - 1)
         offset, seq = self._checkpoint_offsets[index], self._checkpoint_seqs[index]
-        parser = GuestLogParser()
+        parser = GuestLogParser.from_fragment_state(self._checkpoint_states[index], line_max_chars=LINE_MAX_CHARS)
         lines: list[ConsoleLine] = []
         with open(self.path, "rb") as log:
             log.seek(offset)

@@ -16,6 +16,9 @@ Messages (what portal.consumers relies on):
   ``console_group(instance_id)``; once the guest's ``exit`` record is read, after the lines,
   ``{"type": "console.exit", "instance_id", "exit_code"}``.
 
+Log reads run in a worker thread (one at a time per log, under that log's lock), so a big
+catch-up for one backlog request does not stall the requests and live lines of the others.
+
 Redis is at-most-once: a lost batch shows up at the consumer as a seq gap, and the consumer
 asks for the backlog again. Every layer error is logged and the agent carries on; it never
 takes the worker down. No Django here: tasks.py hands it the layer and the directory.
@@ -72,6 +75,7 @@ class ConsoleAgent:
         self._poll_s = poll_s
         self._scan_s = scan_s
         self._tails: dict[str, GuestLogTail] = {}
+        self._tail_locks: dict[str, asyncio.Lock] = {}
         self._exit_sent: set[str] = set()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,7 +167,8 @@ class ConsoleAgent:
             for _ in range(CATCH_UP_MAX_READS):
                 if not await self._advance(instance_id, tail):
                     break
-            backlog = tail.backlog(after, max_lines=BACKLOG_MAX_LINES)
+            async with self._tail_lock(instance_id):
+                backlog = await asyncio.to_thread(tail.backlog, after, max_lines=BACKLOG_MAX_LINES)
             reply |= {
                 "lines": [line.as_message() for line in backlog.lines],
                 "truncated_first_seq": backlog.truncated_first_seq,
@@ -173,6 +178,9 @@ class ConsoleAgent:
         await self.layer.send(reply_to, reply)
 
     # -- tailing --------------------------------------------------------------------------------
+
+    def _tail_lock(self, instance_id: str) -> asyncio.Lock:
+        return self._tail_locks.setdefault(instance_id, asyncio.Lock())
 
     def _tail(self, instance_id: str) -> GuestLogTail | None:
         tail = self._tails.get(instance_id)
@@ -192,6 +200,7 @@ class ConsoleAgent:
             self._tail(instance_id)
         for instance_id in self._tails.keys() - present:
             del self._tails[instance_id]  # removed: its files are gone
+            self._tail_locks.pop(instance_id, None)
             self._exit_sent.discard(instance_id)
 
     async def _tail_logs(self) -> None:
@@ -212,17 +221,18 @@ class ConsoleAgent:
 
     async def _advance(self, instance_id: str, tail: GuestLogTail) -> bool:
         """Reads one bounded chunk of new log and publishes it; False when there was nothing new."""
-        if not tail.has_unread():
-            return False
-        lines = tail.read()
-        group = console_group(instance_id)
-        for start in range(0, len(lines), BATCH_MAX_LINES):
-            batch = [line.as_message() for line in lines[start : start + BATCH_MAX_LINES]]
-            await self._group_send(group, {"type": "console.lines", "instance_id": instance_id, "lines": batch})
-        if tail.exit_code is not None and instance_id not in self._exit_sent:
-            self._exit_sent.add(instance_id)
-            exit_message = {"type": "console.exit", "instance_id": instance_id, "exit_code": tail.exit_code}
-            await self._group_send(group, exit_message)
+        async with self._tail_lock(instance_id):  # held while sending too: batches go out in seq order
+            if not tail.has_unread():
+                return False
+            lines = await asyncio.to_thread(tail.read)
+            group = console_group(instance_id)
+            for start in range(0, len(lines), BATCH_MAX_LINES):
+                batch = [line.as_message() for line in lines[start : start + BATCH_MAX_LINES]]
+                await self._group_send(group, {"type": "console.lines", "instance_id": instance_id, "lines": batch})
+            if tail.exit_code is not None and instance_id not in self._exit_sent:
+                self._exit_sent.add(instance_id)
+                exit_message = {"type": "console.exit", "instance_id": instance_id, "exit_code": tail.exit_code}
+                await self._group_send(group, exit_message)
         return True
 
     async def _group_send(self, group: str, message: dict) -> None:

@@ -2,20 +2,36 @@
  * HyperLive: the portal's live streams in the browser (no dependencies; xterm.js is loaded
  * on demand for consoles). The server side is portal/consumers.py.
  *
- *   HyperLive.events(url, {after, onEvent, onReset})  -> handle with .close()
+ *   HyperLive.events(url, {after, onEvent, onReset})  -> handle with .close(), .drop()
  *       Opens url (e.g. "/ws/t/acme/" or "/ws/t/acme/apps/7/"), replays events with id > after,
  *       then live ones. onEvent({type:"event", id, kind, app_id, instance_id, data}) gets each
  *       id once, in order. After a drop it reconnects with backoff (0.5 s doubling to 5 s) and
  *       resumes with after=<last id>. A {"type":"reset"} (too much missed) calls onReset, by
  *       default location.reload().
  *
- *   HyperLive.console(url, element, {onStatus, onLines})  -> handle with .close()
+ *   HyperLive.console(url, element, {onStatus, onLines})  -> handle with .close(), .drop()
  *       Renders the instance console into element: an xterm.js terminal, or a <pre> when
  *       xterm.js cannot load. Reconnects the same way and resumes with after=<last seq>, so no
- *       line is shown twice or skipped. onStatus({state: "waiting"|"live"|"exited"|"gone"|
- *       "refused", exit_code, message}); element.dataset.consoleState mirrors the state.
+ *       line is shown twice or skipped. onStatus({state, exit_code, message}) with state:
+ *         "waiting"      the instance is not running yet (the server starts the stream when it does)
+ *         "live"         lines are streaming
+ *         "unavailable"  the instance's host does not answer; the server keeps asking (and the
+ *                        socket, like any dropped one, keeps reconnecting): "live" follows
+ *         "exited" | "gone"  no more lines will come (the only states that stop reconnecting)
+ *         "refused"      the socket was closed with 4403/4404
+ *       element.dataset.consoleState mirrors the state; the portal's own notes ("[exited ...]",
+ *       the reason a console is gone or unavailable) go to a .console-note element beside the
+ *       output, never into it, so app output cannot fake them. Guest text reaches the terminal
+ *       through terminalText(): only SGR (colour/style) sequences are kept; cursor moves,
+ *       screen clears, OSC (titles, OSC 8 links) and other control characters are dropped, and
+ *       the terminal opens only http(s) links, in a new tab without an opener.
  *       element also gets a "hyperlive:lines" event per batch ({detail: {lines}}).
  *       handle.lastSeq is the seq of the last line shown (-1: none).
+ *
+ *   handle.drop()  closes the current socket as a dropped network would: the handle reconnects
+ *       and resumes (for tests and for debugging from the browser console).
+ *
+ *   HyperLive.terminalText(text)  guest text as written to the terminal (see above).
  *
  *   HyperLive.attachConsoles(root)  attaches a console to every [data-console-url] in root
  *       (once per element; element.hyperLiveConsole is its handle) and closes those whose
@@ -31,6 +47,12 @@
   var BACKOFF_MAX_MS = 5000;
   var REFUSED = { 4403: true, 4404: true };
   var PRE_MAX_LINES = 5000;
+  var DROPPED = 4000; // the close code drop() uses: not a refusal, so the stream reconnects
+  // An escape sequence or a control character (TAB excepted): CSI, OSC (to BEL/ST or the end),
+  // DCS/SOS/PM/APC (to ST or the end), any other ESC sequence, a C0/DEL/C1 character.
+  var TERMINAL_TOKEN =
+    /\x1b\[[0-?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[PX^_][^\x1b]*(?:\x1b\\)?|\x1b[ -\/]*[0-~]?|[\x00-\x08\x0a-\x1f\x7f-\x9f]/g;
+  var SGR = /^\x1b\[[0-9;:]*m$/;
   var script = document.currentScript;
   var xtermJs = script && script.dataset.xtermJs;
   var xtermCss = script && script.dataset.xtermCss;
@@ -41,6 +63,22 @@
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     if (value !== null && value !== undefined) url.searchParams.set(name, String(value));
     return url.toString();
+  }
+
+  function terminalText(text) {
+    return String(text).replace(TERMINAL_TOKEN, function (token) {
+      return SGR.test(token) ? token : "";
+    });
+  }
+
+  function plainText(text) {
+    return String(text).replace(TERMINAL_TOKEN, "");
+  }
+
+  function openSafeLink(event, uri) {
+    if (!/^https?:\/\//i.test(uri)) return;
+    var opened = window.open(uri, "_blank", "noopener,noreferrer");
+    if (opened) opened.opener = null;
   }
 
   // One WebSocket that comes back after drops: open(resumeValue) is called for every attempt.
@@ -87,6 +125,9 @@
         closed = true;
         clearTimeout(timer);
       },
+      drop: function () {
+        if (socket) socket.close(DROPPED);
+      },
     };
   }
 
@@ -116,6 +157,7 @@
       function () {}
     );
     handle.close = connection.close;
+    handle.drop = connection.drop;
     return handle;
   }
 
@@ -144,6 +186,17 @@
     return xtermLoading;
   }
 
+  // The portal's notes, outside the output: app text can never be taken for them.
+  function noteLine(element) {
+    var note = document.createElement("div");
+    note.className = "console-note";
+    note.setAttribute("role", "status");
+    element.appendChild(note);
+    return function (text) {
+      note.textContent = text;
+    };
+  }
+
   function preView(element) {
     var pre = document.createElement("pre");
     pre.className = "console-lines";
@@ -153,14 +206,15 @@
         var row = document.createElement("span");
         row.className = line.stream === "stderr" ? "stderr" : "stdout";
         row.dataset.seq = line.seq;
-        row.textContent = line.text + "\n";
+        row.textContent = plainText(line.text) + "\n";
         pre.appendChild(row);
         while (pre.childNodes.length > PRE_MAX_LINES) pre.removeChild(pre.firstChild);
         pre.scrollTop = pre.scrollHeight;
       },
-      note: function (text) {
+      mark: function (text) {
         this.write({ seq: -1, stream: "note", text: text });
       },
+      note: noteLine(element),
     };
   }
 
@@ -171,17 +225,20 @@
       scrollback: 5000,
       rows: Number(element.dataset.consoleRows) || 24,
       fontSize: 13,
+      linkHandler: { activate: openSafeLink, allowNonHttpProtocols: false },
     });
     terminal.open(element);
     return {
       terminal: terminal,
       write: function (line) {
-        var text = line.text.replace(/\r?$/, "");
-        terminal.write(line.stream === "stderr" ? "\x1b[31m" + text + "\x1b[0m\r\n" : text + "\r\n");
+        // Every line ends with a reset, so no colour it set runs into the next one.
+        var text = terminalText(line.text) + "\x1b[0m";
+        terminal.write(line.stream === "stderr" ? "\x1b[31m" + text + "\r\n" : text + "\r\n");
       },
-      note: function (text) {
+      mark: function (text) {
         terminal.write("\x1b[2m" + text + "\x1b[0m\r\n");
       },
+      note: noteLine(element),
     };
   }
 
@@ -208,7 +265,7 @@
         }
       } else if (message.type === "truncated") {
         if (message.first_seq > handle.lastSeq + 1) {
-          view.note("[earlier output not shown; from line " + message.first_seq + "]");
+          view.mark("[earlier output not shown; from line " + message.first_seq + "]");
           handle.lastSeq = message.first_seq - 1;
         }
       } else if (message.type === "status") {
@@ -220,6 +277,10 @@
               : "[" + (message.message || "console not available") + "]"
           );
           if (connection) connection.stop(); // nothing more will come: do not reconnect
+        } else if (message.state === "unavailable") {
+          view.note("[" + (message.message || "the host does not answer; retrying") + "]");
+        } else if (message.state === "live") {
+          view.note("");
         }
         onStatus(message);
       }
@@ -252,6 +313,7 @@
       handle.view = view || preView(element);
       queue.splice(0).forEach(show);
     });
+    handle.drop = connection.drop;
     handle.close = function () {
       connection.close();
       if (handle.view && handle.view.terminal) handle.view.terminal.dispose();
@@ -277,7 +339,12 @@
     });
   }
 
-  window.HyperLive = { events: events, console: consoleStream, attachConsoles: attachConsoles };
+  window.HyperLive = {
+    events: events,
+    console: consoleStream,
+    attachConsoles: attachConsoles,
+    terminalText: terminalText,
+  };
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", function () {
       attachConsoles(document);

@@ -12,6 +12,7 @@ from portal.choices import INSTANCE_UP
 from portal.marathon import parse_app_definition
 from portal.models import Instance
 from portal.services.apps import app_create
+from tests.portal.test_console_browser import OPEN_CONSOLE, SEEN_AT_LEAST
 from tests.portal.test_consumers import Socket, lines_of, run, session_cookie
 from tests.portal.test_pipeline import access, one_host, wait_until  # noqa: F401 (fixtures)
 from tests.support.browser import screenshot
@@ -19,7 +20,6 @@ from tests.support.browser import screenshot
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 LINE_COUNT = 60
 INTERVAL_S = 0.25
-SEEN_AT_LEAST = "seq => window.seen.length > 0 && window.seen[window.seen.length - 1] >= seq"
 
 
 def counter_app(test_images, *, app_id: str, count: int = LINE_COUNT, interval_s: float = INTERVAL_S) -> dict:
@@ -83,27 +83,17 @@ def test_a_browser_console_shows_the_lines_and_a_reload_loses_none(live_stack, p
     console_url = f"/ws/t/{access.tenant.slug}/instances/{instance.pk}/console/"
 
     def open_console():
-        page.evaluate(
-            """url => {
-                window.seen = [];
-                const element = document.createElement("div");
-                element.className = "console";
-                element.id = "test-console";
-                element.dataset.consoleUrl = url;
-                element.addEventListener("hyperlive:lines", e => e.detail.lines.forEach(l => window.seen.push(l.seq)));
-                document.querySelector("main").appendChild(element);
-                element.scrollIntoView();  // xterm.js renders only what is on screen
-                HyperLive.attachConsoles(document);
-            }""",
-            console_url,
-        )
+        page.evaluate(OPEN_CONSOLE, console_url)
 
     open_console()
     page.wait_for_function(SEEN_AT_LEAST, arg=20, timeout=60000)
     assert page.locator("#test-console .xterm-rows").inner_text().count("console line") > 0
+    screenshot(page, "console-live")
+    # The network drops mid-stream: live.js reconnects with after=<last seq> and loses nothing.
+    page.evaluate("() => document.querySelector('#test-console').hyperLiveConsole.drop()")
+    page.wait_for_function(SEEN_AT_LEAST, arg=30, timeout=60000)
     seen = page.evaluate("window.seen")
     assert seen == list(range(len(seen)))
-    screenshot(page, "console-live")
 
     page.reload()
     open_console()

@@ -11,22 +11,26 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from channels.exceptions import ChannelFull
 from channels.testing import WebsocketCommunicator
-from django.db import connections, transaction
+from django.contrib.sessions.models import Session
+from django.db import connection, connections, transaction
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from portal.asgi import application
-from portal.choices import InstanceStatus
+from portal.choices import HostState, InstanceStatus
 from portal.events import event_publish
 from portal.marathon import parse_app_definition
 from portal.models import ComputeHost, Event, Instance
-from portal.selectors import EVENT_REPLAY_LIMIT, event_horizon, event_list_after
+from portal.selectors import EVENT_REPLAY_LIMIT, event_horizon, event_list_after, event_read_limit
 from portal.services.apps import app_create
 from portal.services.instances import instance_transition
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
-from vmworker.console_agent import ConsoleAgent, console_group
+from tenants.models import Membership
+from vmworker.console_agent import ConsoleAgent, console_channel, console_group
 
 pytestmark = pytest.mark.django_db(transaction=True)
 RECEIVE_TIMEOUT_S = 10
@@ -99,6 +103,8 @@ def make_app(access, app_id: str = "/web"):
         "mem": 64,
         "instances": 1,
         "container": {"type": "DOCKER", "docker": {"image": "demo/hello:latest"}},
+        # Never placed on a real host another test of the session may run: these tests set the row.
+        "constraints": [["hostname", "CLUSTER", "no-host-runs-this"]],
     }
     return app_create(access=access, definition=parse_app_definition(body)).app
 
@@ -122,7 +128,10 @@ def other_app(other_tenant, member_of):
 
 @pytest.fixture
 def host():
+    """A host row only these tests use: down, so placement never picks it and its heartbeat never
+    expires (which would make its instances lost); the consumers look at the instance's row."""
     return ComputeHost.objects.create(
+        state=HostState.DOWN,
         name=f"test-consumers-{uuid.uuid4().hex[:8]}",
         queue=f"host.test-consumers-{uuid.uuid4().hex[:8]}",
         libvirt_uri="qemu:///system",
@@ -474,7 +483,7 @@ def test_console_waits_for_the_instance_to_run(tenant, viewer, instance, agent, 
     assert lines_of(started) == [0] and started[0]["lines"][0]["text"] == "early"
 
 
-def test_console_of_an_instance_whose_host_does_not_answer_is_gone_with_the_reason(tenant, viewer, instance):
+def test_console_of_an_ended_instance_whose_host_does_not_answer_is_gone_with_the_reason(tenant, viewer, instance):
     set_status(instance, InstanceStatus.FAILED, failure_reason="the app did not start", console_tail="panic: x")
 
     cookie = session_cookie(viewer)
@@ -503,3 +512,164 @@ def test_console_truncates_a_long_backlog(tenant, viewer, instance, agent, host_
     messages = run(scenario())
     assert messages[0] == {"type": "truncated", "first_seq": 200}
     assert lines_of(messages) == list(range(200, 1200))
+
+
+def test_a_host_that_does_not_answer_makes_the_console_unavailable_until_it_does(
+    tenant, viewer, instance, host, host_logs
+):
+    set_status(instance, InstanceStatus.RUNNING)
+    append(guest_log(host_logs, instance), "out zero", "out one")
+    cookie = session_cookie(viewer)
+
+    async def scenario():
+        async with Socket(cookie, console_path(tenant, instance)) as socket:
+            unavailable = await socket.receive()
+            agent = await asyncio.to_thread(start_agent, host, host_logs)  # the host answers again
+            try:
+                recovered = await socket.receive_until(lambda m: m.get("state") == "live")
+            finally:
+                await asyncio.to_thread(agent.stop)
+        return unavailable, recovered
+
+    unavailable, recovered = run(scenario())
+    assert unavailable["type"] == "status" and unavailable["state"] == "unavailable"
+    assert "retrying" in unavailable["message"]
+    assert lines_of(recovered) == [0, 1]
+
+
+def test_a_seq_gap_while_the_hosts_request_channel_is_full_waits_for_the_host(
+    tenant, viewer, instance, host, host_logs
+):
+    set_status(instance, InstanceStatus.RUNNING)
+    log = guest_log(host_logs, instance)
+    append(log, "out zero")
+    agent = start_agent(host, host_logs, poll_s=3600)
+    cookie = session_cookie(viewer)
+
+    async def scenario():
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        async with Socket(cookie, console_path(tenant, instance)) as socket:
+            first = await socket.receive_until(lambda m: m.get("state") == "live")
+            await asyncio.to_thread(agent.stop)
+            stale = {"type": "console.backlog.request", "instance_id": str(instance.pk), "sent_at": 0}
+            for _ in range(1000):  # the stopped host's channel fills up (channels_redis capacity: 100)
+                try:
+                    await layer.send(console_channel(host.name), stale | {"reply_to": "nobody"})
+                except ChannelFull:
+                    break
+            append(log, "out one", "out two")
+            gap = {
+                "type": "console.lines",
+                "instance_id": str(instance.pk),
+                "lines": [{"seq": 2, "stream": "stdout", "text": "two"}],
+            }
+            await layer.group_send(console_group(instance.pk), gap)
+            unavailable = await socket.receive()
+            restarted = await asyncio.to_thread(start_agent, host, host_logs, poll_s=3600)
+            try:
+                recovered = await socket.receive_until(lambda m: m.get("state") == "live")
+            finally:
+                await asyncio.to_thread(restarted.stop)
+        return first, unavailable, recovered
+
+    first, unavailable, recovered = run(scenario())
+    assert lines_of(first) == [0]
+    assert unavailable["type"] == "status" and unavailable["state"] == "unavailable"
+    assert lines_of(recovered) == [1, 2]
+
+
+def test_a_waiting_console_starts_when_its_lines_come_even_without_a_status_message(
+    tenant, viewer, instance, agent, host_logs
+):
+    set_status(instance, InstanceStatus.BOOTING)
+    log = guest_log(host_logs, instance)
+    cookie = session_cookie(viewer)
+
+    async def scenario():
+        async with Socket(cookie, console_path(tenant, instance)) as socket:
+            waiting = await socket.receive()
+            # The row changes without a portal event (as if its message was lost), and lines come.
+            await asyncio.to_thread(set_status, instance, InstanceStatus.RUNNING)
+            await asyncio.to_thread(append, log, "out booted")
+            return waiting, await socket.receive_until(lambda m: m.get("state") == "live")
+
+    waiting, started = run(scenario())
+    assert waiting["state"] == "waiting"
+    assert lines_of(started) == [0] and started[0]["lines"][0]["text"] == "booted"
+
+
+def test_a_waiting_console_reads_the_row_again_when_the_status_message_was_lost(
+    tenant, viewer, instance, agent, host_logs
+):
+    set_status(instance, InstanceStatus.BOOTING)
+    append(guest_log(host_logs, instance), "out early")
+    cookie = session_cookie(viewer)
+
+    async def scenario():
+        async with Socket(cookie, console_path(tenant, instance)) as socket:
+            waiting = await socket.receive()
+            await asyncio.to_thread(set_status, instance, InstanceStatus.RUNNING)  # no event, no new line
+            return waiting, await socket.receive_until(lambda m: m.get("state") == "live")
+
+    waiting, started = run(scenario())
+    assert waiting["state"] == "waiting" and lines_of(started) == [0]
+
+
+@pytest.mark.parametrize("how", ["removed from the tenant", "logged out"])
+def test_a_socket_whose_user_lost_access_is_closed_within_the_poll(tenant, viewer, instance, how):
+    cookie = session_cookie(viewer)
+    paths = [f"/ws/t/{tenant.slug}/", console_path(tenant, instance)]  # the console is waiting: instance staged
+
+    def lose_access():
+        if how == "removed from the tenant":
+            Membership.objects.filter(tenant=tenant, user=viewer).delete()
+        else:
+            Session.objects.filter(session_key=cookie.decode().partition("=")[2]).delete()
+
+    async def scenario():
+        sockets = [Socket(cookie, path) for path in paths]
+        for socket in sockets:
+            await socket.__aenter__()
+        assert (await sockets[1].receive())["state"] == "waiting"
+        assert await sockets[0].nothing_more()
+        await asyncio.to_thread(lose_access)
+        codes = [await socket.close_code() for socket in sockets]
+        for socket in sockets:
+            await socket.__aexit__(None, None, None)
+        return codes
+
+    assert run(scenario()) == [4403, 4403]
+
+
+def test_sockets_share_the_event_horizon_for_a_moment_but_never_pass_a_row_in_flight(tenant):
+    before = record(tenant, taskId="before")
+    inserted, release, done = threading.Event(), threading.Event(), threading.Event()
+    slow_ids = []
+
+    def slow_transaction():
+        try:
+            with transaction.atomic():
+                slow_ids.append(record(tenant, taskId="slow").pk)
+                inserted.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+            done.set()
+
+    threading.Thread(target=slow_transaction).start()
+    assert inserted.wait(10)
+    fast = record(tenant, taskId="fast")
+    try:
+        in_flight = event_read_limit()  # read now (and kept for the readers that follow)
+    finally:
+        release.set()
+        assert done.wait(10)
+    assert in_flight == before.pk  # stops before the row in flight
+    with CaptureQueriesContext(connection) as queries:
+        cached = event_read_limit(max_age_s=60)
+        listed = event_list_after(tenant=tenant, after_id=before.pk, horizon_max_age_s=60)
+    assert (cached, listed, len(queries)) == (before.pk, [], 1)  # the horizon scan is shared: only the list query
+    refreshed = event_list_after(tenant=tenant, after_id=before.pk, horizon_max_age_s=60, at_least=fast.pk)
+    assert [e.pk for e in refreshed] == [slow_ids[0], fast.pk]  # a live message's id refreshes it

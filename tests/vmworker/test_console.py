@@ -1,7 +1,7 @@
 """The console's view of a guest.log: output lines numbered by seq, read incrementally, and
 bounded backlogs — on log bytes in the guest protocol's record format."""
 
-from vmworker.console import GuestLogTail
+from vmworker.console import LINE_MAX_CHARS, GuestLogTail
 
 HEAD = b"init 120\nstarted 135\n"
 
@@ -94,7 +94,7 @@ def test_backlog_reads_a_bounded_number_of_bytes_of_a_long_log(tmp_path):
     assert backlog.lines[0].text.startswith(f"{backlog.lines[0].seq} ")
 
 
-def test_checkpoints_never_split_a_line_in_pieces(tmp_path):
+def test_checkpoints_inside_lines_in_pieces_still_give_them_whole(tmp_path):
     log = tmp_path / "guest.log"
     piece = "p" * 4000
     records = b"".join(b"out+ " + piece.encode() + b"\n" for _ in range(5)) + b"out end\n"
@@ -106,6 +106,25 @@ def test_checkpoints_never_split_a_line_in_pieces(tmp_path):
     joined = piece * 5 + "end"
     assert all(line.text in (joined[:16384] + " [cut]", "line 0", "line 1", "line 2") for line in backlog.lines)
     assert [line.seq for line in backlog.lines] == list(range(backlog.lines[0].seq, 160))
+
+
+def test_a_long_unfinished_line_gives_a_backlog_ending_with_it_cut(tmp_path):
+    log = tmp_path / "guest.log"
+    piece = b"out+ " + b"u" * 4096 + b"\n"
+    log.write_bytes(HEAD + numbered(5) + piece * 400)  # a 1.6 MB line the app has not ended
+    tail = GuestLogTail(log)
+    while tail.has_unread():
+        tail.read()
+    before_end = tail.backlog(-1)  # lines 0-4 are more than BACKLOG_MAX_BYTES back; line 5 is not out yet
+    assert (before_end.lines, before_end.truncated_first_seq, before_end.next_seq) == ((), 5, 5)
+    with open(log, "ab") as file:
+        file.write(piece * 10 + b"out !\nout after\n")
+    while tail.has_unread():
+        tail.read()
+    backlog = tail.backlog(4)
+    assert [line.seq for line in backlog.lines] == [5, 6]
+    assert backlog.lines[0].text == "u" * LINE_MAX_CHARS + " [cut]" and backlog.lines[1].text == "after"
+    assert tail.backlog(-1).lines == backlog.lines and tail.backlog(-1).truncated_first_seq == 5
 
 
 def test_a_missing_log_gives_nothing(tmp_path):

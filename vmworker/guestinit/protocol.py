@@ -111,14 +111,19 @@ _STREAM_TAGS = {
     "err+": ("stderr", False),
 }
 _MAX_PENDING_BYTES = 64 * 1024
+# A line the app never ends (hvinit sends it as 4 KiB ``out+`` pieces forever) keeps at most this
+# much in the parser; the rest is dropped and the line, when it ends, comes out cut.
+OUTPUT_LINE_MAX_CHARS = 16 * 1024
 
 
 @dataclass(frozen=True)
 class OutputLine:
-    """One line of app output; ``stream`` is "stdout" or "stderr"."""
+    """One line of app output; ``stream`` is "stdout" or "stderr". ``cut``: the parser kept only
+    the first ``line_max_chars`` of it (the log file still holds it whole)."""
 
     stream: str
     text: str
+    cut: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,13 +157,19 @@ GuestRecord = OutputLine | GuestEvent | MalformedRecord
 class GuestLogParser:
     """Incremental parser for the log port's bytes (feed chunks as the file grows).
 
-    Fragments (``out+``) are joined into one OutputLine. Partial lines wait for
-    more bytes; ``close()`` flushes what is left when the VM is gone.
+    Fragments (``out+``) are joined into one OutputLine, keeping at most ``line_max_chars`` of
+    it (memory stays bounded whatever the app writes). Partial lines wait for more bytes;
+    ``close()`` flushes what is left when the VM is gone. ``fragment_state()`` /
+    ``from_fragment_state()`` save and restore the lines in pieces at a record boundary, so a
+    reader may resume in the middle of a long line.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, line_max_chars: int = OUTPUT_LINE_MAX_CHARS) -> None:
         self._buffer = b""
+        self._line_max_chars = line_max_chars
         self._fragments: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._fragment_chars = {"stdout": 0, "stderr": 0}
+        self._fragment_cut = {"stdout": False, "stderr": False}
 
     def feed(self, data: bytes) -> list[GuestRecord]:
         self._buffer += data
@@ -178,29 +189,67 @@ class GuestLogParser:
     @property
     def in_fragmented_line(self) -> bool:
         """True while an ``out+``/``err+`` line waits for its end: no line boundary here."""
-        return any(self._fragments.values())
+        return any(self._fragments.values()) or any(self._fragment_cut.values())
+
+    def fragment_state(self) -> tuple[tuple[str, str, bool], ...]:
+        """The lines in pieces now, as (stream, text so far, cut): immutable, at most
+        ``line_max_chars`` per stream. Only meaningful at a record boundary (``pending_bytes``
+        not yet parsed are not in it)."""
+        return tuple(
+            (stream, "".join(pieces), self._fragment_cut[stream])
+            for stream, pieces in self._fragments.items()
+            if pieces or self._fragment_cut[stream]
+        )
+
+    @classmethod
+    def from_fragment_state(
+        cls, state: tuple[tuple[str, str, bool], ...], *, line_max_chars: int = OUTPUT_LINE_MAX_CHARS
+    ) -> GuestLogParser:
+        parser = cls(line_max_chars=line_max_chars)
+        for stream, text, cut in state:
+            parser._fragments[stream] = [text] if text else []
+            parser._fragment_chars[stream] = len(text)
+            parser._fragment_cut[stream] = cut
+        return parser
 
     def close(self) -> list[GuestRecord]:
         records = list(self._parse_line(self._buffer)) if self._buffer else []
         self._buffer = b""
-        for stream, pieces in self._fragments.items():
-            if pieces:
-                records.append(OutputLine(stream, "".join(pieces)))
-                pieces.clear()
+        for stream in self._fragments:
+            if self._fragments[stream] or self._fragment_cut[stream]:
+                records.append(self._end_line(stream, ""))
         return records
+
+    def _end_line(self, stream: str, text: str) -> OutputLine:
+        self._add_piece(stream, text)
+        line = OutputLine(stream, "".join(self._fragments[stream]), cut=self._fragment_cut[stream])
+        self._fragments[stream] = []
+        self._fragment_chars[stream] = 0
+        self._fragment_cut[stream] = False
+        return line
+
+    def _add_piece(self, stream: str, text: str) -> None:
+        room = self._line_max_chars - self._fragment_chars[stream]
+        if len(text) > room:
+            text = text[: max(room, 0)]
+            self._fragment_cut[stream] = True
+        if text:
+            self._fragments[stream].append(text)
+            self._fragment_chars[stream] += len(text)
 
     def _parse_line(self, line: bytes) -> Iterator[GuestRecord]:
         tag, separator, rest = line.partition(b" ")
         name = tag.decode("ascii", "replace")
         if name in _STREAM_TAGS:
             stream, line_complete = _STREAM_TAGS[name]
-            text = rest.decode("utf-8", "replace")
-            pieces = self._fragments[stream]
+            if self._fragment_cut[stream]:
+                text = ""  # already full: what follows is dropped without decoding it
+            else:
+                text = rest.decode("utf-8", "replace")
             if not line_complete:
-                pieces.append(text)
+                self._add_piece(stream, text)
                 return
-            yield OutputLine(stream, "".join(pieces) + text)
-            pieces.clear()
+            yield self._end_line(stream, text)
         elif name in _EVENT_NAMES:
             yield GuestEvent(name, rest.decode("utf-8", "replace"))
         else:

@@ -88,6 +88,30 @@ def test_unfinished_log_has_no_exit_code_and_keeps_partial_data():
     assert parser.close() == [OutputLine("stdout", "partial line without newl")]
 
 
+def test_a_line_the_app_never_ends_keeps_bounded_memory_and_ends_as_one_cut_line():
+    parser = GuestLogParser(line_max_chars=10_000)
+    piece = b"out+ " + b"p" * 4096 + b"\n"
+    for _ in range(1000):  # 4 MiB of one line, as hvinit sends it
+        assert parser.feed(piece) == []
+    assert sum(len(text) for _, text, _ in parser.fragment_state()) == 10_000
+    records = parser.feed(b"err other stream\nout end\n")
+    assert records == [OutputLine("stderr", "other stream"), OutputLine("stdout", "p" * 10_000, cut=True)]
+    assert parser.feed(b"out next\n") == [OutputLine("stdout", "next")]  # the next line is whole again
+    assert not parser.in_fragmented_line
+
+
+def test_a_parser_resumes_from_a_saved_fragment_state():
+    whole = GuestLogParser(line_max_chars=12)
+    head, tail = b"out+ abcdefgh\nerr+ xy\n", b"out+ ijklmnop\nout qr\nerr z\n"
+    whole.feed(head)
+    resumed = GuestLogParser.from_fragment_state(whole.fragment_state(), line_max_chars=12)
+    assert (
+        resumed.feed(tail)
+        == whole.feed(tail)
+        == [OutputLine("stdout", "abcdefghijkl", cut=True), OutputLine("stderr", "xyz")]
+    )
+
+
 def test_unknown_lines_are_kept_as_malformed():
     parser = GuestLogParser()
 
