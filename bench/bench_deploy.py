@@ -123,9 +123,7 @@ def main() -> None:
     registry = start_registry(scratch / "registry")
     processes: list[subprocess.Popen] = []
     name = f"bench-{uuid.uuid4().hex[:6]}"
-    admin = get_user_model().objects.filter(is_staff=True).first() or get_user_model().objects.create(
-        username=name, is_staff=True
-    )
+    admin = get_user_model().objects.create(username=name, is_staff=True)  # removed at the end
     tenant = tenant_create(actor=admin, slug=name, name="Benchmark", owner=admin)
     Quota.objects.filter(tenant=tenant).update(instances=100, vcpus=400, memory_mib=100 * 1024, published_ports=100)
     access = tenant_access_resolve(user=admin, slug=tenant.slug)
@@ -264,6 +262,7 @@ def main() -> None:
                 for status in leftover.list_instances():
                     leftover.remove(status.instance_id)
         Tenant.objects.filter(pk=tenant.pk).delete()
+        admin.delete()
         ComputeHost.objects.filter(name=name).delete()
         stop_registry(registry)
         shutil.rmtree(scratch, ignore_errors=True)

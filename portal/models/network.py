@@ -36,7 +36,8 @@ class NetworkAllocation(models.Model):
     network row's lock at placement, deleted when the instance ends; the unique constraint is
     the last line of defence against a duplicate address."""
 
-    network = models.ForeignKey(Network, on_delete=models.PROTECT, related_name="allocations")
+    # RESTRICT: a network in use cannot go alone, but with its tenant (whose instances go too) it can.
+    network = models.ForeignKey(Network, on_delete=models.RESTRICT, related_name="allocations")
     instance = models.OneToOneField("Instance", on_delete=models.CASCADE, related_name="network_allocation")
     address = models.GenericIPAddressField(protocol="IPv4")
     created_at = models.DateTimeField(auto_now_add=True)

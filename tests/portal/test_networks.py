@@ -107,6 +107,19 @@ def test_a_full_network_says_so_and_allocates_nothing(tenant):
 
 
 @pytest.mark.django_db
+def test_a_network_in_use_cannot_go_alone_but_goes_with_its_tenant(tenant):
+    from django.db.models import RestrictedError
+
+    network = network_ensure(tenant=tenant, name="default")
+    network_address_allocate(instance=make_instance(tenant), network=network)
+    with pytest.raises(RestrictedError), transaction.atomic():
+        network.delete()
+    tenant.delete()
+    assert not Network.objects.filter(pk=network.pk).exists()
+    assert not NetworkAllocation.objects.filter(network_id=network.pk).exists()
+
+
+@pytest.mark.django_db
 def test_the_address_is_freed_when_the_instance_ends(tenant):
     network = network_ensure(tenant=tenant, name="default")
     instance = make_instance(tenant)
