@@ -210,6 +210,7 @@ def main() -> None:
             booted = runtime.boot(spec)
             elapsed = wait_page(port, started)
             cpu_s = qemu_cpu_s(booted.domain_name)
+            print(f"  runtime: page after {elapsed:.2f} s; timings {booted.timings_s}", flush=True)
             runtime.remove(spec.instance_id)
             portal_s = deploy_until_page(access, image, f"/single-{index}")
             delete_all(access)

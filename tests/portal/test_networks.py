@@ -271,7 +271,12 @@ def test_placing_on_a_new_network_while_first_deploys_make_it_does_not_deadlock(
     tenant = TenantFactory()
     Quota.objects.filter(tenant=tenant).update(instances=10, vcpus=10, memory_mib=10_000)
     host_up("host-lock")
-    on_fresh = {**APP, "networks": [{"mode": "container", "name": "fresh"}]}
+    # Only host-lock may take them: the session's live-stack hosts (if any) must not.
+    on_fresh = {
+        **APP,
+        "networks": [{"mode": "container", "name": "fresh"}],
+        "constraints": [["hostname", "CLUSTER", "host-lock"]],
+    }
     waiting = make_instance(tenant, "/scaled")
     AppVersion.objects.filter(pk=waiting.version_id).update(definition=parse_app_definition(on_fresh).to_stored())
     developer = MembershipFactory(tenant=tenant, role=TenantRole.DEVELOPER).user

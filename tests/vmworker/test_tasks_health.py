@@ -24,6 +24,7 @@ PROBES = 5
 def app_with_http_check(tenant) -> App:
     body = {
         "id": "/probed",
+        "instances": PROBES,  # at its target: a reconciler of the session's live stack leaves it alone
         "cmd": "sleep 3600",
         "cpus": 0.1,
         "mem": 128,
