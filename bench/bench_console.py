@@ -19,14 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import django
@@ -35,26 +31,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.dev")
 os.environ.setdefault("PORTAL_REDIS_URL", "redis://127.0.0.1:6379/2")
 django.setup()
 
-from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import close_old_connections  # noqa: E402
 from django.test import Client  # noqa: E402
 
+from bench.stack import bench_stack  # noqa: E402
 from portal.choices import INSTANCE_UP  # noqa: E402
 from portal.marathon import parse_app_definition  # noqa: E402
-from portal.models import ComputeHost, Instance  # noqa: E402
+from portal.models import Instance  # noqa: E402
 from portal.services.apps import app_create  # noqa: E402
-from tenants.access import tenant_access_resolve  # noqa: E402
-from tenants.models import Tenant  # noqa: E402
-from tenants.services import registry_create, tenant_create  # noqa: E402
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.support.live_stack import free_port  # noqa: E402
-from tests.support.oci_images import HTTPD, build_and_push  # noqa: E402
-from tests.support.registry import start_registry, stop_registry  # noqa: E402
 from vmworker.console import GuestLogTail  # noqa: E402
 from vmworker.console_agent import console_group  # noqa: E402
-from vmworker.runtime import HyperVMRuntime, RuntimeSettings  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 FILE_POLL_S = 0.002
 START_DELAY_S = 20  # the guest waits this long before printing: time for the page to attach
@@ -159,53 +148,13 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    scratch = Path(tempfile.mkdtemp(prefix="hypervm-bench-console-", dir="/var/tmp"))
-    scratch.chmod(0o755)
-    processes: list[subprocess.Popen] = []
-    name = f"bench-{uuid.uuid4().hex[:6]}"
-    user = get_user_model().objects.create(username=name, is_staff=True)  # platform admins create tenants
-    tenant = tenant_create(actor=user, slug=name, name="Console benchmark", owner=user)
-    access = tenant_access_resolve(user=user, slug=tenant.slug)
-    others_up = list(ComputeHost.objects.exclude(name=name).filter(state="up").values_list("pk", flat=True))
-    registry = start_registry(scratch / "registry")
-    try:
-        authfile = registry.write_authfile(scratch / "auth.json")
-        image = build_and_push(
-            HTTPD, cache_dir=scratch / "layouts", registry=registry.host_port, authfile=authfile
-        ).reference
-        registry_create(
-            access=access,
-            name="bench",
-            url=f"http://{registry.host_port}",
-            username=registry.username,
-            password=registry.password,
-            insecure=True,
-        )
-        queue = f"bench-{name}"
-        host_dir = scratch / "host"
-        env = os.environ | {
-            "PORTAL_CELERY_QUEUE": queue,
-            "HYPERVM_HOST_NAME": name,
-            "HYPERVM_STATE_DIR": str(host_dir),
-            "PYTHONUNBUFFERED": "1",
-        }
-        log = open(scratch / "processes.log", "wb")  # noqa: SIM115
-        worker = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", f"{queue},host.{name}", "-c", "4"]
-        worker += ["-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
-        processes.append(subprocess.Popen(worker, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    with bench_stack("console", "Console benchmark", {"PYTHONUNBUFFERED": "1"}) as stack:
+        stack.start_worker(concurrency=4)
         port = free_port()
-        daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"]
-        processes.append(subprocess.Popen(daphne, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        stack.spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"])
         base_url = f"http://127.0.0.1:{port}"
-
-        from django.conf import settings
-
-        from portal.celery import app as celery_app
-
-        settings.CELERY_TASK_DEFAULT_QUEUE = queue
-        celery_app.conf.task_default_queue = queue
-        wait_for("the host worker to register", lambda: ComputeHost.objects.filter(name=name).exists(), 180)
-        ComputeHost.objects.filter(pk__in=others_up).update(state="down")  # place only on the bench host
+        stack.claim_placement(180, restore_others=True)
+        user, tenant, access, image, host_dir = stack.user, stack.tenant, stack.access, stack.image, stack.host_dir
 
         definition = parse_app_definition(counter_app(image, args.lines, args.interval))
         app = app_create(access=access, definition=definition).app
@@ -259,23 +208,6 @@ def main() -> None:
         ]
         print(f"portal share (browser - subscriber):         {percentiles(portal_share)}")
         print(f"lines the browser never got: {missing or 'none'}; load average {os.getloadavg()}")
-    finally:
-        for process in processes:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        if (scratch / "host").exists():
-            leftover = HyperVMRuntime(RuntimeSettings(state_dir=scratch / "host"))
-            for status in leftover.list_instances():
-                leftover.remove(status.instance_id)
-        Tenant.objects.filter(pk=tenant.pk).delete()
-        ComputeHost.objects.filter(name=name).delete()
-        ComputeHost.objects.filter(pk__in=others_up).update(state="up")
-        get_user_model().objects.filter(pk=user.pk).delete()
-        stop_registry(registry)
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

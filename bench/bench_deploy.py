@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,23 +32,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.dev")
 os.environ.setdefault("PORTAL_CPU_ALLOCATION_RATIO", "16")
 django.setup()
 
-from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import close_old_connections  # noqa: E402
 
+from bench.stack import bench_stack  # noqa: E402
 from portal.choices import INSTANCE_ACTIVE, InstanceStatus  # noqa: E402
 from portal.marathon import parse_app_definition  # noqa: E402
-from portal.models import App, ComputeHost, Instance  # noqa: E402
+from portal.models import App, Instance  # noqa: E402
 from portal.services.apps import app_create, app_delete  # noqa: E402
-from tenants.access import tenant_access_resolve  # noqa: E402
-from tenants.models import Quota, Tenant  # noqa: E402
-from tenants.services import registry_create, tenant_create  # noqa: E402
-from tests.support.oci_images import HTTPD, build_and_push  # noqa: E402
-from tests.support.registry import start_registry, stop_registry  # noqa: E402
+from tenants.models import Quota  # noqa: E402
+from tests.support.live_stack import free_port  # noqa: E402
 from vmworker.driver.spec import PortForward  # noqa: E402
 from vmworker.images import RegistryCredentials  # noqa: E402
 from vmworker.runtime import HyperVMRuntime, InstanceSpec, RuntimeSettings  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 
 
@@ -74,14 +66,6 @@ def qemu_cpu_s(domain_name: str) -> float:
     pid = Path(f"/run/libvirt/qemu/{domain_name}.pid").read_text().strip()
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def app_json(image: str, app_id: str) -> dict:
@@ -123,84 +107,13 @@ def main() -> None:
     parser.add_argument("--apps", type=int, default=20)
     args = parser.parse_args()
 
-    scratch = Path(tempfile.mkdtemp(prefix="hypervm-bench-deploy-", dir="/var/tmp"))
-    scratch.chmod(0o755)
-    registry = start_registry(scratch / "registry")
-    processes: list[subprocess.Popen] = []
-    name = f"bench-{uuid.uuid4().hex[:6]}"
-    admin = get_user_model().objects.create(username=name, is_staff=True)  # removed at the end
-    tenant = tenant_create(actor=admin, slug=name, name="Benchmark", owner=admin)
-    Quota.objects.filter(tenant=tenant).update(instances=100, vcpus=400, memory_mib=100 * 1024, published_ports=100)
-    access = tenant_access_resolve(user=admin, slug=tenant.slug)
-    try:
-        authfile = registry.write_authfile(scratch / "auth.json")
-        image = build_and_push(
-            HTTPD, cache_dir=scratch / "layouts", registry=registry.host_port, authfile=authfile
-        ).reference
-        registry_create(
-            access=access,
-            name="bench",
-            url=f"http://{registry.host_port}",
-            username=registry.username,
-            password=registry.password,
-            insecure=True,
-        )
-        credentials = RegistryCredentials(registry.username, registry.password)
-
-        queue = f"bench-{name}"
-        host_dir = scratch / "host"
-        env = os.environ | {
-            "DJANGO_SETTINGS_MODULE": "portal.settings.dev",
-            "PORTAL_CELERY_QUEUE": queue,
-            "HYPERVM_HOST_NAME": name,
-            "HYPERVM_STATE_DIR": str(host_dir),
-        }
-        log = open(scratch / "worker.log", "wb")  # noqa: SIM115
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "portal",
-                    "worker",
-                    "-Q",
-                    f"{queue},host.{name}",
-                    "-c",
-                    "8",
-                    "-n",
-                    f"{name}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "portal", "beat", "--schedule", str(scratch / "beat")],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-        os.environ["PORTAL_CELERY_QUEUE"] = queue
-        from django.conf import settings
-
-        settings.CELERY_TASK_DEFAULT_QUEUE = queue
-        from portal.celery import app as celery_app
-
-        celery_app.conf.task_default_queue = queue
-        deadline = time.monotonic() + 120
-        while not ComputeHost.objects.filter(name=name).exists():
-            assert time.monotonic() < deadline, "the host worker did not register"
-            time.sleep(0.5)
-        ComputeHost.objects.exclude(name=name).update(state="down")  # place only on the bench host
+    with bench_stack("deploy", "Benchmark", {"DJANGO_SETTINGS_MODULE": "portal.settings.dev"}) as stack:
+        tenant, access, image, scratch = stack.tenant, stack.access, stack.image, stack.scratch
+        Quota.objects.filter(tenant=tenant).update(instances=100, vcpus=400, memory_mib=100 * 1024, published_ports=100)
+        credentials = RegistryCredentials(stack.registry.username, stack.registry.password)
+        stack.start_worker(concurrency=8)
+        stack.spawn([sys.executable, "-m", "celery", "-A", "portal", "beat", "--schedule", str(scratch / "beat")])
+        stack.claim_placement(120, restore_others=False)
 
         runtime = HyperVMRuntime(RuntimeSettings(state_dir=scratch / "runtime"))
         deploy_until_page(access, image, "/warm")  # warms the host's image cache and probe
@@ -258,23 +171,6 @@ def main() -> None:
             f"{args.apps} boots on {cores} cores need at least {floor_s:.1f} s of CPU = "
             f"{floor_s / portal_median:.2f}x one app, before any portal work; runs {boot_cpu}"
         )
-    finally:
-        for process in processes:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for state_dir in (scratch / "host", scratch / "runtime"):
-            if state_dir.exists():
-                leftover = HyperVMRuntime(RuntimeSettings(state_dir=state_dir))
-                for status in leftover.list_instances():
-                    leftover.remove(status.instance_id)
-        Tenant.objects.filter(pk=tenant.pk).delete()
-        admin.delete()
-        ComputeHost.objects.filter(name=name).delete()
-        stop_registry(registry)
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
