@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -208,6 +209,32 @@ def lines_of(messages: list[dict]) -> list[int]:
     return [line["seq"] for message in messages if message["type"] == "lines" for line in message["lines"]]
 
 
+@contextmanager
+def row_in_flight(tenant):
+    """An event row of ``tenant`` inserted by another connection whose transaction stays open until
+    the block ends (then it commits); yields a list that holds the row's id."""
+    inserted, release, done = threading.Event(), threading.Event(), threading.Event()
+    slow_ids = []
+
+    def slow_transaction():
+        try:
+            with transaction.atomic():
+                slow_ids.append(record(tenant, taskId="slow").pk)
+                inserted.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+            done.set()
+
+    threading.Thread(target=slow_transaction).start()
+    assert inserted.wait(10)
+    try:
+        yield slow_ids
+    finally:
+        release.set()
+        assert done.wait(10)
+
+
 # -- authorization ---------------------------------------------------------------------------------
 
 
@@ -357,26 +384,10 @@ def test_too_many_to_replay_is_a_reset(tenant, viewer):
 
 def test_a_row_committed_after_a_newer_one_is_not_skipped(tenant):
     before = record(tenant, taskId="before")
-    inserted, release, done = threading.Event(), threading.Event(), threading.Event()
-    slow_ids = []
-
-    def slow_transaction():
-        try:
-            with transaction.atomic():
-                slow_ids.append(record(tenant, taskId="slow").pk)
-                inserted.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-            done.set()
-
-    threading.Thread(target=slow_transaction).start()
-    assert inserted.wait(10)
-    fast = record(tenant, taskId="fast")  # a newer id, committed first
-    assert slow_ids[0] < fast.pk
-    assert event_list_after(tenant=tenant, after_id=before.pk) == []
-    release.set()
-    assert done.wait(10)
+    with row_in_flight(tenant) as slow_ids:
+        fast = record(tenant, taskId="fast")  # a newer id, committed first
+        assert slow_ids[0] < fast.pk
+        assert event_list_after(tenant=tenant, after_id=before.pk) == []
     assert [e.pk for e in event_list_after(tenant=tenant, after_id=before.pk)] == [slow_ids[0], fast.pk]
 
 
@@ -645,27 +656,9 @@ def test_a_socket_whose_user_lost_access_is_closed_within_the_poll(tenant, viewe
 
 def test_sockets_share_the_event_horizon_for_a_moment_but_never_pass_a_row_in_flight(tenant):
     before = record(tenant, taskId="before")
-    inserted, release, done = threading.Event(), threading.Event(), threading.Event()
-    slow_ids = []
-
-    def slow_transaction():
-        try:
-            with transaction.atomic():
-                slow_ids.append(record(tenant, taskId="slow").pk)
-                inserted.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-            done.set()
-
-    threading.Thread(target=slow_transaction).start()
-    assert inserted.wait(10)
-    fast = record(tenant, taskId="fast")
-    try:
+    with row_in_flight(tenant) as slow_ids:
+        fast = record(tenant, taskId="fast")
         in_flight = event_read_limit()  # read now (and kept for the readers that follow)
-    finally:
-        release.set()
-        assert done.wait(10)
     assert in_flight == before.pk  # stops before the row in flight
     with CaptureQueriesContext(connection) as queries:
         cached = event_read_limit(max_age_s=60)
