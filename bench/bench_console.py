@@ -31,10 +31,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.dev")
 os.environ.setdefault("PORTAL_REDIS_URL", "redis://127.0.0.1:6379/2")
 django.setup()
 
-from django.db import close_old_connections  # noqa: E402
 from django.test import Client  # noqa: E402
 
-from bench.stack import bench_stack  # noqa: E402
+from bench.stack import bench_stack, wait_for  # noqa: E402
 from portal.choices import INSTANCE_UP  # noqa: E402
 from portal.marathon import parse_app_definition  # noqa: E402
 from portal.models import Instance  # noqa: E402
@@ -47,18 +46,6 @@ from vmworker.console_agent import console_group  # noqa: E402
 TIMEOUT_S = 600
 FILE_POLL_S = 0.002
 START_DELAY_S = 20  # the guest waits this long before printing: time for the page to attach
-
-
-def wait_for(what: str, predicate, timeout_s: float = TIMEOUT_S, poll_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        close_old_connections()
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(poll_s)
 
 
 def counter_app(image: str, lines: int, interval_s: float) -> dict:
@@ -159,7 +146,7 @@ def main() -> None:
         definition = parse_app_definition(counter_app(image, args.lines, args.interval))
         app = app_create(access=access, definition=definition).app
         instance = wait_for(
-            "the guest to run", lambda: Instance.objects.filter(app=app, status__in=INSTANCE_UP).first()
+            "the guest to run", lambda: Instance.objects.filter(app=app, status__in=INSTANCE_UP).first(), TIMEOUT_S
         )
         booted_at = time.monotonic()
         instance_id = str(instance.pk)

@@ -32,6 +32,20 @@ ROOT = Path(__file__).resolve().parents[1]
 STATE_DIRS = ("host", "runtime")  # HyperVM state directories below scratch whose leftover VMs are removed
 
 
+def wait_for(what: str, predicate, timeout_s: float, poll_s: float = 0.2):
+    """The first true value of ``predicate``, read with fresh database connections; TimeoutError after
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        close_old_connections()
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(poll_s)
+
+
 @dataclass
 class BenchStack:
     scratch: Path
@@ -74,14 +88,7 @@ class BenchStack:
         """Waits for the worker's host to register, then marks the other hosts down so that placement
         picks only the bench host. With ``restore_others`` only the hosts that were up are marked
         down, and they are put back up at the end; without, all others are marked down and stay so."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            close_old_connections()
-            if ComputeHost.objects.filter(name=self.name).exists():
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("timed out waiting for the host worker to register")
-            time.sleep(0.2)
+        wait_for("the host worker to register", lambda: ComputeHost.objects.filter(name=self.name).exists(), timeout_s)
         others = ComputeHost.objects.exclude(name=self.name)
         if restore_others:
             self.others_up = list(others.filter(state="up").values_list("pk", flat=True))
