@@ -113,7 +113,7 @@ def main() -> None:
         credentials = RegistryCredentials(stack.registry.username, stack.registry.password)
         stack.start_worker(concurrency=8)
         stack.spawn([sys.executable, "-m", "celery", "-A", "portal", "beat", "--schedule", str(scratch / "beat")])
-        stack.claim_placement(120, restore_others=False)
+        stack.claim_placement(120, restore_others=True)
 
         runtime = HyperVMRuntime(RuntimeSettings(state_dir=scratch / "runtime"))
         deploy_until_page(access, image, "/warm")  # warms the host's image cache and probe
