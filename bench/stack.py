@@ -23,9 +23,10 @@ from django.db import close_old_connections
 from portal.models import ComputeHost
 from tenants.access import tenant_access_resolve
 from tenants.models import Tenant
-from tenants.services import registry_create, tenant_create
+from tenants.services import tenant_create
 from tests.support.oci_images import HTTPD, build_and_push
 from tests.support.registry import LocalRegistry, start_registry, stop_registry
+from tests.support.tenant_access import registry_add
 from vmworker.runtime import HyperVMRuntime, RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,14 +149,7 @@ def bench_stack(kind: str, tenant_name: str, env: dict[str, str]) -> Iterator[Be
         stack.image = build_and_push(
             HTTPD, cache_dir=scratch / "layouts", registry=registry.host_port, authfile=authfile
         ).reference
-        registry_create(
-            access=access,
-            name="bench",
-            url=f"http://{registry.host_port}",
-            username=registry.username,
-            password=registry.password,
-            insecure=True,
-        )
+        registry_add(access, registry, name="bench")
         yield stack
     finally:
         stack.remove()

@@ -20,9 +20,9 @@ from portal.services.apps import app_create, app_delete, app_scale
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.models import ImageRegistry, Membership
-from tenants.services import registry_create
 from tests.support.browser import screenshot
 from tests.support.oci_images import HTTPD_PORT, PRINTER_EXIT_CODE, PRINTER_STDOUT_LINES
+from tests.support.tenant_access import registry_add
 from tests.tenants.factories import TenantFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -51,14 +51,7 @@ def acme(registry, test_images):
     user = UserFactory(username="alice")
     tenant = TenantFactory(slug="acme", name="Acme")
     Membership.objects.create(tenant=tenant, user=user, role=TenantRole.OWNER)
-    registry_create(
-        access=tenant_access_resolve(user=user, slug="acme"),
-        name="local",
-        url=f"http://{registry.host_port}",
-        username=registry.username,
-        password=registry.password,
-        insecure=True,
-    )
+    registry_add(tenant_access_resolve(user=user, slug="acme"), registry)
     return tenant
 
 

@@ -24,13 +24,14 @@ from portal.asgi import application
 from portal.choices import HostState, InstanceStatus
 from portal.events import event_publish
 from portal.marathon import parse_app_definition
-from portal.models import ComputeHost, Event, Instance
+from portal.models import Event, Instance
 from portal.selectors import EVENT_REPLAY_LIMIT, event_horizon, event_list_after, event_read_limit
 from portal.services.apps import app_create
 from portal.services.instances import instance_transition
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.models import Membership
+from tests.support.portal_fixtures import compute_host_create
 from vmworker.console_agent import ConsoleAgent, console_channel, console_group
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -131,16 +132,7 @@ def other_app(other_tenant, member_of):
 def host():
     """A host row only these tests use: down, so placement never picks it and its heartbeat never
     expires (which would make its instances lost); the consumers look at the instance's row."""
-    return ComputeHost.objects.create(
-        state=HostState.DOWN,
-        name=f"test-consumers-{uuid.uuid4().hex[:8]}",
-        queue=f"host.test-consumers-{uuid.uuid4().hex[:8]}",
-        libvirt_uri="qemu:///system",
-        vcpus=4,
-        memory_mib=8192,
-        virt_type="qemu",
-        last_heartbeat_at=timezone.now(),
-    )
+    return compute_host_create(f"test-consumers-{uuid.uuid4().hex[:8]}", state=HostState.DOWN, vcpus=4, memory_mib=8192)
 
 
 @pytest.fixture

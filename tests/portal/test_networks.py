@@ -6,7 +6,6 @@ import threading
 
 import pytest
 from django.db import close_old_connections, connection, transaction
-from django.utils import timezone
 
 from portal.choices import InstanceStatus
 from portal.marathon import parse_app_definition
@@ -28,6 +27,7 @@ from tenants.choices import TenantRole
 from tenants.errors import QuotaExceeded
 from tenants.models import Quota, ResourceClaim
 from tenants.selectors import quota_usage
+from tests.support.portal_fixtures import compute_host_create
 from tests.tenants.factories import MembershipFactory, TenantFactory
 
 APP = {"id": "/web", "cmd": "sleep 3600", "cpus": 0.1, "mem": 64, "container": {"docker": {"image": "demo/h:1"}}}
@@ -41,15 +41,7 @@ def make_instance(tenant, app_id="/web") -> Instance:
 
 
 def host_up(name: str) -> ComputeHost:
-    return ComputeHost.objects.create(
-        name=name,
-        queue=f"host.{name}",
-        libvirt_uri="qemu:///system",
-        vcpus=8,
-        memory_mib=8192,
-        virt_type="qemu",
-        last_heartbeat_at=timezone.now(),
-    )
+    return compute_host_create(name, memory_mib=8192)
 
 
 @pytest.mark.django_db

@@ -17,12 +17,11 @@ from portal.marathon import parse_app_definition
 from portal.models import App, ComputeHost, Deployment, Event, Instance
 from portal.selectors import app_get
 from portal.services.apps import app_create, app_delete
-from tenants.access import tenant_access_resolve
-from tenants.choices import TenantRole
 from tenants.selectors import quota_usage
 from tenants.services import registry_create
 from tests.support.oci_images import SIGTERM, build_and_push
 from tests.support.registry import start_registry, stop_registry
+from tests.support.tenant_access import owner_access_with_registry
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 WAIT_S = 150
@@ -73,17 +72,7 @@ def deployment_done(deployment) -> bool:
 
 @pytest.fixture
 def access(tenant, member_of, registry, test_images):
-    owner = member_of(tenant, TenantRole.OWNER)
-    access = tenant_access_resolve(user=owner, slug=tenant.slug)
-    registry_create(
-        access=access,
-        name="local",
-        url=f"http://{registry.host_port}",
-        username=registry.username,
-        password=registry.password,
-        insecure=True,
-    )
-    return access
+    return owner_access_with_registry(tenant, member_of, registry)
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ from django.utils import timezone
 from portal.choices import DeploymentStatus, InstanceStatus, VirtType
 from portal.forms import field_for_path
 from portal.marathon import parse_app_definition
-from portal.models import App, AppVersion, ComputeHost, Deployment, Instance
+from portal.models import App, AppVersion, Deployment, Instance
 from portal.services.apps import app_create
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.models import ImageRegistry, Quota
+from tests.support.portal_fixtures import compute_host_create
 from tests.tenants.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -281,15 +282,7 @@ def test_hosts_page_is_for_platform_admins(tenant, developer, developer_app_host
 
 @pytest.fixture
 def developer_app_host(tenant, developer):
-    host = ComputeHost.objects.create(
-        name="h1",
-        queue="host.h1",
-        libvirt_uri="qemu:///system",
-        vcpus=4,
-        memory_mib=2048,
-        virt_type=VirtType.QEMU,
-        last_heartbeat_at=timezone.now(),
-    )
+    host = compute_host_create("h1", vcpus=4, memory_mib=2048, virt_type=VirtType.QEMU)
     app = deployed(tenant, developer)
     Instance.objects.filter(app=app).update(host=host)
     return host

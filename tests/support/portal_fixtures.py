@@ -53,3 +53,20 @@ def login(client):
         return client
 
     return as_user
+
+
+def compute_host_create(name: str, **fields):
+    """A ComputeHost row with no worker behind it (heartbeat now, TCG); ``fields`` override."""
+    from django.utils import timezone
+
+    from portal.models import ComputeHost
+
+    defaults = {
+        "queue": f"host.{name}",
+        "libvirt_uri": "qemu:///system",
+        "vcpus": 8,
+        "memory_mib": 16384,
+        "virt_type": "qemu",
+        "last_heartbeat_at": timezone.now(),
+    }
+    return ComputeHost.objects.create(name=name, **(defaults | fields))

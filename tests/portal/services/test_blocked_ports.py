@@ -6,11 +6,11 @@ import time
 
 import pytest
 from django.db import transaction
-from django.utils import timezone
 
 from portal.models import ComputeHost
 from portal.scheduling import NoValidHost, PlacementRequest, instance_place
 from portal.services.hosts import host_ports_block
+from tests.support.portal_fixtures import compute_host_create
 
 pytestmark = pytest.mark.django_db
 
@@ -18,15 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def host(settings):
     settings.HOST_PORT_RANGE = (21000, 21003)
-    return ComputeHost.objects.create(
-        name="host-p",
-        queue="host.host-p",
-        libvirt_uri="qemu:///system",
-        vcpus=8,
-        memory_mib=16384,
-        virt_type="qemu",
-        last_heartbeat_at=timezone.now(),
-    )
+    return compute_host_create("host-p")
 
 
 def place(*host_ports: int) -> tuple[int, ...]:

@@ -9,26 +9,19 @@ from django.utils import timezone
 
 from portal.choices import DeploymentStatus, InstanceStatus
 from portal.marathon import parse_app_definition
-from portal.models import App, ComputeHost, Deployment, Instance
+from portal.models import App, Deployment, Instance
 from portal.services.apps import app_create
 from portal.services.hosts import apps_needing_converge
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
+from tests.support.portal_fixtures import compute_host_create
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def host():
-    return ComputeHost.objects.create(
-        name="host-r",
-        queue="host.host-r",
-        libvirt_uri="qemu:///system",
-        vcpus=8,
-        memory_mib=16384,
-        virt_type="qemu",
-        last_heartbeat_at=timezone.now(),
-    )
+    return compute_host_create("host-r")
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ model classes build from them (pitfall 1 and 4 of API-NOTES §10)."""
 import json
 
 import pytest
-from django.utils import timezone
 from marathon.models import MarathonApp, MarathonDeployment, MarathonInfo, MarathonTask
 from marathon.models.group import MarathonGroup
 
 from portal.api.marathon.render import TenantRenderer
-from portal.models import ComputeHost, Event, Instance
+from portal.models import Event, Instance
 from portal.services.instances import instance_transition
+from tests.support.portal_fixtures import compute_host_create
 
 from .shapes import TIMESTAMP, accepted_keys, app_unknown_keys, task_unknown_keys, unknown_keys
 
@@ -31,15 +31,7 @@ HEALTH_CHECKED_BRIDGE_APP = {
 
 @pytest.fixture
 def host():
-    return ComputeHost.objects.create(
-        name="host-a",
-        queue="host.host-a",
-        libvirt_uri="qemu:///system",
-        vcpus=4,
-        memory_mib=8192,
-        virt_type="qemu",
-        last_heartbeat_at=timezone.now(),
-    )
+    return compute_host_create("host-a", vcpus=4, memory_mib=8192)
 
 
 @pytest.fixture
