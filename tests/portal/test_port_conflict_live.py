@@ -18,6 +18,13 @@ from tests.portal.test_pipeline import access, http_app, one_host, wait_until  #
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+def fetch(port: int) -> bytes | None:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+    except OSError:
+        return None
+
+
 def test_a_port_taken_outside_the_platform_is_skipped(live_stack, access, one_host, test_images, settings):  # noqa: F811
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -40,7 +47,8 @@ def test_a_port_taken_outside_the_platform_is_skipped(live_stack, access, one_ho
             lambda: Instance.objects.filter(app=app, status=InstanceStatus.RUNNING).first(),
         )
         assert replacement.host_ports and replacement.host_ports != [taken]
-        page = urllib.request.urlopen(f"http://127.0.0.1:{replacement.host_ports[0]}/", timeout=10).read()
+        # Running means the app was started; its server may still be binding its port.
+        page = wait_until("the replacement's page", lambda: fetch(replacement.host_ports[0]), 60)
         assert page
         assert App.objects.get(pk=app.pk).launch_failures == 0
     app_delete(access=access, app=app, force=True)
