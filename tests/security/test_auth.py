@@ -72,7 +72,10 @@ def start_fake_registry() -> FakeRegistry:
                 challenge = f'Bearer realm="{fake.realm}",service="fake"'
             else:
                 challenge = 'Basic realm="fake"'
-            ok = not fake.realm and authorization == "Basic " + base64.b64encode(f"robot:{fake.password}".encode()).decode()
+            ok = (
+                not fake.realm
+                and authorization == "Basic " + base64.b64encode(f"robot:{fake.password}".encode()).decode()
+            )
             self.send_response(200 if ok else 401)
             if not ok:
                 self.send_header("WWW-Authenticate", challenge)
@@ -145,6 +148,8 @@ def auth_stack(django_db_setup, django_db_blocker, registry, tmp_path_factory) -
             "PORTAL_API_THROTTLE_USER_RATE": f"{USER_RATE_PER_MIN}/minute",
             "PORTAL_API_THROTTLE_ANON_RATE": f"{USER_RATE_PER_MIN}/minute",
             "PORTAL_LOGIN_FAILURE_LIMIT": str(LOGIN_FAILURE_LIMIT),
+            # Counters of its own: user ids repeat in the next session's fresh test database.
+            "PORTAL_CACHE_KEY_PREFIX": queue,
             "PORTAL_REGISTRY_HOST_ALLOWLIST": ",".join(
                 [*allowlist, original.host_port, moved.host_port, bearer.host_port]
             ),
@@ -240,13 +245,15 @@ def test_repeated_failed_logins_lock_the_account_out_even_for_the_right_password
     user = UserFactory(is_staff=True)
     session = requests.Session()
     url = auth_stack.url + path
-    statuses = [login_attempt(session, url, user.username, "wrong-password").status_code for _ in range(LOGIN_FAILURE_LIMIT)]
+    statuses = [
+        login_attempt(session, url, user.username, "wrong-password").status_code for _ in range(LOGIN_FAILURE_LIMIT)
+    ]
     assert statuses == [200] * (LOGIN_FAILURE_LIMIT - 1) + [429], statuses
 
     locked = login_attempt(session, url, user.username, PASSWORD)
     assert locked.status_code == 429, (locked.status_code, locked.headers.get("Location"))
     assert "locked" in locked.text.lower() and "sessionid" not in session.cookies
-    fresh = login_attempt(requests.Session(), url, UserFactory().username, PASSWORD)
+    fresh = login_attempt(requests.Session(), url, UserFactory(is_staff=True).username, PASSWORD)
     assert fresh.status_code == 302  # another account from the same address still logs in
 
 
