@@ -5,16 +5,25 @@ events stream counts once, when it is opened."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from rest_framework.exceptions import Throttled
 from rest_framework.settings import api_settings
 
 
+class _AsUser:
+    """The request as DRF's throttles see it: ``user`` is the one the Marathon auth resolved
+    (a token's user), not the session's."""
+
+    def __init__(self, request, user):
+        self._request = request
+        self.user = user
+
+    def __getattr__(self, name):
+        return getattr(self._request, name)
+
+
 def marathon_throttle_check(request, *, user, view) -> None:
     """Raises Throttled (its ``wait`` is the Retry-After) when the caller is over a rate."""
-    # DRF's throttles read only .user and .META of the request they are given.
-    caller = SimpleNamespace(user=user, META=request.META)
+    caller = _AsUser(request, user)
     waits = []
     for throttle_class in api_settings.DEFAULT_THROTTLE_CLASSES:
         throttle = throttle_class()
