@@ -208,6 +208,8 @@ AXES_COOLOFF_TIME = timedelta(seconds=float(os.environ.get("PORTAL_LOGIN_COOLOFF
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Kept out of the attempt rows (axes always masks the password).
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "csrfmiddlewaretoken"]
 
 
 def cache_for(url: str) -> dict:

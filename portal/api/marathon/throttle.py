@@ -1,7 +1,7 @@
 """The API's throttles (DRF's, from REST_FRAMEWORK's DEFAULT_THROTTLE_CLASSES and _RATES, counted
-in the Redis cache) applied to the Marathon ``/v2`` views, which are plain Django views: a user
-(or, unauthenticated, a client address) has one budget across ``/api/v1`` and ``/v2``. The
-events stream counts once, when it is opened."""
+in the Redis cache) applied to the authenticated Marathon ``/v2`` views, which are plain Django
+views: a user has one budget across ``/api/v1`` and ``/v2``. The events stream counts once, when
+it is opened. ``/ping`` is not counted: load balancers probe it, and it does no work."""
 
 from __future__ import annotations
 

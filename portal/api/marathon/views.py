@@ -111,8 +111,6 @@ class MarathonView(View):
                 marathon_throttle_check(request, user=self.access.actor, view=self)
                 self.access.require(self.read_role if request.method in SAFE_METHODS else self.write_role)
                 self.renderer = render.TenantRenderer(self.access.tenant)
-            else:
-                marathon_throttle_check(request, user=request.user, view=self)
             return handler(request, *args, **kwargs)
         except Exception as exc:
             response = marathon_error_response(exc)
