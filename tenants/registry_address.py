@@ -54,9 +54,8 @@ def resolve_allowed(host: str, port: int, *, allowed: frozenset[str]) -> str:
     if host_port_key(host, port) not in allowed:
         refused = [address for address in addresses if not address_is_public(address)]
         if refused:
-            raise AddressRefused(
-                f"{host} is {refused[0]}, a loopback, private, link-local, multicast or unspecified address"
-            )
+            where = host if refused[0] == host.strip("[]") else f"{host} resolves to {refused[0]}, which"
+            raise AddressRefused(f"{where} is a loopback, private, link-local, multicast or unspecified address")
     return addresses[0]
 
 

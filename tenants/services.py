@@ -272,7 +272,8 @@ def registry_url_normalize(url: str, *, insecure: bool) -> str:
     except AddressRefused as exc:
         # The platform's own services listen there (Redis, PostgreSQL, libvirt, metadata...).
         raise PolicyViolation(
-            f"Registries on loopback, private, link-local, multicast or unspecified addresses are not allowed: {exc}.",
+            f"Not allowed: {exc}. Such addresses are the platform's own; a platform admin can allow a registry "
+            "the platform runs there (PORTAL_REGISTRY_HOST_ALLOWLIST).",
             field="url",
         ) from exc
     return normalized
