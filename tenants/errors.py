@@ -15,6 +15,13 @@ class InvalidInput(DomainError):
     status_code = 400
 
 
+class PolicyViolation(DomainError):
+    """Well-formed input that platform policy refuses (an address the platform keeps to itself,
+    a credential that would go somewhere it was not entered for)."""
+
+    status_code = 422
+
+
 class Conflict(DomainError):
     status_code = 409
 

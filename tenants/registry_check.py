@@ -1,15 +1,25 @@
 """Checks that a registry answers the distribution API (``GET /v2/``) with the given
 credentials. Follows one Bearer-token challenge (Docker Hub, Harbor, GitLab...). The password
-is used only in the Authorization header of these requests; it is never logged or returned."""
+is used only in the Authorization header of these requests; it is never logged or returned.
+
+Contract (a tenant chooses the URL, so the platform must not become its HTTP client for the
+platform's own services): every connection goes to an address that passed
+tenants.registry_address at connect time (resolved once, the socket opened to that address);
+redirects are never followed; the Bearer ``realm`` is followed only when it passes the same rule
+and is https or on the registry's own host; response bodies are read up to a bound."""
 
 import base64
+import http.client
 import json
 import re
+import socket
 import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+from tenants.registry_address import AddressRefused, host_port, resolve_allowed
+
+MAX_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -18,48 +28,118 @@ class RegistryCheckResult:
     message: str
 
 
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    challenge: str
+    body: bytes
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to ``address`` (already checked) while naming ``host`` in the request."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout_s: float):
+        super().__init__(host, port, timeout=timeout_s)
+        self._address = address
+
+    def connect(self):
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """As above, with TLS verified against ``host`` (SNI and certificate name)."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout_s: float, context: ssl.SSLContext):
+        super().__init__(host, port, timeout=timeout_s, context=context)
+        self._address = address
+
+    def connect(self):
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
 def _basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
-def _open(url: str, headers: dict, *, timeout_s: float, context):
-    request = urllib.request.Request(url, headers=headers)
+def _get(url: str, headers: dict, *, timeout_s: float, insecure: bool, allowed: frozenset[str]) -> _Answer:
+    parts = urlsplit(url)
+    host, port = host_port(url)
+    address = resolve_allowed(host, port, allowed=allowed)
+    if parts.scheme == "https":
+        context = ssl._create_unverified_context() if insecure else ssl.create_default_context()  # noqa: S323
+        connection = _PinnedHTTPSConnection(host, port, address=address, timeout_s=timeout_s, context=context)
+    else:
+        connection = _PinnedHTTPConnection(host, port, address=address, timeout_s=timeout_s)
     try:
-        return urllib.request.urlopen(request, timeout=timeout_s, context=context)
-    except urllib.error.HTTPError as exc:
-        return exc
+        connection.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=headers)
+        response = connection.getresponse()
+        return _Answer(response.status, response.getheader("WWW-Authenticate", ""), response.read(MAX_BODY_BYTES))
+    finally:
+        connection.close()
 
 
-def registry_check(*, url: str, username: str, password: str, insecure: bool, timeout_s: float) -> RegistryCheckResult:
-    context = ssl._create_unverified_context() if insecure else ssl.create_default_context()  # noqa: S323
+def _realm_refusal(realm: str, *, registry_url: str) -> str | None:
+    """Why the token service must not be asked, or None."""
+    try:
+        realm_host, _ = host_port(realm)
+        registry_host, _ = host_port(registry_url)
+    except ValueError:
+        return f"The registry's token service (Bearer realm) is not an http(s) URL: {realm[:100]!r}."
+    if urlsplit(realm).scheme != "https" and realm_host != registry_host:
+        return "The registry's token service (Bearer realm) must use https or be on the registry's own host."
+    return None
+
+
+def registry_check(
+    *, url: str, username: str, password: str, insecure: bool, timeout_s: float, allowed: frozenset[str]
+) -> RegistryCheckResult:
+    """``allowed``: "host:port" endpoints exempt from the public-address rule (the platform's)."""
     headers = {"Authorization": _basic(username, password)} if username else {}
+    registry_api = url.rstrip("/") + "/v2/"
+    target = "The registry"
     try:
-        response = _open(url.rstrip("/") + "/v2/", headers, timeout_s=timeout_s, context=context)
-        challenge = response.headers.get("WWW-Authenticate", "")
-        if response.status == 401 and challenge.lower().startswith("bearer "):
-            params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-            query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
-            token_response = _open(
-                params.get("realm", "") + ("?" + query if query else ""), headers, timeout_s=timeout_s, context=context
+        answer = _get(registry_api, headers, timeout_s=timeout_s, insecure=insecure, allowed=allowed)
+        if answer.status == 401 and answer.challenge.lower().startswith("bearer "):
+            params = dict(re.findall(r'(\w+)="([^"]*)"', answer.challenge))
+            realm = params.get("realm", "")
+            refusal = _realm_refusal(realm, registry_url=url)
+            if refusal:
+                return RegistryCheckResult(False, refusal)
+            query = urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
+            token_url = realm + (("&" if "?" in realm else "?") + query if query else "")
+            target = "The registry's token service (Bearer realm)"
+            # Unverified TLS was accepted for the registry's own (loopback) host only.
+            same_host = host_port(realm)[0] == host_port(url)[0]
+            token_answer = _get(
+                token_url, headers, timeout_s=timeout_s, insecure=insecure and same_host, allowed=allowed
             )
-            if token_response.status != 200:
+            target = "The registry"
+            if token_answer.status != 200:
                 return RegistryCheckResult(
-                    False, f"Authentication failed (token service answered {token_response.status})."
+                    False, f"Authentication failed (token service answered {token_answer.status})."
                 )
-            body = json.loads(token_response.read(65536) or b"{}")
-            token = body.get("token") or body.get("access_token") or ""
-            response = _open(
-                url.rstrip("/") + "/v2/", {"Authorization": f"Bearer {token}"}, timeout_s=timeout_s, context=context
+            body = json.loads(token_answer.body or b"{}")
+            token = (body.get("token") or body.get("access_token") or "") if isinstance(body, dict) else ""
+            answer = _get(
+                registry_api,
+                {"Authorization": f"Bearer {token}"},
+                timeout_s=timeout_s,
+                insecure=insecure,
+                allowed=allowed,
             )
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return RegistryCheckResult(False, f"Cannot reach the registry: {reason}.")
-    if response.status == 200:
+    except AddressRefused as exc:
+        return RegistryCheckResult(False, f"{target} is not reachable from the platform: {exc}.")
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return RegistryCheckResult(False, f"Cannot reach the registry: {exc}.")
+    if answer.status == 200:
         return RegistryCheckResult(
             True, "Registry reachable; credentials accepted." if username else "Registry reachable."
         )
-    if response.status == 401:
+    if answer.status == 401:
         return RegistryCheckResult(False, "The registry refused the credentials (401).")
-    if response.status == 404:
+    if answer.status == 404:
         return RegistryCheckResult(False, "No registry API at this URL (GET /v2/ answered 404).")
-    return RegistryCheckResult(False, f"The registry answered HTTP {response.status}.")
+    if 300 <= answer.status < 400:
+        return RegistryCheckResult(False, f"The registry answered a redirect (HTTP {answer.status}); not followed.")
+    return RegistryCheckResult(False, f"The registry answered HTTP {answer.status}.")

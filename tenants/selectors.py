@@ -4,7 +4,7 @@ from django.db.models import Sum
 
 from tenants.choices import QuotaResource
 from tenants.embedded_registry import EmbeddedRegistry, embedded_registry
-from tenants.models import ImageRegistry, Membership, Quota, ResourceClaim, Tenant
+from tenants.models import ApiToken, ImageRegistry, Membership, Quota, ResourceClaim, Tenant
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,12 @@ def registry_for_image(*, tenant: Tenant, image: str) -> ImageRegistry | Embedde
     if not sep:
         return None
     return next((r for r in registry_list_for_deploy(tenant=tenant) if r.host == first), None)
+
+
+def api_token_list(*, user, seen_by: ApiToken | None = None):
+    """The user's tokens; a request made with a pinned token sees (and so revokes) only the
+    tokens pinned to the same tenant: it learns nothing of the user's other tenants."""
+    tokens = ApiToken.objects.filter(user=user).select_related("tenant")
+    if seen_by is not None and seen_by.tenant_id is not None:
+        tokens = tokens.filter(tenant_id=seen_by.tenant_id)
+    return tokens

@@ -14,7 +14,8 @@ from django.utils import timezone
 from tenants.authentication import token_digest
 from tenants.choices import AuditAction, QuotaResource, TenantRole
 from tenants.crypto import secret_encrypt
-from tenants.errors import Conflict, InvalidInput, PermissionDenied, QuotaExceeded
+from tenants.embedded_registry import platform_registry_hosts
+from tenants.errors import Conflict, InvalidInput, PermissionDenied, PolicyViolation, QuotaExceeded
 from tenants.models import (
     ApiToken,
     AuditEntry,
@@ -26,6 +27,7 @@ from tenants.models import (
 )
 from tenants.models.quota import QUOTA_MAXIMUM
 from tenants.models.tenant import slug_validator
+from tenants.registry_address import AddressRefused, check_registry_host, host_port
 
 logger = logging.getLogger(__name__)
 User = get_user_model()
@@ -264,7 +266,17 @@ def registry_url_normalize(url: str, *, insecure: bool) -> str:
     if parts.scheme == "http" and not insecure:
         raise InvalidInput("A plain-HTTP registry must be marked insecure.", field="insecure")
     hostport = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{hostport}" + (f":{port}" if port else "")
+    normalized = f"{parts.scheme}://{hostport}" + (f":{port}" if port else "")
+    try:
+        check_registry_host(*host_port(normalized), allowed=platform_registry_hosts())
+    except AddressRefused as exc:
+        # The platform's own services listen there (Redis, PostgreSQL, libvirt, metadata...).
+        raise PolicyViolation(
+            f"Not allowed: {exc}. Such addresses are the platform's own; a platform admin can allow a registry "
+            "the platform runs there (PORTAL_REGISTRY_HOST_ALLOWLIST).",
+            field="url",
+        ) from exc
+    return normalized
 
 
 @transaction.atomic
@@ -298,12 +310,36 @@ def registry_create(
 _UNSET = object()
 
 
+def _credentials_would_move(registry: ImageRegistry, *, url: str, username: str, insecure: bool) -> bool:
+    """A stored password goes only where it was entered: the same URL, for the same user, with
+    TLS verified if it was verified then."""
+    return url != registry.url or username != registry.username or (insecure and not registry.insecure)
+
+
 @transaction.atomic
 def registry_update(
     *, access, registry: ImageRegistry, name=_UNSET, url=_UNSET, username=_UNSET, password=_UNSET, insecure=_UNSET
 ) -> ImageRegistry:
-    """Fields left unset keep their value; password "" clears it."""
+    """Fields left unset keep their value; password "" clears it. Changing the URL, the username
+    or turning TLS verification off needs the password again in the same request (or "" for
+    none): the stored one is never sent anywhere it was not entered for."""
     changed = []
+    new_insecure = registry.insecure if insecure is _UNSET else bool(insecure)
+    if url is _UNSET and insecure is _UNSET:
+        new_url = registry.url
+    else:
+        new_url = registry_url_normalize(registry.url if url is _UNSET else url, insecure=new_insecure)
+    new_username = registry.username if username is _UNSET else (username or "")
+    if (
+        password is _UNSET
+        and registry.has_password
+        and _credentials_would_move(registry, url=new_url, username=new_username, insecure=new_insecure)
+    ):
+        raise PolicyViolation(
+            'Give the password again (or "" for none) when changing url, username or insecure: '
+            "the stored password is only ever sent to the registry and user it was entered for.",
+            field="password",
+        )
     if name is not _UNSET and name != registry.name:
         name = (name or "").strip()
         if not name:
@@ -312,14 +348,12 @@ def registry_update(
             raise InvalidInput(f"A registry named '{name}' exists already.", field="name")
         registry.name = name
         changed.append("name")
-    new_insecure = registry.insecure if insecure is _UNSET else bool(insecure)
-    new_url = registry.url if url is _UNSET else url
     if url is not _UNSET or insecure is not _UNSET:
-        registry.url = registry_url_normalize(new_url, insecure=new_insecure)
+        registry.url = new_url
         registry.insecure = new_insecure
         changed += ["url", "insecure"]
     if username is not _UNSET:
-        registry.username = username or ""
+        registry.username = new_username
         changed.append("username")
     if password is not _UNSET:
         registry.password_encrypted = secret_encrypt(password) if password else b""
@@ -353,17 +387,56 @@ def registry_check_record(*, registry_id: int, ok: bool, message: str) -> None:
 TOKEN_PREFIX = "hvm_"
 
 
+def _token_within(*, user, tenant: Tenant | None, minted_by: ApiToken | None) -> None:
+    """A token never makes a token broader than itself: a token pinned to a tenant makes only
+    tokens of its own user pinned to that same tenant (a browser session, or an unpinned token,
+    may pin to any tenant of the user, or not pin)."""
+    if minted_by is None:
+        return
+    if minted_by.user_id != user.pk:
+        raise PermissionDenied("A token creates tokens for its own user only.")
+    if minted_by.tenant_id is None:
+        return
+    if tenant is None:
+        raise PermissionDenied(
+            f"This token is pinned to tenant '{minted_by.tenant.slug}': it can only create tokens pinned to it.",
+            field="tenant",
+        )
+    if tenant.pk != minted_by.tenant_id:
+        raise PermissionDenied(
+            f"This token is pinned to tenant '{minted_by.tenant.slug}': it cannot create tokens for another tenant.",
+            field="tenant",
+        )
+
+
 @transaction.atomic
-def api_token_create(*, user, name: str, tenant: Tenant | None = None) -> tuple[ApiToken, str]:
-    """Returns the token row and its secret; the secret is not stored and not shown again."""
+def api_token_create(
+    *, user, name: str, tenant: Tenant | None = None, minted_by: ApiToken | None = None
+) -> tuple[ApiToken, str]:
+    """Returns the token row and its secret; the secret is not stored and not shown again.
+    ``minted_by`` is the token that authenticated the request, if one did (see _token_within)."""
     name = (name or "").strip()
     if not name:
         raise InvalidInput("A name is required.", field="name")
     if len(name) > 64:
         raise InvalidInput("At most 64 characters.", field="name")
+    try:
+        _token_within(user=user, tenant=tenant, minted_by=minted_by)
+    except PermissionDenied:
+        logger.warning(
+            "token.create_refused",
+            extra={"user_id": user.pk, "minted_by_id": minted_by.pk, "tenant_id": tenant.pk if tenant else None},
+        )
+        raise
     key = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(user=user, tenant=tenant, name=name, prefix=key[:12], key_sha256=token_digest(key))
-    _audit(actor=user, tenant=tenant, action=AuditAction.TOKEN_CREATE, target=token.prefix, data={"name": name})
+    _audit(
+        actor=user,
+        tenant=tenant,
+        action=AuditAction.TOKEN_CREATE,
+        target=token.prefix,
+        data={"name": name, "minted_by": minted_by.prefix if minted_by else None},
+    )
     return token, key
 
 

@@ -3,6 +3,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
+from tenants.embedded_registry import platform_registry_hosts
 from tenants.models import ImageRegistry
 from tenants.registry_check import registry_check
 from tenants.services import registry_check_record
@@ -22,6 +23,7 @@ def check_registry(registry_id: int) -> bool:
         password=registry.pull_password(),
         insecure=registry.insecure,
         timeout_s=settings.REGISTRY_CHECK_TIMEOUT_S,
+        allowed=platform_registry_hosts(),
     )
     registry_check_record(registry_id=registry_id, ok=result.ok, message=result.message)
     logger.info("registry.checked", extra={"registry_id": registry_id, "ok": result.ok})

@@ -193,3 +193,62 @@ GUEST_MIN_MEMORY_MIB = 96  # the guest kernel does not start in less
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "portal.reconcile", "schedule": RECONCILE_INTERVAL_S, "options": {"expires": 10}},
 }
+
+# --- issue 9: auth (login lockout, API throttles, registry address policy)
+from datetime import timedelta  # noqa: E402 (kept in this block)
+
+# Failed log-ins (the portal's /login/ and the admin's) lock one username from one client
+# address out for a cool-off (django-axes; attempts are rows in PostgreSQL). The client address
+# is REMOTE_ADDR: behind a proxy, set AXES_CLIENT_IP_CALLABLE to read the proxy's header.
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as axes requires
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = int(os.environ.get("PORTAL_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(seconds=float(os.environ.get("PORTAL_LOGIN_COOLOFF_S", "900")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Kept out of the attempt rows (axes always masks the password).
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "csrfmiddlewaretoken"]
+
+
+def cache_for(url: str) -> dict:
+    """The cache (API throttle counters) on Redis: built from the Redis URL, so a password
+    or database put in that URL applies here too."""
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": url,
+            # Several portals (or test stacks) may share one Redis database.
+            "KEY_PREFIX": os.environ.get("PORTAL_CACHE_KEY_PREFIX", "portal"),
+        }
+    }
+
+
+CACHES = cache_for(os.environ.get("PORTAL_CACHE_REDIS_URL", REDIS_URL))
+
+
+def api_throttle_rates(*, anon_default: str, user_default: str) -> dict[str, str]:
+    """DRF rates ("N/second|minute|hour|day") per client address (anon) and per user; the
+    Marathon /v2 API (events stream included) counts against the same ones."""
+    return {
+        "anon": os.environ.get("PORTAL_API_THROTTLE_ANON_RATE", anon_default),
+        "user": os.environ.get("PORTAL_API_THROTTLE_USER_RATE", user_default),
+    }
+
+
+REST_FRAMEWORK |= {
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    # A Marathon client polling deployments every second and a CI job stay far below these.
+    "DEFAULT_THROTTLE_RATES": api_throttle_rates(anon_default="60/minute", user_default="600/minute"),
+}
+
+# Registries a tenant adds may not be on loopback, private, link-local, multicast or unspecified
+# addresses (the platform's own services), except the embedded registry and these
+# "host:port" entries (comma-separated), e.g. a registry the platform runs on its own network.
+REGISTRY_HOST_ALLOWLIST = [
+    e.strip().lower() for e in os.environ.get("PORTAL_REGISTRY_HOST_ALLOWLIST", "").split(",") if e.strip()
+]

@@ -12,3 +12,12 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+# --- issue 9: auth. The cache (API throttle counters) on the tests' Redis database, and rates
+# no ordinary test reaches; tests of the throttle start a stack with low rates in its env.
+from .base import REST_FRAMEWORK, api_throttle_rates, cache_for  # noqa: E402
+
+CACHES = cache_for(_TEST_REDIS_URL)
+REST_FRAMEWORK = REST_FRAMEWORK | {
+    "DEFAULT_THROTTLE_RATES": api_throttle_rates(anon_default="100000/minute", user_default="100000/minute")
+}

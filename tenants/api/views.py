@@ -159,7 +159,10 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     queryset = ApiToken.objects.all()
 
     def get_queryset(self):
-        return ApiToken.objects.filter(user=self.request.user).select_related("tenant")
+        return selectors.api_token_list(user=self.request.user, seen_by=self._request_token())
+
+    def _request_token(self) -> ApiToken | None:
+        return self.request.auth if isinstance(self.request.auth, ApiToken) else None
 
     @extend_schema(request=s.ApiTokenCreateSerializer, responses={201: s.ApiTokenCreatedSerializer})
     def create(self, request):
@@ -169,7 +172,9 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             tenant = selectors.tenant_list(user=request.user).filter(slug=data["tenant"]).first()
             if tenant is None:
                 raise ValidationError({"tenant": ["No such tenant."]})
-        token, key = services.api_token_create(user=request.user, name=data["name"], tenant=tenant)
+        token, key = services.api_token_create(
+            user=request.user, name=data["name"], tenant=tenant, minted_by=self._request_token()
+        )
         body = s.ApiTokenSerializer(token).data | {"token": key}
         return Response(body, status=status.HTTP_201_CREATED)
 

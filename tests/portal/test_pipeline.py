@@ -20,7 +20,7 @@ from portal.services.apps import app_create, app_delete
 from tenants.selectors import quota_usage
 from tenants.services import registry_create
 from tests.support.oci_images import SIGTERM, build_and_push
-from tests.support.registry import start_registry, stop_registry
+from tests.support.registry import platform_allowlist_add, start_registry, stop_registry
 from tests.support.tenant_access import owner_access_with_registry
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -288,6 +288,7 @@ def registry_down_at_first(registry, oci_image_cache_dir, tmp_path_factory):
     ``start()`` brings it back on the same port."""
     work_dir = tmp_path_factory.mktemp("late-registry")
     first = start_registry(work_dir, username=registry.username, password=registry.password)
+    platform_allowlist_add(first.host_port)
     authfile = first.write_authfile(tmp_path_factory.mktemp("late-auth") / "auth.json")
     pushed = build_and_push(SIGTERM, cache_dir=oci_image_cache_dir, registry=first.host_port, authfile=authfile)
     stop_registry(first, remove_files=False)

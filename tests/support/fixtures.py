@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.oci_images import PushedImage, build_and_push_test_images
-from tests.support.registry import LocalRegistry, start_registry, stop_registry
+from tests.support.registry import LocalRegistry, platform_allowlist_add, start_registry, stop_registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +29,7 @@ def oci_image_cache_dir() -> Path:
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
     """A docker-registry on 127.0.0.1 with htpasswd auth: .host_port, .username, .password."""
     running = start_registry(tmp_path_factory.mktemp("registry"))
+    platform_allowlist_add(running.host_port)  # before live_stack starts, so its processes have it
     try:
         yield running
     finally:

@@ -9,6 +9,8 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,12 +99,10 @@ def celery_queue() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(scope="session")
-def live_stack(django_db_setup, django_db_blocker, celery_queue, registry, tmp_path_factory):
-    """daphne + a Celery worker on this session's queue, the test registry as the embedded one;
-    yields LiveStack."""
-    log_dir = tmp_path_factory.mktemp("live-stack")
-    env = stack_env(celery_queue) | embedded_registry_env(registry, tmp_path_factory.mktemp("secrets"))
+@contextmanager
+def running_stack(*, env: dict, queue: str, log_dir: Path) -> Iterator[LiveStack]:
+    """daphne + a Celery worker on ``queue``, both with ``env``; stopped on exit. Tests that need
+    settings of their own (a low rate limit, an allowlisted port) start one beside ``live_stack``."""
     port = free_port()
     web_log = open(log_dir / "web.log", "wb")  # noqa: SIM115
     worker_log = open(log_dir / "worker.log", "wb")  # noqa: SIM115
@@ -113,7 +113,7 @@ def live_stack(django_db_setup, django_db_blocker, celery_queue, registry, tmp_p
         stdout=web_log,
         stderr=subprocess.STDOUT,
     )
-    worker = start_celery_worker(queues=celery_queue, name=celery_queue, env=env, log=worker_log, concurrency=1)
+    worker = start_celery_worker(queues=queue, name=queue, env=env, log=worker_log, concurrency=1)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -126,12 +126,22 @@ def live_stack(django_db_setup, django_db_blocker, celery_queue, registry, tmp_p
                     tail = (log_dir / "web.log").read_text()[-2000:]
                     raise RuntimeError(f"web server did not start: {tail}") from None
                 time.sleep(0.2)
-        yield LiveStack(url=url, queue=celery_queue, log_dir=log_dir, env=env)
+        yield LiveStack(url=url, queue=queue, log_dir=log_dir, env=env)
     finally:
         _stop(web)
         _stop(worker)
         web_log.close()
         worker_log.close()
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker, celery_queue, registry, tmp_path_factory):
+    """daphne + a Celery worker on this session's queue, the test registry as the embedded one;
+    yields LiveStack."""
+    log_dir = tmp_path_factory.mktemp("live-stack")
+    env = stack_env(celery_queue) | embedded_registry_env(registry, tmp_path_factory.mktemp("secrets"))
+    with running_stack(env=env, queue=celery_queue, log_dir=log_dir) as stack:
+        yield stack
 
 
 @dataclass

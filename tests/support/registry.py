@@ -191,6 +191,23 @@ def start_registry(
     raise RegistryStartError(f"docker-registry did not answer /v2/ ({last_error}); log: {log_path.read_text()[-2000:]}")
 
 
+PLATFORM_ALLOWLIST_ENV = "PORTAL_REGISTRY_HOST_ALLOWLIST"
+
+
+def platform_allowlist_add(host_port: str) -> None:
+    """Puts a test registry (on 127.0.0.1, where tenant registries are refused otherwise) on the
+    platform's registry allowlist: in this process's settings and in the environment, which the
+    processes started after this (the live stack) inherit."""
+    entries = [entry for entry in os.environ.get(PLATFORM_ALLOWLIST_ENV, "").split(",") if entry]
+    if host_port not in entries:
+        entries.append(host_port)
+    os.environ[PLATFORM_ALLOWLIST_ENV] = ",".join(entries)
+    from django.conf import settings
+
+    if settings.configured:
+        settings.REGISTRY_HOST_ALLOWLIST = sorted({*settings.REGISTRY_HOST_ALLOWLIST, host_port.lower()})
+
+
 def stop_registry(registry: LocalRegistry, *, remove_files: bool = True) -> None:
     registry.stop()
     if remove_files:

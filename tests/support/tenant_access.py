@@ -4,7 +4,9 @@
 def registry_add(access, registry, *, name: str = "local"):
     """Registers the test ``registry`` (a tests.support.registry registry) with the tenant of ``access``."""
     from tenants.services import registry_create
+    from tests.support.registry import platform_allowlist_add
 
+    platform_allowlist_add(registry.host_port)
     return registry_create(
         access=access,
         name=name,

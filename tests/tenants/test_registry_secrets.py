@@ -49,5 +49,8 @@ def test_password_can_be_replaced_and_cleared(tenant, member_of, client_for):
     path = f"/api/v1/tenants/{tenant.slug}/registries/{created['id']}/"
     client.patch(path, {"password": "other-one"}, format="json")
     assert secret_decrypt(ImageRegistry.objects.get().password_encrypted) == "other-one"
-    assert client.patch(path, {"username": "robot2"}, format="json").json()["has_password"] is True
+    moved = client.patch(path, {"username": "robot2"}, format="json")
+    assert moved.status_code == 422 and "password" in moved.json()  # the password was entered for robot
+    renamed = client.patch(path, {"username": "robot2", "password": "for-robot2"}, format="json")
+    assert renamed.json()["has_password"] is True
     assert client.patch(path, {"password": ""}, format="json").json()["has_password"] is False

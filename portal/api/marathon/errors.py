@@ -9,8 +9,10 @@ they are bugs, and a 500 is the honest answer to a bug.
 
 from __future__ import annotations
 
+import math
+
 from django.http import JsonResponse
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 
 from portal.marathon import MarathonValidationError
 from tenants.access import RoleRequired, TenantNotFound
@@ -65,6 +67,8 @@ def marathon_error_body(exc: Exception) -> tuple[int, dict[str, object]] | None:
         return 403, {"message": "The tenant of this token is not accessible to its user any more."}
     if isinstance(exc, AuthenticationFailed):
         return 401, {"message": str(exc.detail)}
+    if isinstance(exc, Throttled):
+        return 429, {"message": str(exc.detail)}
     return None
 
 
@@ -76,4 +80,6 @@ def marathon_error_response(exc: Exception) -> JsonResponse | None:
     response = JsonResponse(body, status=status)
     if status == 401:
         response["WWW-Authenticate"] = "Token"
+    if isinstance(exc, Throttled):
+        response["Retry-After"] = str(math.ceil(exc.wait or 1))
     return response

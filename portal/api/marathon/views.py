@@ -25,6 +25,7 @@ from portal.api.marathon.errors import (
     task_not_found,
 )
 from portal.api.marathon.event_stream import EVENT_STREAM_MEDIA_TYPE, event_stream_frames
+from portal.api.marathon.throttle import marathon_throttle_check
 from portal.choices import INSTANCE_ACTIVE, InstanceStatus
 from portal.marathon import AppDefinition, MarathonValidationError, merge_app_definition, parse_app_definition
 from portal.models import App, Deployment
@@ -107,6 +108,7 @@ class MarathonView(View):
                 raise MarathonApiError(405, f"{request.method} is not allowed on {request.path}")
             if self.requires_authentication:
                 self.access = marathon_access_resolve(request)
+                marathon_throttle_check(request, user=self.access.actor, view=self)
                 self.access.require(self.read_role if request.method in SAFE_METHODS else self.write_role)
                 self.renderer = render.TenantRenderer(self.access.tenant)
             return handler(request, *args, **kwargs)
