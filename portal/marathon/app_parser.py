@@ -17,6 +17,11 @@ Contract:
   differences from Marathon, for a multi-tenant VM platform: host paths, secrets, fetchers, GPUs,
   privileged containers and attribute constraints are rejected; ``cpus`` must be at least 0.001,
   health check intervals and timeouts at least 1 s; an app joins at most one network.
+* Platform policy (``PlatformPolicy``, passed in by the caller; its defaults are the platform's):
+  a fixed host port (non-zero ``hostPort``; a ``portDefinitions`` port with ``requirePorts``) only
+  from the platform's range and never a reserved one; an HTTP/TCP check's ``port`` only one of
+  those fixed ports (probes go to the host's address, so any other port would be the host's);
+  every tenant-chosen time and size at most its cap, named "(platform limit)" in the 422.
 * Networks: a VM has no host network namespace to share, so mode ``host`` (and the legacy
   ``docker.network: HOST``) is refused by path. Without ``networks`` the definition keeps
   Marathon's default port model (``portDefinitions``, ``$PORTi``) and ``networks`` stays empty
@@ -580,7 +585,7 @@ class _AppDefinitionParser:
             return frozen_mapping({})
         variables = {}
         for name, value in env.items():
-            path = json_path_join("/env", name[: policy.max_env_name_chars])
+            path = json_path_join("/env", name[: policy.max_env_name_chars])  # an error echoes no huge name
             if not name or "=" in name or "\x00" in name:
                 self.errors.add(path, "variable names must be non-empty and contain no '=' or NUL")
             elif len(name) > policy.max_env_name_chars:
@@ -1050,7 +1055,7 @@ class _AppDefinitionParser:
                 self.errors.add(json_path_join(path, key), "must be a string")
             elif len(key) > policy.max_label_key_chars:
                 self.errors.add(
-                    json_path_join(path, key[:64]),
+                    json_path_join(path, key[: policy.max_label_key_chars]),  # an error echoes no huge key
                     f"the name {_cap_message(policy.max_label_key_chars, ' characters')}",
                 )
             elif len(item) > policy.max_label_value_chars:
