@@ -77,8 +77,11 @@ def _admission_check(definition: AppDefinition) -> None:
         raise InvalidInput("An image is required: set container.docker.image.", field="/container/docker/image")
     if definition.container.volumes:
         raise InvalidInput("Volumes are not supported yet.", field="/container/volumes(0)")
-    # Every definition that is stored or deployed again meets today's policy, whichever path it
-    # came by: a stored version (rollback, restart, scale, cancel) may predate a tighter policy.
+
+
+def _policy_check(definition: AppDefinition) -> None:
+    """Every definition that is stored or deployed again meets today's platform policy, whichever
+    path it came by: a stored version (rollback, restart, scale up, cancel) may predate it."""
     try:
         parse_app_definition(definition.to_marathon_json(), policy=platform_policy())
     except MarathonValidationError as error:
@@ -177,6 +180,7 @@ def _version_create(app: App, definition: AppDefinition, actor) -> AppVersion:
 def app_create(*, access, definition: AppDefinition, force: bool = False) -> Deployment:
     access.require(TenantRole.DEVELOPER)
     _admission_check(definition)
+    _policy_check(definition)
     with transaction.atomic():
         if App.objects.for_tenant(access.tenant).filter(marathon_id=definition.id).exists():
             raise AppExists(f"An app with id [{definition.id}] already exists.")
@@ -213,6 +217,9 @@ def app_update(
             raise AppNotFound(f"App '{app.marathon_id}' does not exist")
         current = app_definition(app)
         definition = dataclasses.replace(definition, id=app.marathon_id)
+        # Scaling down or stopping an app stored under an older policy stays possible: it starts nothing.
+        if not (_only_instances_differ(current, definition) and definition.instances <= current.instances):
+            _policy_check(definition)
         _quota_check(app, app.tenant, definition)
         network_ensure(tenant=app.tenant, name=network_name_for(definition))
         _take_lock(app, force=force)

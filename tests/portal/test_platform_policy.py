@@ -10,7 +10,7 @@ from django.test import Client
 
 from portal.marathon import parse_app_definition
 from portal.models import App, AppVersion, Deployment
-from portal.services.apps import DefinitionOutsidePolicy, app_create, app_rollback
+from portal.services.apps import DefinitionOutsidePolicy, app_create, app_rollback, app_scale
 from tenants import services as tenant_services
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
@@ -100,6 +100,15 @@ def test_the_rollback_service_refuses_it_for_every_interface(access, app_with_an
         app_rollback(access=access, app=app, version=old.version)
     assert refused.value.field == "/container/portMappings(0)/hostPort"
     assert refused.value.status_code == 422
+
+
+def test_an_app_stored_under_an_older_policy_can_scale_down_or_stop_but_not_up(access, app_with_an_old_version):
+    app, old = app_with_an_old_version
+    App.objects.filter(pk=app.pk).update(current_version=old)
+    app.refresh_from_db()
+    with pytest.raises(DefinitionOutsidePolicy):
+        app_scale(access=access, app=app, instances=2)
+    assert app_scale(access=access, app=app, instances=0).kind == "scale"
 
 
 def test_api_v1_create_and_scale_are_checked(tenant, developer, client_for, access):
