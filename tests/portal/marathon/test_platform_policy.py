@@ -201,7 +201,7 @@ SMALL_CAPS = [
         lambda v: command_app(labels={"k" * v: "v"}),
         5,
         6,
-        "/labels/kkkkkk",
+        "/labels/kkkkk",
         "the name must be at most 5 characters (platform limit)",
     ),
     (
