@@ -10,6 +10,7 @@ import json
 from django import forms
 
 from portal.marathon import MarathonValidationError, parse_app_definition
+from portal.platform_policy import platform_policy
 from tenants.embedded_registry import EmbeddedRegistry
 from tenants.errors import DomainError
 
@@ -142,7 +143,7 @@ class DeployForm(forms.Form):
     def definition(self):
         """The parsed AppDefinition, or None with every parser error placed at its field."""
         try:
-            return parse_app_definition(self.marathon_json())
+            return parse_app_definition(self.marathon_json(), policy=platform_policy())
         except MarathonValidationError as exc:
             for detail in exc.details:
                 self.add_path_errors(detail["path"], detail["errors"])
@@ -188,7 +189,7 @@ class MarathonJsonForm(forms.Form):
 
     def definition(self):
         try:
-            return parse_app_definition(self.cleaned_data["definition_json"])
+            return parse_app_definition(self.cleaned_data["definition_json"], policy=platform_policy())
         except MarathonValidationError as exc:
             self.path_errors = list(exc.details)
             self.add_error(

@@ -19,6 +19,7 @@ from django.utils import timezone
 from portal.choices import INSTANCE_ACTIVE, HostState
 from portal.marathon.app_definition import Constraint
 from portal.models import ComputeHost, Instance
+from portal.platform_policy import platform_policy
 from tenants.errors import DomainError
 
 
@@ -95,6 +96,14 @@ def instance_place(request: PlacementRequest) -> Placement:
     network row lock before calling this, never after."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("instance_place must run inside transaction.atomic()")
+    # Defence in depth: the parser and the app services refuse such ports already; whatever
+    # path a definition took (an old stored version, a future caller), nothing is published
+    # outside the platform's range or on a port the platform reserves.
+    policy = platform_policy()
+    for port in sorted(request.fixed_host_ports):
+        problem = policy.host_port_problem(port)
+        if problem is not None:
+            raise NoValidHost(f"The instance cannot be placed: {problem}.")
     hosts = list(hosts_alive().select_for_update().order_by("id"))
     if not hosts:
         raise NoValidHost("No compute host is up.")

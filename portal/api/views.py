@@ -21,6 +21,7 @@ from portal.api.serializers import (
 from portal.choices import DeploymentStatus
 from portal.marathon import MarathonValidationError, merge_app_definition, parse_app_definition
 from portal.models import App, Deployment, Instance, Network
+from portal.platform_policy import platform_policy
 from portal.selectors import app_definition
 from portal.services import apps as app_services
 from tenants.api.base import TenantScopedViewSet
@@ -54,7 +55,7 @@ class AppViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
     @extend_schema(request=dict, responses={202: DeploymentSerializer})
     def create(self, request, tenant_slug):
         try:
-            definition = parse_app_definition(self._body(request))
+            definition = parse_app_definition(self._body(request), policy=platform_policy())
         except MarathonValidationError as exc:
             return _marathon_422(exc)
         return _deployment_response(
@@ -66,7 +67,7 @@ class AppViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
         app = self.get_object()
         body = {k: v for k, v in self._body(request).items() if k != "id"}
         try:
-            definition = merge_app_definition(app_definition(app), body)
+            definition = merge_app_definition(app_definition(app), body, policy=platform_policy())
         except MarathonValidationError as exc:
             return _marathon_422(exc)
         force = request.query_params.get("force", "").lower() == "true"

@@ -17,6 +17,11 @@ Contract:
   differences from Marathon, for a multi-tenant VM platform: host paths, secrets, fetchers, GPUs,
   privileged containers and attribute constraints are rejected; ``cpus`` must be at least 0.001,
   health check intervals and timeouts at least 1 s; an app joins at most one network.
+* Platform policy (``PlatformPolicy``, passed in by the caller; its defaults are the platform's):
+  a fixed host port (non-zero ``hostPort``; a ``portDefinitions`` port with ``requirePorts``) only
+  from the platform's range and never a reserved one; an HTTP/TCP check's ``port`` only one of
+  those fixed ports (probes go to the host's address, so any other port would be the host's);
+  every tenant-chosen time and size at most its cap, named "(platform limit)" in the 422.
 * Networks: a VM has no host network namespace to share, so mode ``host`` (and the legacy
   ``docker.network: HOST``) is refused by path. Without ``networks`` the definition keeps
   Marathon's default port model (``portDefinitions``, ``$PORTi``) and ``networks`` stays empty
@@ -54,6 +59,7 @@ from portal.marathon.errors import ROOT_PATH, ValidationErrorCollector, json_pat
 from portal.marathon.field_policy import UnsupportedField
 from portal.marathon.image_reference import InvalidImageReference, parse_image_reference
 from portal.marathon.path_ids import ROOT_GROUP, InvalidPathId, canonical_group_id, canonical_path_id
+from portal.marathon.platform_policy import PlatformPolicy
 
 MINIMUM_CPUS = 0.001
 MAXIMUM_PORT = 65535
@@ -85,6 +91,7 @@ NETWORK_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
 MAX_CHECK_COMMAND_CHARS = 1000
 RESIDENT_UPGRADE_STRATEGY = UpgradeStrategy(minimum_health_capacity=0.5, maximum_over_capacity=0.0)
 DEFAULT_PORT_DEFINITIONS = (PortDefinition(name="default"),)
+DEFAULT_POLICY = PlatformPolicy()
 
 
 HOST_MODE_REFUSAL = (
@@ -101,17 +108,19 @@ class AppDefinitionPatch:
 
 
 def parse_app_definition(
-    data: object, *, base_group: str = ROOT_GROUP, partial: bool = False
+    data: object, *, base_group: str = ROOT_GROUP, partial: bool = False, policy: PlatformPolicy = DEFAULT_POLICY
 ) -> AppDefinition | AppDefinitionPatch:
-    parser = _AppDefinitionParser(base_group)
+    parser = _AppDefinitionParser(base_group, policy)
     if partial:
         return parser.parse_patch(data)
     return parser.parse(data)
 
 
-def merge_app_definition(existing: AppDefinition, patch: object) -> AppDefinition:
+def merge_app_definition(
+    existing: AppDefinition, patch: object, *, policy: PlatformPolicy = DEFAULT_POLICY
+) -> AppDefinition:
     if not isinstance(patch, Mapping):
-        parse_app_definition(patch, partial=True)  # raises: the body is not a JSON object
+        parse_app_definition(patch, partial=True, policy=policy)  # raises: the body is not a JSON object
     assert isinstance(patch, Mapping)
     # Top-level fields replace wholesale, so every error path in the merged document is the
     # patch's own path: one full parse reports the patch's field errors and the cross-field ones.
@@ -120,7 +129,8 @@ def merge_app_definition(existing: AppDefinition, patch: object) -> AppDefinitio
     _forget_derived_defaults(existing, merged, given_fields)
     merged.update(given_fields)
     merged["id"] = existing.id
-    definition = parse_app_definition(merged)
+    # The stored fields are checked again too: the policy may have tightened since they were stored.
+    definition = parse_app_definition(merged, policy=policy)
     assert isinstance(definition, AppDefinition)
     return definition
 
@@ -168,6 +178,11 @@ def _default_unreachable_strategy(is_resident: bool) -> UnreachableStrategy | No
     return None if is_resident else UnreachableStrategy()
 
 
+def _cap_message(cap: float, unit: str = "") -> str:
+    shown = int(cap) if float(cap).is_integer() else cap
+    return f"must be at most {shown}{unit} (platform limit)"
+
+
 def _is_integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -191,8 +206,9 @@ class _ParsedContainer:
 
 
 class _AppDefinitionParser:
-    def __init__(self, base_group: str):
+    def __init__(self, base_group: str, policy: PlatformPolicy):
         self.errors = ValidationErrorCollector()
+        self.policy = policy
         try:
             self.base_group = canonical_group_id(base_group)
         except InvalidPathId as error:
@@ -250,32 +266,62 @@ class _AppDefinitionParser:
             self.errors.add("/id", "must be a string")
             return None
         try:
-            return canonical_path_id(raw_id, self.base_group)
+            app_id = canonical_path_id(raw_id, self.base_group)
         except InvalidPathId as error:
             self.errors.add("/id", str(error))
             return None
+        if len(app_id) > self.policy.max_app_id_chars:
+            self.errors.add("/id", _cap_message(self.policy.max_app_id_chars, " characters"))
+            return None
+        return app_id
 
     def _fields_on_their_own(self, app: dict, app_id: str | None) -> dict[str, object]:
         """Every field's own rules; the rules between fields come in ``_assemble``."""
         upgrade_strategy = self._object(app.get("upgradeStrategy"), "/upgradeStrategy", optional=True)
         if upgrade_strategy is not None:
             self._check_fields(upgrade_strategy, "/upgradeStrategy", field_policy.UPGRADE_STRATEGY_SUPPORTED_FIELDS)
+        policy = self.policy
         return {
-            "cmd": self._string(app, "cmd", ROOT_PATH),
-            "args": self._string_list(app, "args", ROOT_PATH),
-            "user": self._string(app, "user", ROOT_PATH),
+            "cmd": self._string(app, "cmd", ROOT_PATH, cap=policy.max_cmd_chars),
+            "args": self._string_list(
+                app, "args", ROOT_PATH, max_items=policy.max_args, max_item_chars=policy.max_arg_chars
+            ),
+            "user": self._string(app, "user", ROOT_PATH, cap=policy.max_name_chars),
             "env": self._env(app.get("env")),
             "labels": self._string_map(app.get("labels"), "/labels"),
-            "instances": self._integer(app, "instances", ROOT_PATH, default=1, minimum=0),
-            "cpus": self._number(app, "cpus", ROOT_PATH, default=1.0, minimum=MINIMUM_CPUS),
-            "memory_mib": self._number(app, "mem", ROOT_PATH, default=128.0, minimum=0),
-            "disk_mib": self._number(app, "disk", ROOT_PATH, default=0.0, minimum=0),
+            "instances": self._integer(app, "instances", ROOT_PATH, default=1, minimum=0, cap=policy.max_instances),
+            "cpus": self._number(app, "cpus", ROOT_PATH, default=1.0, minimum=MINIMUM_CPUS, cap=policy.max_cpus),
+            "memory_mib": self._number(
+                app, "mem", ROOT_PATH, default=128.0, minimum=0, cap=policy.max_memory_mib, unit=" MiB"
+            ),
+            "disk_mib": self._number(
+                app, "disk", ROOT_PATH, default=0.0, minimum=0, cap=policy.max_disk_mib, unit=" MiB"
+            ),
             "require_ports": self._boolean(app, "requirePorts", ROOT_PATH, default=False),
             "kill_selection": self._choice(app, "killSelection", ROOT_PATH, KILL_SELECTIONS, "YOUNGEST_FIRST"),
-            "backoff_s": self._integer(app, "backoffSeconds", ROOT_PATH, default=1, minimum=0),
-            "backoff_factor": self._number(app, "backoffFactor", ROOT_PATH, default=1.15, minimum=1.0),
-            "max_launch_delay_s": self._integer(app, "maxLaunchDelaySeconds", ROOT_PATH, default=300, minimum=0),
-            "task_kill_grace_period_s": self._integer(app, "taskKillGracePeriodSeconds", ROOT_PATH, minimum=0),
+            "backoff_s": self._integer(
+                app, "backoffSeconds", ROOT_PATH, default=1, minimum=0, cap=policy.max_backoff_s, unit=" s"
+            ),
+            "backoff_factor": self._number(
+                app, "backoffFactor", ROOT_PATH, default=1.15, minimum=1.0, cap=policy.max_backoff_factor
+            ),
+            "max_launch_delay_s": self._integer(
+                app,
+                "maxLaunchDelaySeconds",
+                ROOT_PATH,
+                default=300,
+                minimum=0,
+                cap=policy.max_launch_delay_s,
+                unit=" s",
+            ),
+            "task_kill_grace_period_s": self._integer(
+                app,
+                "taskKillGracePeriodSeconds",
+                ROOT_PATH,
+                minimum=0,
+                cap=policy.max_task_kill_grace_period_s,
+                unit=" s",
+            ),
             "minimum_health_capacity": self._number(
                 upgrade_strategy or {}, "minimumHealthCapacity", "/upgradeStrategy", minimum=0, maximum=1
             ),
@@ -285,8 +331,14 @@ class _AppDefinitionParser:
             "unreachable_strategy": self._unreachable_strategy(app.get("unreachableStrategy")),
             "constraints": self._constraints(app.get("constraints")),
             "dependencies": self._dependencies(app.get("dependencies"), app_id),
-            "accepted_resource_roles": self._string_list(app, "acceptedResourceRoles", ROOT_PATH),
-            "role": self._string(app, "role", ROOT_PATH),
+            "accepted_resource_roles": self._string_list(
+                app,
+                "acceptedResourceRoles",
+                ROOT_PATH,
+                max_items=policy.max_labels,
+                max_item_chars=policy.max_name_chars,
+            ),
+            "role": self._string(app, "role", ROOT_PATH, cap=policy.max_name_chars),
             "networks": self._networks(app.get("networks")),
             "port_definitions": self._port_definitions(app),
             "container": self._container(app.get("container")),
@@ -316,14 +368,26 @@ class _AppDefinitionParser:
                 "/portDefinitions" if "portDefinitions" in app else "/ports",
                 f"port definitions are for host networking; with mode '{mode}' use container.portMappings",
             )
-        self._check_port_definitions_unique(
-            port_definitions, "/portDefinitions" if "portDefinitions" in app else "/ports"
-        )
+        port_definitions_path = "/portDefinitions" if "portDefinitions" in app else "/ports"
+        self._check_port_definitions_unique(port_definitions, port_definitions_path)
 
+        # The ports an instance holds on its host whatever placement picks: they alone may be
+        # fixed by the tenant, and they (or a portIndex) are what a health check may probe.
+        if mode is NetworkMode.HOST:
+            fixed_host_ports = tuple(d.port for d in port_definitions) if fields["require_ports"] else ()
+            self._check_fixed_host_ports(
+                fixed_host_ports, port_definitions_path, "port" if "portDefinitions" in app else None
+            )
+        else:
+            fixed_host_ports = tuple(m.host_port for m in (container.port_mappings if container else ()))
+            if parsed_container is not None:
+                self._check_fixed_host_ports(fixed_host_ports, parsed_container.port_mappings_path, "hostPort")
         port_count = (
             len(port_definitions) if mode is NetworkMode.HOST else len(container.port_mappings if container else ())
         )
-        health_checks = self._resolve_health_check_ports(fields["health_checks"], port_count)
+        health_checks = self._resolve_health_check_ports(
+            fields["health_checks"], port_count, {port for port in fixed_host_ports if port}
+        )
 
         is_resident = container is not None and any(volume.is_persistent for volume in container.volumes)
         upgrade_strategy = self._resolve_upgrade_strategy(fields, is_resident)
@@ -452,13 +516,36 @@ class _AppDefinitionParser:
                     "volume of this app (its containerPath) to mount it at an absolute path",
                 )
 
+    def _check_fixed_host_ports(self, ports: tuple[int | None, ...], path: str, field: str | None) -> None:
+        """A fixed host port only from the platform's range and never one the platform reserves
+        (0 or absent: placement allocates one from the range)."""
+        for index, port in enumerate(ports):
+            problem = self.policy.host_port_problem(port) if port else None
+            if problem is not None:
+                item_path = json_path_join(path, index)
+                self.errors.add(item_path if field is None else json_path_join(item_path, field), problem)
+
     def _resolve_health_check_ports(
-        self, health_checks: tuple[HealthCheck, ...], port_count: int
+        self, health_checks: tuple[HealthCheck, ...], port_count: int, own_host_ports: set[int]
     ) -> tuple[HealthCheck, ...]:
+        """HTTP/TCP probes go to the host's publish address at the checked port, so a fixed
+        ``port`` must be one of the app's own fixed host ports: anything else would probe the
+        host's other services. A ``portIndex`` must name one of the app's ports."""
         resolved = []
         for index, check in enumerate(health_checks):
             if check.probe is not HealthCheckProbe.COMMAND and check.port is None and check.port_index is None:
                 check = dataclasses.replace(check, port_index=0)
+            if (
+                check.probe is not HealthCheckProbe.COMMAND
+                and check.port is not None
+                and check.port not in own_host_ports
+            ):
+                own = ", ".join(str(port) for port in sorted(own_host_ports)) or "none"
+                self.errors.add(
+                    f"/healthChecks({index})/port",
+                    f"port {check.port} is not one of this app's own fixed host ports ({own}): a check may probe "
+                    "only its instance's own ports; use portIndex to check a published port",
+                )
             if check.port_index is not None and check.port_index >= port_count:
                 self.errors.add(
                     f"/healthChecks({index})/portIndex",
@@ -492,11 +579,20 @@ class _AppDefinitionParser:
         env = self._object(env_value, "/env", optional=True)
         if env is None:
             return frozen_mapping({})
+        policy = self.policy
+        if len(env) > policy.max_env_vars:
+            self.errors.add("/env", _cap_message(policy.max_env_vars, " variables"))
+            return frozen_mapping({})
         variables = {}
         for name, value in env.items():
-            path = json_path_join("/env", name)
+            path = json_path_join("/env", name[: policy.max_env_name_chars])  # an error echoes no huge name
             if not name or "=" in name or "\x00" in name:
                 self.errors.add(path, "variable names must be non-empty and contain no '=' or NUL")
+            elif len(name) > policy.max_env_name_chars:
+                self.errors.add(path, f"the name {_cap_message(policy.max_env_name_chars, ' characters')}")
+            if isinstance(value, str) and len(value) > policy.max_env_value_chars:
+                self.errors.add(path, _cap_message(policy.max_env_value_chars, " characters"))
+                continue
             if isinstance(value, dict) and "secret" in value:
                 self.errors.add(
                     path, "secret references are not supported (there is no secret store); give the value as a string"
@@ -519,14 +615,19 @@ class _AppDefinitionParser:
         aliases = field_policy.UNREACHABLE_STRATEGY_FIELD_ALIASES
         self._check_fields(strategy, path, frozenset(aliases))
         normalised = {aliases[key]: item for key, item in strategy.items() if key in aliases}
-        inactive_after_s = self._integer(normalised, "inactiveAfterSeconds", path, default=0, minimum=0)
-        expunge_after_s = self._integer(normalised, "expungeAfterSeconds", path, default=0, minimum=0)
+        cap_s = self.policy.max_unreachable_s
+        inactive_after_s = self._integer(
+            normalised, "inactiveAfterSeconds", path, default=0, minimum=0, cap=cap_s, unit=" s"
+        )
+        expunge_after_s = self._integer(
+            normalised, "expungeAfterSeconds", path, default=0, minimum=0, cap=cap_s, unit=" s"
+        )
         if expunge_after_s < inactive_after_s:
             self.errors.add(f"{path}/expungeAfterSeconds", "must be at least inactiveAfterSeconds")
         return UnreachableStrategy(inactive_after_s=inactive_after_s, expunge_after_s=expunge_after_s)
 
     def _constraints(self, value: object) -> tuple[Constraint, ...]:
-        items = self._array(value, "/constraints")
+        items = self._array(value, "/constraints", max_items=self.policy.max_constraints)
         constraints = []
         for index, item in enumerate(items):
             path = json_path_join("/constraints", index)
@@ -571,7 +672,7 @@ class _AppDefinitionParser:
         return tuple(constraints)
 
     def _dependencies(self, value: object, app_id: str | None) -> tuple[str, ...]:
-        items = self._array(value, "/dependencies")
+        items = self._array(value, "/dependencies", max_items=self.policy.max_dependencies)
         app_group = self.base_group if app_id is None else (app_id.rsplit("/", 1)[0] or ROOT_GROUP)
         dependencies = []
         for index, item in enumerate(items):
@@ -615,7 +716,7 @@ class _AppDefinitionParser:
             return None
         if app.get("ports") is not None:
             definitions = []
-            for index, port in enumerate(self._array(app["ports"], "/ports")):
+            for index, port in enumerate(self._array(app["ports"], "/ports", max_items=self.policy.max_ports)):
                 if not _is_integer(port) or not 0 <= port <= MAXIMUM_PORT:
                     self.errors.add(json_path_join("/ports", index), f"must be an integer from 0 to {MAXIMUM_PORT}")
                     continue
@@ -624,7 +725,8 @@ class _AppDefinitionParser:
         if app.get("portDefinitions") is None:
             return None
         definitions = []
-        for index, item in enumerate(self._array(app["portDefinitions"], "/portDefinitions")):
+        port_definitions = self._array(app["portDefinitions"], "/portDefinitions", max_items=self.policy.max_ports)
+        for index, item in enumerate(port_definitions):
             path = json_path_join("/portDefinitions", index)
             definition = self._object(item, path)
             if definition is None:
@@ -691,7 +793,7 @@ class _AppDefinitionParser:
         if value is None:
             return None
         mappings = []
-        for index, item in enumerate(self._array(value, path)):
+        for index, item in enumerate(self._array(value, path, max_items=self.policy.max_ports)):
             item_path = json_path_join(path, index)
             mapping = self._object(item, item_path)
             if mapping is None:
@@ -720,7 +822,7 @@ class _AppDefinitionParser:
 
     def _volumes(self, value: object) -> tuple[Volume, ...]:
         volumes = []
-        for index, item in enumerate(self._array(value, "/container/volumes")):
+        for index, item in enumerate(self._array(value, "/container/volumes", max_items=self.policy.max_volumes)):
             path = f"/container/volumes({index})"
             volume = self._object(item, path)
             if volume is None:
@@ -728,9 +830,9 @@ class _AppDefinitionParser:
             self._check_fields(
                 volume, path, field_policy.VOLUME_SUPPORTED_FIELDS, field_policy.VOLUME_UNSUPPORTED_FIELDS
             )
-            container_path = self._string(volume, "containerPath", path, required=True)
+            container_path = self._string(volume, "containerPath", path, required=True, cap=self.policy.max_name_chars)
             mode = self._choice(volume, "mode", path, VOLUME_MODES, "RW")
-            host_path = self._string(volume, "hostPath", path)
+            host_path = self._string(volume, "hostPath", path, cap=self.policy.max_name_chars)
             persistent = self._object(volume.get("persistent"), f"{path}/persistent", optional=True)
             size_mib = None
             if persistent is not None:
@@ -740,7 +842,15 @@ class _AppDefinitionParser:
                     field_policy.PERSISTENT_VOLUME_SUPPORTED_FIELDS,
                     field_policy.PERSISTENT_VOLUME_UNSUPPORTED_FIELDS,
                 )
-                size_mib = self._integer(persistent, "size", f"{path}/persistent", minimum=1, required=True)
+                size_mib = self._integer(
+                    persistent,
+                    "size",
+                    f"{path}/persistent",
+                    minimum=1,
+                    required=True,
+                    cap=self.policy.max_volume_size_mib,
+                    unit=" MiB",
+                )
             if (persistent is None) == (host_path is None):
                 if volume.get("external") is None:
                     self.errors.add(path, "a volume needs exactly one of 'persistent' and 'hostPath'")
@@ -764,7 +874,8 @@ class _AppDefinitionParser:
 
     def _health_checks(self, value: object) -> tuple[HealthCheck, ...]:
         checks = []
-        for index, item in enumerate(self._array(value, "/healthChecks")):
+        policy = self.policy
+        for index, item in enumerate(self._array(value, "/healthChecks", max_items=policy.max_health_checks)):
             path = json_path_join("/healthChecks", index)
             check = self._object(item, path)
             if check is None:
@@ -775,7 +886,7 @@ class _AppDefinitionParser:
             protocol = self._choice(check, "protocol", path, HEALTH_CHECK_PROTOCOLS, "HTTP")
             probe = HealthCheck(protocol=protocol).probe
             is_http = probe in (HealthCheckProbe.HTTP, HealthCheckProbe.HTTPS)
-            path_value = self._string(check, "path", path)
+            path_value = self._string(check, "path", path, cap=policy.max_name_chars)
             if path_value is not None and not is_http:
                 self.errors.add(f"{path}/path", "only HTTP and HTTPS checks use a path")
             if path_value is not None and not path_value.startswith("/"):
@@ -806,11 +917,38 @@ class _AppDefinitionParser:
                     port_index=port_index,
                     port=port,
                     command=command,
-                    grace_period_s=self._integer(check, "gracePeriodSeconds", path, default=300, minimum=0),
-                    interval_s=self._integer(check, "intervalSeconds", path, default=60, minimum=1),
-                    timeout_s=self._integer(check, "timeoutSeconds", path, default=20, minimum=1),
-                    max_consecutive_failures=self._integer(check, "maxConsecutiveFailures", path, default=3, minimum=0),
-                    delay_s=self._integer(check, "delaySeconds", path, default=15, minimum=0),
+                    grace_period_s=self._integer(
+                        check,
+                        "gracePeriodSeconds",
+                        path,
+                        default=300,
+                        minimum=0,
+                        cap=policy.max_health_grace_period_s,
+                        unit=" s",
+                    ),
+                    interval_s=self._integer(
+                        check,
+                        "intervalSeconds",
+                        path,
+                        default=60,
+                        minimum=1,
+                        cap=policy.max_health_interval_s,
+                        unit=" s",
+                    ),
+                    timeout_s=self._integer(
+                        check, "timeoutSeconds", path, default=20, minimum=1, cap=policy.max_health_timeout_s, unit=" s"
+                    ),
+                    max_consecutive_failures=self._integer(
+                        check,
+                        "maxConsecutiveFailures",
+                        path,
+                        default=3,
+                        minimum=0,
+                        cap=policy.max_health_consecutive_failures,
+                    ),
+                    delay_s=self._integer(
+                        check, "delaySeconds", path, default=15, minimum=0, cap=policy.max_health_delay_s, unit=" s"
+                    ),
                     ignore_http1xx=ignore_http1xx,
                 )
             )
@@ -844,12 +982,15 @@ class _AppDefinitionParser:
             return None
         return value
 
-    def _array(self, value: object, path: str) -> list:
+    def _array(self, value: object, path: str, *, max_items: int | None = None) -> list:
         if value is None:
             return []
         if not isinstance(value, list):
             self.errors.add(path, "must be a JSON array")
             return []
+        if max_items is not None and len(value) > max_items:
+            self.errors.add(path, _cap_message(max_items, " items"))
+            return value[:max_items]  # the rest is not examined: the request is refused anyway
         return value
 
     def _string(
@@ -861,6 +1002,7 @@ class _AppDefinitionParser:
         required: bool = False,
         pattern: re.Pattern[str] | None = None,
         max_length: int | None = None,
+        cap: int | None = None,
     ) -> str | None:
         value, field_path = obj.get(key), json_path_join(path, key)
         if value is None:
@@ -880,16 +1022,22 @@ class _AppDefinitionParser:
             self.errors.add(field_path, f"'{value}' does not match {pattern.pattern}")
         if max_length is not None and len(value) > max_length:
             self.errors.add(field_path, f"must be at most {max_length} characters")
+        if cap is not None and len(value) > cap:
+            self.errors.add(field_path, _cap_message(cap, " characters"))
         return value
 
-    def _string_list(self, obj: dict, key: str, path: str) -> tuple[str, ...] | None:
+    def _string_list(
+        self, obj: dict, key: str, path: str, *, max_items: int, max_item_chars: int
+    ) -> tuple[str, ...] | None:
         field_path = json_path_join(path, key)
         if obj.get(key) is None:
             return None
         strings = []
-        for index, item in enumerate(self._array(obj[key], field_path)):
+        for index, item in enumerate(self._array(obj[key], field_path, max_items=max_items)):
             if not isinstance(item, str):
                 self.errors.add(json_path_join(field_path, index), "must be a string")
+            elif len(item) > max_item_chars:
+                self.errors.add(json_path_join(field_path, index), _cap_message(max_item_chars, " characters"))
             else:
                 strings.append(item)
         return tuple(strings)
@@ -898,9 +1046,20 @@ class _AppDefinitionParser:
         mapping = self._object(value, path, optional=True)
         if mapping is None:
             return frozen_mapping({})
+        policy = self.policy
+        if len(mapping) > policy.max_labels:
+            self.errors.add(path, _cap_message(policy.max_labels, " entries"))
+            return frozen_mapping({})
         for key, item in mapping.items():
             if not isinstance(item, str):
                 self.errors.add(json_path_join(path, key), "must be a string")
+            elif len(key) > policy.max_label_key_chars:
+                self.errors.add(
+                    json_path_join(path, key[: policy.max_label_key_chars]),  # an error echoes no huge key
+                    f"the name {_cap_message(policy.max_label_key_chars, ' characters')}",
+                )
+            elif len(item) > policy.max_label_value_chars:
+                self.errors.add(json_path_join(path, key), _cap_message(policy.max_label_value_chars, " characters"))
         return frozen_mapping({key: item for key, item in mapping.items() if isinstance(item, str)})
 
     def _integer(
@@ -913,7 +1072,10 @@ class _AppDefinitionParser:
         minimum: int | None = None,
         maximum: int | None = None,
         required: bool = False,
+        cap: int | None = None,
+        unit: str = "",
     ) -> int | None:
+        """``maximum`` is Marathon's own bound; ``cap`` is the platform's, named as such in the 422."""
         value, field_path = obj.get(key), json_path_join(path, key)
         if value is None:
             if required:
@@ -922,7 +1084,9 @@ class _AppDefinitionParser:
         if not _is_integer(value):
             self.errors.add(field_path, "must be an integer")
             return default
-        return value if self._in_range(value, field_path, minimum, maximum) else default
+        if not self._in_range(value, field_path, minimum, maximum):
+            return default
+        return default if self._over_cap(value, field_path, cap, unit) else value
 
     def _number(
         self,
@@ -933,6 +1097,8 @@ class _AppDefinitionParser:
         default: float | None = None,
         minimum: float | None = None,
         maximum: float | None = None,
+        cap: float | None = None,
+        unit: str = "",
     ) -> float | None:
         value, field_path = obj.get(key), json_path_join(path, key)
         if value is None:
@@ -940,7 +1106,15 @@ class _AppDefinitionParser:
         if not _is_number(value):
             self.errors.add(field_path, "must be a number")
             return default
-        return value if self._in_range(value, field_path, minimum, maximum) else default
+        if not self._in_range(value, field_path, minimum, maximum):
+            return default
+        return default if self._over_cap(value, field_path, cap, unit) else value
+
+    def _over_cap(self, value: float, path: str, cap: float | None, unit: str) -> bool:
+        if cap is not None and value > cap:
+            self.errors.add(path, _cap_message(cap, unit))
+            return True
+        return False
 
     def _in_range(self, value: float, path: str, minimum: float | None, maximum: float | None) -> bool:
         if minimum is not None and value < minimum:

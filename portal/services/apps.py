@@ -15,8 +15,9 @@ from django.utils import timezone
 
 from portal.choices import INSTANCE_ACTIVE, DeploymentKind, DeploymentStatus
 from portal.events import event_publish, marathon_timestamp
-from portal.marathon import AppDefinition
+from portal.marathon import AppDefinition, MarathonValidationError, parse_app_definition
 from portal.models import App, AppVersion, Deployment, Instance
+from portal.platform_policy import platform_policy
 from portal.selectors import app_definition
 from portal.services.deployments import (
     deployment_plan_json,
@@ -50,6 +51,18 @@ class AppNotFound(DomainError):
     status_code = 404
 
 
+class DefinitionOutsidePolicy(InvalidInput):
+    """A definition (often a stored one: a rollback, a scale, a restart) that the platform policy
+    no longer allows; named by its first bad path, as the parser would."""
+
+    status_code = 422
+
+    def __init__(self, error: MarathonValidationError):
+        first = error.details[0]
+        super().__init__("; ".join(str(message) for message in first["errors"]), field=str(first["path"]))
+        self.details = error.details
+
+
 ACTIONS = {
     DeploymentKind.START: ("StartApplication", "ScaleApplication"),
     DeploymentKind.SCALE: ("ScaleApplication",),
@@ -64,6 +77,15 @@ def _admission_check(definition: AppDefinition) -> None:
         raise InvalidInput("An image is required: set container.docker.image.", field="/container/docker/image")
     if definition.container.volumes:
         raise InvalidInput("Volumes are not supported yet.", field="/container/volumes(0)")
+
+
+def _policy_check(definition: AppDefinition) -> None:
+    """Every definition that is stored or deployed again meets today's platform policy, whichever
+    path it came by: a stored version (rollback, restart, scale up, cancel) may predate it."""
+    try:
+        parse_app_definition(definition.to_marathon_json(), policy=platform_policy())
+    except MarathonValidationError as error:
+        raise DefinitionOutsidePolicy(error) from None
 
 
 def _quota_check(app: App | None, tenant, definition: AppDefinition) -> None:
@@ -158,6 +180,7 @@ def _version_create(app: App, definition: AppDefinition, actor) -> AppVersion:
 def app_create(*, access, definition: AppDefinition, force: bool = False) -> Deployment:
     access.require(TenantRole.DEVELOPER)
     _admission_check(definition)
+    _policy_check(definition)
     with transaction.atomic():
         if App.objects.for_tenant(access.tenant).filter(marathon_id=definition.id).exists():
             raise AppExists(f"An app with id [{definition.id}] already exists.")
@@ -194,6 +217,9 @@ def app_update(
             raise AppNotFound(f"App '{app.marathon_id}' does not exist")
         current = app_definition(app)
         definition = dataclasses.replace(definition, id=app.marathon_id)
+        # Scaling down or stopping an app stored under an older policy stays possible: it starts nothing.
+        if not (_only_instances_differ(current, definition) and definition.instances <= current.instances):
+            _policy_check(definition)
         _quota_check(app, app.tenant, definition)
         network_ensure(tenant=app.tenant, name=network_name_for(definition))
         _take_lock(app, force=force)

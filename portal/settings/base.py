@@ -252,3 +252,32 @@ REST_FRAMEWORK |= {
 REGISTRY_HOST_ALLOWLIST = [
     e.strip().lower() for e in os.environ.get("PORTAL_REGISTRY_HOST_ALLOWLIST", "").split(",") if e.strip()
 ]
+
+# --- issue 9: policy (every value a tenant sends is checked against platform policy)
+from dataclasses import fields as _dataclass_fields  # noqa: E402
+from urllib.parse import urlsplit as _urlsplit  # noqa: E402
+
+from portal.marathon.platform_policy import PlatformPolicy as _PlatformPolicy  # noqa: E402
+
+# Fixed host ports no tenant may take even inside HOST_PORT_RANGE: the ports the platform itself
+# serves on a host (portal, embedded registry, PostgreSQL, Redis) and any listed here (comma list).
+RESERVED_HOST_PORTS = frozenset(
+    {int(port) for port in os.environ.get("PORTAL_RESERVED_HOST_PORTS", "").replace(" ", "").split(",") if port}
+    | {
+        int(os.environ.get("PORTAL_PORT") or 8000),
+        _urlsplit(EMBEDDED_REGISTRY_URL).port or 5000,
+        int(DATABASES["default"]["PORT"] or 5432),
+        _urlsplit(REDIS_URL).port or 6379,
+    }
+)
+# Every cap of an app definition is a setting PORTAL_APP_<NAME> (e.g. PORTAL_APP_MAX_TASK_KILL_GRACE_PERIOD_S);
+# the defaults live once, in PlatformPolicy. The id's length is the database column's, not a setting.
+APP_DEFINITION_LIMITS = {
+    field.name: type(field.default)(os.environ.get(f"PORTAL_APP_{field.name.upper()}", field.default))
+    for field in _dataclass_fields(_PlatformPolicy)
+    if field.name.startswith("max_") and field.name != "max_app_id_chars"
+}
+# Request bodies above this are answered 413 before any view runs (portal.request_limits); Django's
+# own limit on a parsed body is kept the same so the two never disagree.
+MAX_REQUEST_BODY_BYTES = int(os.environ.get("PORTAL_MAX_REQUEST_BODY_BYTES", str(1024 * 1024)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES

@@ -29,6 +29,7 @@ from portal.api.marathon.throttle import marathon_throttle_check
 from portal.choices import INSTANCE_ACTIVE, InstanceStatus
 from portal.marathon import AppDefinition, MarathonValidationError, merge_app_definition, parse_app_definition
 from portal.models import App, Deployment
+from portal.platform_policy import platform_policy
 from portal.services import apps as app_services
 from tenants.choices import TenantRole
 
@@ -182,7 +183,7 @@ class AppsView(MarathonView):
         return JsonResponse({"apps": self.renderer.apps(list(apps), embeds)})
 
     def post(self, request):
-        definition = parse_app_definition(json_object_body(request))
+        definition = parse_app_definition(json_object_body(request), policy=platform_policy())
         deployment = app_services.app_create(
             access=self.access, definition=definition, force=query_flag(request, "force")
         )
@@ -232,11 +233,11 @@ def _changed_definition(app: App | None, body: dict, *, partial: bool) -> AppDef
     """The definition a PUT/PATCH body asks for: merged into the stored one (partial update), or
     complete on its own. The URL's id wins over the body's."""
     if app is None:
-        definition = parse_app_definition(body)
+        definition = parse_app_definition(body, policy=platform_policy())
     elif partial:
-        definition = merge_app_definition(selectors.app_definition(app), body)
+        definition = merge_app_definition(selectors.app_definition(app), body, policy=platform_policy())
     else:
-        definition = parse_app_definition({**body, "id": app.marathon_id})
+        definition = parse_app_definition({**body, "id": app.marathon_id}, policy=platform_policy())
     assert isinstance(definition, AppDefinition)
     return definition
 

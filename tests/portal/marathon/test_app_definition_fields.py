@@ -155,7 +155,7 @@ def test_port_mappings_keep_every_field():
     app["container"]["portMappings"] = [
         {
             "containerPort": 53,
-            "hostPort": 5353,
+            "hostPort": 25353,
             "servicePort": 10053,
             "protocol": "udp,tcp",
             "name": "dns",
@@ -165,7 +165,7 @@ def test_port_mappings_keep_every_field():
     assert parse_app_definition(app).container.port_mappings == (
         PortMapping(
             container_port=53,
-            host_port=5353,
+            host_port=25353,
             service_port=10053,
             protocol="udp,tcp",
             name="dns",
@@ -188,28 +188,29 @@ def test_port_definitions_and_the_deprecated_ports_alias():
 
 
 def test_health_checks_get_defaults_per_protocol():
-    definition = parse_app_definition(
-        bridge_web_app(
-            healthChecks=[
-                {},
-                {"protocol": "HTTPS", "path": "/ready", "port": 8443, "ignoreHttp1xx": True},
-                {
-                    "protocol": "TCP",
-                    "portIndex": 0,
-                    "gracePeriodSeconds": 5,
-                    "intervalSeconds": 2,
-                    "timeoutSeconds": 1,
-                    "maxConsecutiveFailures": 0,
-                    "delaySeconds": 0,
-                },
-                {"protocol": "COMMAND", "command": {"value": "test -f /tmp/ok"}},
-                {"protocol": "MESOS_HTTP", "ipProtocol": "IPv4"},
-            ]
-        )
+    app = bridge_web_app(
+        healthChecks=[
+            {},
+            # A fixed check port must be one of the app's own fixed host ports (issue 9).
+            {"protocol": "HTTPS", "path": "/ready", "port": 28443, "ignoreHttp1xx": True},
+            {
+                "protocol": "TCP",
+                "portIndex": 0,
+                "gracePeriodSeconds": 5,
+                "intervalSeconds": 2,
+                "timeoutSeconds": 1,
+                "maxConsecutiveFailures": 0,
+                "delaySeconds": 0,
+            },
+            {"protocol": "COMMAND", "command": {"value": "test -f /tmp/ok"}},
+            {"protocol": "MESOS_HTTP", "ipProtocol": "IPv4"},
+        ]
     )
+    app["container"]["portMappings"].append({"containerPort": 8443, "hostPort": 28443, "name": "https"})
+    definition = parse_app_definition(app)
     assert definition.health_checks == (
         HealthCheck(protocol="HTTP", path="/", port_index=0),
-        HealthCheck(protocol="HTTPS", path="/ready", port=8443, ignore_http1xx=True),
+        HealthCheck(protocol="HTTPS", path="/ready", port=28443, ignore_http1xx=True),
         HealthCheck(
             protocol="TCP",
             port_index=0,

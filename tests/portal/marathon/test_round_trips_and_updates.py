@@ -8,13 +8,21 @@ from portal.marathon import AppDefinition, MarathonValidationError, merge_app_de
 from portal.marathon.app_definition import NetworkMode, PortMapping, UnreachableStrategy, UpgradeStrategy
 from portal.marathon.app_parser import AppDefinitionPatch
 
-from .marathon_payloads import bridge_web_app, command_app
+from .marathon_payloads import BRIDGE_WEB_APP, bridge_web_app, command_app
 
 ROUND_TRIP_APPS = {
     "command": command_app(),
     "args with exec form": {"id": "/a", "args": ["serve", "--port", "80"], "container": {"docker": {"image": "x"}}},
     "bridge web": bridge_web_app(),
     "everything": bridge_web_app(
+        # A fixed check port is one of the app's own fixed host ports, inside the platform range (issue 9).
+        container={
+            **BRIDGE_WEB_APP["container"],
+            "portMappings": [
+                {"containerPort": 8080, "hostPort": 0, "name": "http"},
+                {"containerPort": 8443, "hostPort": 28443, "name": "https"},
+            ],
+        },
         instances=3,
         cpus=0.5,
         mem=256.5,
@@ -23,7 +31,7 @@ ROUND_TRIP_APPS = {
         env={"A": "1"},
         labels={"l": "v"},
         healthChecks=[
-            {"protocol": "HTTPS", "path": "/h", "port": 8443, "ignoreHttp1xx": True},
+            {"protocol": "HTTPS", "path": "/h", "port": 28443, "ignoreHttp1xx": True},
             {"protocol": "MESOS_TCP", "portIndex": 0, "delaySeconds": 3},
             {"protocol": "COMMAND", "command": {"value": "true"}},
         ],
@@ -49,7 +57,7 @@ ROUND_TRIP_APPS = {
         "networks": [{"mode": "container", "name": "backend", "labels": {"k": "v"}}],
     },
     "host ports": command_app(
-        portDefinitions=[{"port": 8080, "name": "http", "labels": {"a": "b"}}, {"port": 0, "protocol": "udp"}],
+        portDefinitions=[{"port": 28080, "name": "http", "labels": {"a": "b"}}, {"port": 0, "protocol": "udp"}],
         requirePorts=True,
     ),
     "resident": command_app(

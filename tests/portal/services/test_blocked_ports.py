@@ -49,3 +49,15 @@ def test_running_out_of_ports_is_no_valid_host(host):
     assert place(0) == (21003,)  # the range's last port is included
     with pytest.raises(NoValidHost, match="no free host ports left in 21000-21003"):
         place(0, 0)
+
+
+def test_placement_refuses_a_fixed_port_outside_the_range_whatever_path_it_came_by(host):
+    with pytest.raises(NoValidHost, match="outside the platform's host port range 21000-21003"):
+        place(5999)
+
+
+def test_placement_refuses_a_port_the_platform_reserves(host, settings):
+    settings.RESERVED_HOST_PORTS = frozenset({21002})
+    with pytest.raises(NoValidHost, match="host port 21002 is reserved by the platform"):
+        place(21002)
+    assert place(21001) == (21001,)
