@@ -191,6 +191,16 @@ def _redis_problems() -> list[str]:
     return problems
 
 
+def _worker_problems(worker_log: Path) -> list[str]:
+    """The run's Celery worker got through to the broker with the password."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if " ready." in worker_log.read_text(errors="replace"):
+            return []
+        time.sleep(0.5)
+    return [f"the Celery worker never got ready: {worker_log.read_text(errors='replace')[-1500:]}"]
+
+
 def _known_secrets(state_dir: Path) -> dict[str, str]:
     files = {
         "database password": DB_PASSWORD_FILE,
@@ -244,7 +254,13 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
 
             problems += _file_mode_problems(state_dir)
             problems += _redis_problems()
+            problems += _worker_problems(state_dir / "log" / "worker.log")
         secrets_by_name = _known_secrets(state_dir)
+        for log in sorted((state_dir / "log").glob("*")):
+            for name, secret in secrets_by_name.items():
+                # bootstrap.txt is where the run command keeps the admin login it prints.
+                if secret in log.read_text(errors="replace") and (log.name, name) != ("bootstrap.txt", "admin password"):
+                    problems.append(f"the {name} is in log/{log.name}")
         for command_line in recorder.command_lines:
             for name, secret in secrets_by_name.items():
                 if secret in command_line:
