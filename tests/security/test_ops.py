@@ -294,3 +294,43 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
     except OSError:
         return "?"
+
+
+def test_setup_starts_a_private_redis_where_none_runs(tmp_path):
+    """scripts/setup on a machine without the project's Redis (here: on a free port, with its
+    own password file): it starts one that wants the password, on loopback only, whose
+    password is in no process's command line and in no file another user can read."""
+    port = free_port()
+    password_file = tmp_path / "etc" / "redis-password"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PORTAL_REDIS")} | {
+        "PORTAL_REDIS_PORT": str(port),
+        "PORTAL_REDIS_PASSWORD_FILE": str(password_file),
+        "PORTAL_STATE_DIR": str(tmp_path / "var"),
+    }
+    redis_dir = Path(f"/var/lib/hypervm-redis/{port}")
+    try:
+        setup = subprocess.run(
+            ["bash", "-c", "source scripts/setup"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert setup.returncode == 0, setup.stderr[-2000:]
+        password = password_file.read_text().strip()
+        server_pid = int((redis_dir / "redis.pid").read_text())
+
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=port, socket_timeout=5).ping()
+        with redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=5) as client:
+            assert client.config_get("bind") == {"bind": "127.0.0.1"}
+            assert client.config_get("protected-mode") == {"protected-mode": "yes"}
+        assert password not in _cmdline(server_pid)
+        assert {path.name: _mode(path) for path in [password_file, *password_file.parent.iterdir(), redis_dir]} == {
+            "redis-password": "0o600",
+            f"redis-{port}.conf": "0o600",
+            str(port): "0o700",
+        }
+    finally:
+        if (redis_dir / "redis.pid").exists():
+            os.kill(int((redis_dir / "redis.pid").read_text()), signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (redis_dir / "redis.pid").exists():
+                time.sleep(0.1)
+        shutil.rmtree(redis_dir, ignore_errors=True)
