@@ -1,8 +1,9 @@
 """Benchmark of issue 5: a guest prints lines -> a real browser receives them.
 
 Not a test: prints figures. Uses the dev database (a throw-away tenant, removed at the end),
-the project's Redis, database 2 unless PORTAL_REDIS_DB or PORTAL_REDIS_URL says otherwise, its own registry on 127.0.0.1, one
-compute-host worker (portal + host queue) and daphne, and Debian's chromium (headless).
+the project's Redis, database 2 unless PORTAL_REDIS_DB or PORTAL_REDIS_URL says otherwise, its
+own registry on 127.0.0.1, one compute-host worker (portal + host queue) and daphne, and
+Debian's chromium (headless).
 
 A HyperVM (TCG) prints ``bench line <n>`` every ``--interval`` seconds. Guest clocks are not
 trusted: each line is stamped by the host clock when it lands in the instance's guest.log (a

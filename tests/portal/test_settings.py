@@ -67,7 +67,9 @@ def test_redis_url_from_the_environment_wins(environment):
 
 def test_a_missing_redis_password_file_is_a_clear_error(environment, tmp_path):
     with pytest.raises(RuntimeError, match="ImproperlyConfigured: .*redis-password.*scripts/setup"):
-        load("portal.settings.base", environment | {"PORTAL_REDIS_PASSWORD_FILE": str(tmp_path / "redis-password.gone")})
+        load(
+            "portal.settings.base", environment | {"PORTAL_REDIS_PASSWORD_FILE": str(tmp_path / "redis-password.gone")}
+        )
 
 
 def test_a_redis_password_file_other_users_can_read_is_refused(environment):
@@ -88,7 +90,9 @@ def test_tests_use_another_database_of_the_same_instance(environment):
 def test_the_test_redis_database_is_a_setting_and_the_test_url_still_overrides(environment):
     by_number = load("portal.settings.test", environment | {"PORTAL_TEST_REDIS_DB": "9"}, "CELERY_BROKER_URL")
     by_url = load(
-        "portal.settings.test", environment | {"PORTAL_TEST_REDIS_URL": "redis://:x@127.0.0.1:6390/4"}, "CELERY_BROKER_URL"
+        "portal.settings.test",
+        environment | {"PORTAL_TEST_REDIS_URL": "redis://:x@127.0.0.1:6390/4"},
+        "CELERY_BROKER_URL",
     )
 
     assert by_number["CELERY_BROKER_URL"].endswith("@127.0.0.1:6390/9")

@@ -94,7 +94,7 @@ class CommandLineRecorder:
                 except OSError:
                     continue
                 self.command_lines.add(raw.replace(b"\0", b" ").decode(errors="replace"))
-            time.sleep(0.005)
+            time.sleep(0.02)  # psql and htpasswd live for longer than this
 
 
 def _run_env(state_dir: Path, host_state_dir: Path) -> dict[str, str]:
@@ -259,7 +259,10 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
         for log in sorted((state_dir / "log").glob("*")):
             for name, secret in secrets_by_name.items():
                 # bootstrap.txt is where the run command keeps the admin login it prints.
-                if secret in log.read_text(errors="replace") and (log.name, name) != ("bootstrap.txt", "admin password"):
+                if secret in log.read_text(errors="replace") and (log.name, name) != (
+                    "bootstrap.txt",
+                    "admin password",
+                ):
                     problems.append(f"the {name} is in log/{log.name}")
         for command_line in recorder.command_lines:
             for name, secret in secrets_by_name.items():

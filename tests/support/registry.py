@@ -171,7 +171,9 @@ def start_registry(
     for _attempt in range(attempts):
         port = port or _free_loopback_port()
         config_path = work_dir / "config.yml"
-        _write_private(config_path, _config_yaml(port=port, storage_dir=work_dir / "storage", htpasswd_path=htpasswd_path))
+        _write_private(
+            config_path, _config_yaml(port=port, storage_dir=work_dir / "storage", htpasswd_path=htpasswd_path)
+        )
         with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             process = subprocess.Popen(
                 [str(REGISTRY_BINARY), "serve", str(config_path)],
