@@ -1,10 +1,12 @@
 """The run command as a new user runs it: `./scripts/run` itself, on free ports, with its own
 state dir, database, Celery queue and compute-host name, checked from outside as a visitor and
 as another local user would see it: production error pages, static files, a working login
-over plain http, private files, a Redis that wants its password, no secret on any process's
-command line, and Ctrl-C leaving no process behind."""
+over plain http, private files, a Redis that wants its password, the demo app booting as a VM,
+no secret on any process's command line (QEMU's included), and Ctrl-C leaving no process
+behind."""
 
 import http.cookiejar
+import json
 import os
 import re
 import shutil
@@ -28,6 +30,8 @@ from tests.support.live_stack import free_port
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 420  # a fresh database is migrated and the demo images are built and pushed
 STOP_TIMEOUT_S = 60
+APP_RUNNING_TIMEOUT_S = 180  # pull, unpack, boot under TCG on a loaded machine
+APP_GONE_TIMEOUT_S = 60
 # The run's own Redis database on the project's instance (tests default to 1, bench to 2).
 RUN_REDIS_DB = 8
 DB_PASSWORD_FILE = Path(os.environ.get("PORTAL_DB_PASSWORD_FILE", "/etc/hypervm/db-password"))
@@ -66,8 +70,9 @@ class CommandLineRecorder:
     """Samples the command line of every process of the run (its descendants and its session)
     until stopped: short-lived ones (psql, htpasswd) are caught while they run."""
 
-    def __init__(self, root_pid: int):
+    def __init__(self, root_pid: int, *, marker: str):
         self.root_pid = root_pid
+        self.marker = marker.encode()  # libvirtd starts QEMU: it is ours if its argv names this
         self.command_lines: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -87,11 +92,13 @@ class CommandLineRecorder:
                 if not entry.name.isdigit():
                     continue
                 stat = _process_stat(int(entry.name))
-                if stat is None or (int(entry.name) not in ours and stat[1] != self.root_pid):
-                    continue
                 try:
                     raw = (entry / "cmdline").read_bytes()
                 except OSError:
+                    continue
+                if stat is None or (
+                    int(entry.name) not in ours and stat[1] != self.root_pid and self.marker not in raw
+                ):
                     continue
                 self.command_lines.add(raw.replace(b"\0", b" ").decode(errors="replace"))
             time.sleep(0.02)  # psql and htpasswd live for longer than this
@@ -114,7 +121,7 @@ def _run_env(state_dir: Path, host_state_dir: Path) -> dict[str, str]:
         "PORTAL_REDIS_DB": str(RUN_REDIS_DB),
         "HYPERVM_HOST_NAME": f"run-{unique}",
         "HYPERVM_STATE_DIR": str(host_state_dir),
-        "HYPERVM_VIRT_TYPE": "qemu",  # no boot probe: this test is about the control plane
+        "HYPERVM_VIRT_TYPE": "qemu",  # TCG, as the boot probe finds on dev/CI machines, without its boot
     }
 
 
@@ -212,6 +219,7 @@ def _known_secrets(state_dir: Path) -> dict[str, str]:
     return {name: path.read_text().strip() for name, path in files.items() if path.exists()}
 
 
+@pytest.mark.vm
 def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_cleanly(tmp_path):
     state_dir = tmp_path / "var"
     # Like the live stack's host workers: outside /tmp's private tree, QEMU must traverse it.
@@ -227,7 +235,7 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
             ["./scripts/run"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        with CommandLineRecorder(process.pid) as recorder:
+        with CommandLineRecorder(process.pid, marker=str(host_state_dir)) as recorder:
             username, password = _wait_until_ready(process, output, url).split(" ", 1)
             stack.update(_descendants(process.pid))
 
@@ -241,7 +249,8 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
 
             # The printed login works over plain http, as a browser does it (a Secure cookie
             # would never be sent back here, and the login would fail on CSRF).
-            browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+            cookies = http.cookiejar.CookieJar()
+            browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cookies))
             _, _, form = _http(browser, url + "/login/")
             csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
             status, landed, page = _http(
@@ -255,6 +264,9 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
             problems += _file_mode_problems(state_dir)
             problems += _redis_problems()
             problems += _worker_problems(state_dir / "log" / "worker.log")
+            # The demo app boots as a VM (its QEMU's command line is sampled too) and goes.
+            problems += _demo_app_problems(browser, cookies, url, env["PORTAL_REGISTRY_PORT"], state_dir)
+            problems += _wait_for_no_vm_resources(host_state_dir)
         secrets_by_name = _known_secrets(state_dir)
         for log in sorted((state_dir / "log").glob("*")):
             for name, secret in secrets_by_name.items():
@@ -264,6 +276,8 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
                     "admin password",
                 ):
                     problems.append(f"the {name} is in log/{log.name}")
+        if not any("qemu-system" in command_line for command_line in recorder.command_lines):
+            problems.append("no QEMU command line was seen: the VM's was not checked")
         for command_line in recorder.command_lines:
             for name, secret in secrets_by_name.items():
                 if secret in command_line:
@@ -284,8 +298,114 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
             process.wait(timeout=10)
         for pid in _still_running(stack):
             os.kill(pid, signal.SIGKILL)
+        _remove_vm_resources(host_state_dir)
         _drop_database(env["PORTAL_DB_NAME"])
         shutil.rmtree(host_state_dir, ignore_errors=True)
+
+
+def _api(browser, cookies, url: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """The browser session's API call (DRF wants the CSRF token of a session in a header)."""
+    csrf = next((cookie.value for cookie in cookies if cookie.name == "csrftoken"), "")
+    request = urllib.request.Request(
+        url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json", "X-CSRFToken": csrf},
+    )
+    try:
+        with browser.open(request, timeout=20) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def _demo_app_problems(browser, cookies, url: str, registry_port: str, state_dir: Path) -> list[str]:
+    definition = {
+        "id": "/ops-hello",
+        "instances": 1,
+        "cpus": 0.5,
+        "mem": 128,
+        "container": {
+            "docker": {"image": f"127.0.0.1:{registry_port}/demo/hello:latest"},
+            "portMappings": [{"containerPort": 8080, "hostPort": 0}],
+        },
+        "networks": [{"mode": "container/bridge"}],
+    }
+    status, answer = _api(browser, cookies, url, "POST", "/v2/apps", definition)
+    if status != 201:
+        return [f"deploying the demo app answered {status}: {answer}"]
+    problems, tasks = [], []
+    deadline = time.monotonic() + APP_RUNNING_TIMEOUT_S
+    while time.monotonic() < deadline:
+        _, answer = _api(browser, cookies, url, "GET", "/v2/apps/ops-hello/tasks")
+        tasks = answer.get("tasks", [])
+        if any(task["state"] == "TASK_RUNNING" for task in tasks):
+            break
+        time.sleep(1)
+    else:
+        worker_log = (state_dir / "log" / "worker.log").read_text(errors="replace")[-1500:]
+        problems.append(f"the demo app never ran: {tasks}; worker log: {worker_log}")
+    deadline = time.monotonic() + APP_GONE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status, answer = _api(browser, cookies, url, "DELETE", "/v2/apps/ops-hello")
+        if status in (200, 404):
+            return problems
+        time.sleep(1)  # 409 while its deployment is still going
+    return [*problems, f"the demo app could not be deleted: {status} {answer}"]
+
+
+def _vm_resources(host_state_dir: Path) -> tuple[list, list]:
+    """The libvirt domains and tenant networks of the run's host state dir."""
+    import libvirt
+
+    connection = libvirt.open("qemu:///system")
+    try:
+        domains = [domain.name() for domain in connection.listAllDomains() if str(host_state_dir) in _xml(domain)]
+        markers = {marker.name for marker in (host_state_dir / "networks").glob("*")}
+        networks = [name for name in connection.listNetworks() if any(marker in name for marker in markers)]
+        return domains, networks
+    finally:
+        connection.close()
+
+
+def _xml(domain) -> str:
+    import libvirt
+
+    try:
+        return domain.XMLDesc()
+    except libvirt.libvirtError:
+        return ""  # another session's VM, gone since the listing
+
+
+def _wait_for_no_vm_resources(host_state_dir: Path) -> list[str]:
+    deadline = time.monotonic() + APP_GONE_TIMEOUT_S
+    while time.monotonic() < deadline and any(_vm_resources(host_state_dir)):
+        time.sleep(1)
+    domains, networks = _vm_resources(host_state_dir)
+    return [f"the deleted app left domains {domains} and networks {networks}"] if domains or networks else []
+
+
+def _remove_vm_resources(host_state_dir: Path) -> None:
+    """Whatever a failed run left on the shared libvirtd (only the run's own)."""
+    import libvirt
+
+    domains, networks = _vm_resources(host_state_dir)
+    connection = libvirt.open("qemu:///system")
+    try:
+        for name in domains:
+            domain = connection.lookupByName(name)
+            if domain.isActive():
+                domain.destroy()
+            if domain.isPersistent():
+                domain.undefine()
+        for name in networks:
+            network = connection.networkLookupByName(name)
+            if network.isActive():
+                network.destroy()
+            if network.isPersistent():
+                network.undefine()
+    finally:
+        connection.close()
 
 
 def _still_running(processes: dict[int, str]) -> list[int]:
