@@ -392,18 +392,14 @@ def _remove_vm_resources(host_state_dir: Path) -> None:
     domains, networks = _vm_resources(host_state_dir)
     connection = libvirt.open("qemu:///system")
     try:
-        for name in domains:
-            domain = connection.lookupByName(name)
-            if domain.isActive():
-                domain.destroy()
-            if domain.isPersistent():
-                domain.undefine()
-        for name in networks:
-            network = connection.networkLookupByName(name)
-            if network.isActive():
-                network.destroy()
-            if network.isPersistent():
-                network.undefine()
+        # Domains and networks answer the same four calls.
+        found = [connection.lookupByName(name) for name in domains]
+        found += [connection.networkLookupByName(name) for name in networks]
+        for resource in found:
+            if resource.isActive():
+                resource.destroy()
+            if resource.isPersistent():
+                resource.undefine()
     finally:
         connection.close()
 
