@@ -1,8 +1,9 @@
 """Benchmark of issue 5: a guest prints lines -> a real browser receives them.
 
 Not a test: prints figures. Uses the dev database (a throw-away tenant, removed at the end),
-Redis database 2 unless PORTAL_REDIS_URL says otherwise, its own registry on 127.0.0.1, one
-compute-host worker (portal + host queue) and daphne, and Debian's chromium (headless).
+the project's Redis, database 2 unless PORTAL_REDIS_DB or PORTAL_REDIS_URL says otherwise, its
+own registry on 127.0.0.1, one compute-host worker (portal + host queue) and daphne, and
+Debian's chromium (headless).
 
 A HyperVM (TCG) prints ``bench line <n>`` every ``--interval`` seconds. Guest clocks are not
 trusted: each line is stamped by the host clock when it lands in the instance's guest.log (a
@@ -28,7 +29,7 @@ from pathlib import Path
 import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.dev")
-os.environ.setdefault("PORTAL_REDIS_URL", "redis://127.0.0.1:6379/2")
+os.environ.setdefault("PORTAL_REDIS_DB", "2")  # the project's Redis instance, its own database
 django.setup()
 
 from django.test import Client  # noqa: E402

@@ -4,7 +4,7 @@ environment (``PORTAL_*``) or from a file whose path comes from the environment.
 import os
 from pathlib import Path
 
-from portal.secrets import read_or_create_secret
+from portal.secrets import read_or_create_secret, read_secret, redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 STATE_DIR = Path(os.environ.get("PORTAL_STATE_DIR", BASE_DIR / "var"))
@@ -81,7 +81,20 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = os.environ.get("PORTAL_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Redis (Celery broker + Channels layer): the project's own instance, which scripts/setup starts
+# on its own port with a password (the machine's shared 6379 has none); every checkout on the
+# machine shares it, each environment on its own database number. The password only from its
+# 0600 file; PORTAL_REDIS_URL (with the password in it) replaces all of this.
+REDIS_HOST = os.environ.get("PORTAL_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("PORTAL_REDIS_PORT", "6390"))
+REDIS_DB = int(os.environ.get("PORTAL_REDIS_DB", "0"))
+REDIS_PASSWORD_FILE = Path(os.environ.get("PORTAL_REDIS_PASSWORD_FILE", "/etc/hypervm/redis-password"))
+REDIS_URL = os.environ.get("PORTAL_REDIS_URL") or redis_url(
+    host=REDIS_HOST,
+    port=REDIS_PORT,
+    db=REDIS_DB,
+    password=read_secret(REDIS_PASSWORD_FILE, made_by="scripts/setup"),
+)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -281,3 +294,9 @@ APP_DEFINITION_LIMITS = {
 # own limit on a parsed body is kept the same so the two never disagree.
 MAX_REQUEST_BODY_BYTES = int(os.environ.get("PORTAL_MAX_REQUEST_BODY_BYTES", str(1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+
+# --- issue 9: ops
+# Whether the portal is served over https (prod settings mark the session and CSRF cookies
+# Secure then). Default on; the run command turns it off: it serves http on a loopback port,
+# where a browser would never send a Secure cookie back and no login could work.
+HTTPS = env_bool("PORTAL_HTTPS", True)

@@ -1,10 +1,13 @@
-import os
+"""Production: what the run command serves. DEBUG off (error pages without tracebacks), the
+secret key from PORTAL_SECRET_KEY or the state dir's 0600 file (base), cookies Secure when
+served over https (PORTAL_HTTPS, default on)."""
 
 from .base import *  # noqa: F403
+from .base import HTTPS
 
 DEBUG = False
-SESSION_COOKIE_SECURE = True
-CSRF_COOKIE_SECURE = True
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = False  # TLS ends in front of the portal (a proxy), which redirects
 SECURE_CONTENT_TYPE_NOSNIFF = True
-if not os.environ.get("PORTAL_SECRET_KEY") and not os.environ.get("PORTAL_SECRET_KEY_FILE"):
-    raise RuntimeError("prod settings need PORTAL_SECRET_KEY or PORTAL_SECRET_KEY_FILE")
+SESSION_COOKIE_HTTPONLY = True

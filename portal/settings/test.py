@@ -4,7 +4,9 @@ from .base import *  # noqa: F403
 from .base import REDIS_URL, channel_layers_for
 
 # Tests use their own Redis database so a running dev portal is not disturbed.
-_TEST_REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", REDIS_URL.rsplit("/", 1)[0] + "/1")
+# PORTAL_TEST_REDIS_DB picks another database of the same instance; PORTAL_TEST_REDIS_URL any URL.
+TEST_REDIS_DB = int(os.environ.get("PORTAL_TEST_REDIS_DB", "1"))
+_TEST_REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL") or f"{REDIS_URL.rsplit('/', 1)[0]}/{TEST_REDIS_DB}"
 CELERY_BROKER_URL = _TEST_REDIS_URL
 CHANNEL_LAYERS = channel_layers_for(_TEST_REDIS_URL)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

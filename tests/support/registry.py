@@ -110,6 +110,14 @@ def _write_htpasswd(path: Path, username: str, password: str) -> None:
         htpasswd.write(result.stdout.strip() + b"\n")
 
 
+def _write_private(path: Path, text: str) -> None:
+    """0600 from the start (the config holds the registry's http secret)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)  # O_CREAT's mode does not change a file an older run made
+
+
 def _config_yaml(*, port: int, storage_dir: Path, htpasswd_path: Path) -> str:
     return f"""\
 version: 0.1
@@ -163,8 +171,10 @@ def start_registry(
     for _attempt in range(attempts):
         port = port or _free_loopback_port()
         config_path = work_dir / "config.yml"
-        config_path.write_text(_config_yaml(port=port, storage_dir=work_dir / "storage", htpasswd_path=htpasswd_path))
-        with log_path.open("ab") as log:
+        _write_private(
+            config_path, _config_yaml(port=port, storage_dir=work_dir / "storage", htpasswd_path=htpasswd_path)
+        )
+        with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             process = subprocess.Popen(
                 [str(REGISTRY_BINARY), "serve", str(config_path)],
                 stdin=subprocess.DEVNULL,

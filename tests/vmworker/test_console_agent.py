@@ -8,15 +8,16 @@ import uuid
 
 import pytest
 from channels_redis.core import RedisChannelLayer
+from django.conf import settings
 
 from vmworker.console_agent import ConsoleAgent, console_channel, console_group
 
-REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
 RECEIVE_TIMEOUT_S = 10
 
 
 def redis_layer() -> RedisChannelLayer:
-    return RedisChannelLayer(hosts=[{"address": REDIS_URL, "socket_timeout": 15}])  # as portal.settings
+    """The test settings' layer (the project's Redis, the tests' database, its password)."""
+    return RedisChannelLayer(**settings.CHANNEL_LAYERS["default"]["CONFIG"])
 
 
 @pytest.fixture
