@@ -80,8 +80,11 @@ class Socket:
     async def handshake_refused(self) -> bool:
         """True when the socket was closed before accept (the server answers the handshake 403)."""
         connected, _ = await self.communicator.connect(timeout=RECEIVE_TIMEOUT_S)
+        if connected:
+            await self.communicator.disconnect()
+            return False
         await self.communicator.wait(timeout=RECEIVE_TIMEOUT_S)
-        return not connected
+        return True
 
     async def __aexit__(self, *exc):
         await self.communicator.disconnect()
