@@ -129,12 +129,15 @@ def websocket_own_origin(scope) -> str | None:
 
 
 def websocket_origin_allowed(scope) -> bool:
+    own_origin = websocket_own_origin(scope)
+    if own_origin is None:  # a Host the portal does not serve (DNS rebinding): as Django's 400
+        return False
     origin = _header(scope, b"origin")
     if origin is None:
         # Not a browser (browsers always send Origin): fine without credentials, which the
         # consumer refuses anyway; never with a cookie.
         return _header(scope, b"cookie") is None
-    return origin_allowed(origin, own_origin=websocket_own_origin(scope))
+    return origin_allowed(origin, own_origin=own_origin)
 
 
 class StreamOriginValidator:

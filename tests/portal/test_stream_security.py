@@ -68,6 +68,8 @@ def test_trusted_origins_are_exact(settings):
     assert websocket_origin_allowed(handshake(origin="https://portal.example.test"))
     assert not websocket_origin_allowed(handshake(origin="https://portal.example.test:8443"))
     assert not websocket_origin_allowed(handshake(origin="http://portal.example.test"))
+    # Not through a Host the portal does not serve, even from a trusted origin.
+    assert not websocket_origin_allowed(handshake(host="rebound.example:8000", origin="https://portal.example.test"))
 
 
 @pytest.fixture

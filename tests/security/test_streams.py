@@ -276,6 +276,14 @@ def test_a_session_post_from_a_tenant_app_origin_fails_the_csrf_check(live_stack
     assert own[0] == 201, own  # the same request from the portal's own page passes the check
     assert list(App.objects.filter(tenant=tenant).values_list("marathon_id", flat=True)) == ["/from-tenant-app"]
 
+    # The REST API (DRF's session authentication runs the same check): no token minted.
+    token_body = json.dumps({"name": "minted-by-a-tenant-app"})
+    refused = http_request(live_stack, "POST", "/api/v1/tokens/", headers | {"Origin": tenant_app_origin()}, token_body)
+    own = http_request(live_stack, "POST", "/api/v1/tokens/", headers | {"Origin": live_stack.url}, token_body)
+    assert refused[0] == 403 and b"CSRF" in refused[1], refused
+    assert own[0] == 201, own
+    assert list(ApiToken.objects.filter(user=developer).values_list("name", flat=True)) == ["minted-by-a-tenant-app"]
+
 
 def http_request(stack, method: str, path: str, headers: dict[str, str], body: str) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", portal_port(stack), timeout=10)
@@ -332,7 +340,7 @@ def test_a_v2_event_stream_ends_within_seconds_of_losing_access(live_stack, tena
         started = time.monotonic()
         ended = stream.ended_within(STREAM_END_S)
         assert ended, f"/v2/events still open {STREAM_END_S} s after: {how}"
-        assert time.monotonic() - started < STREAM_END_S
+        print(f"/v2/events ended {time.monotonic() - started:.2f} s after: {how}")  # the figure, with -s
     finally:
         stream.close()
 
