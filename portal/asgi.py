@@ -11,15 +11,16 @@ django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from portal.request_limits import RequestBodyLimit  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
+from portal.stream_security import StreamOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": RequestBodyLimit(django_asgi_app, max_body_bytes=settings.MAX_REQUEST_BODY_BYTES),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # The exact origin (scheme, host and port), not only the host: tenants' apps share the host.
+        "websocket": StreamOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

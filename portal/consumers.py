@@ -5,9 +5,15 @@ Contract (the browser side is static/js/live.js; routes in portal/routing.py):
 - Every socket is authorized like the API: the session user through
   tenants.access.tenant_access_resolve with at least the viewer role. A refused socket is
   accepted and closed at once with 4403 (4404 for an unknown app or instance of a tenant the
-  user may see) and gets no message. (Closing before accept would be a bare HTTP 403.) The
-  check is done again every POLL_S from the session store: a member removed from the tenant, or
-  a session logged out, is closed with 4403 within that poll.
+  user may see) and gets no message. (Closing before accept would be a bare HTTP 403.) A
+  handshake from another origin than the portal's own is refused before that, with a 403
+  (portal.stream_security, which also holds the rules below). The check is done again every
+  STREAM_RECHECK_S (portal.stream_security.StreamGuard, the re-check every stream kind uses): a
+  member removed from the tenant, a user deactivated or a session logged out is closed with
+  4403 within that poll.
+- Each socket holds one of its user's MAX_STREAMS_PER_USER stream leases (shared with
+  /v2/events, across web processes): a socket over the cap is accepted and closed at once with
+  4429 and the reason, and gets no message.
 - ``/ws/t/<slug>/`` and ``/ws/t/<slug>/apps/<id>/``: with ``?after=<event id>`` the Event rows of
   that scope with id > after are replayed first (at most EVENT_REPLAY_LIMIT, else one
   ``{"type": "reset"}`` and the stream goes on from the newest row), then live ones; without it
@@ -36,10 +42,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from importlib import import_module
 from urllib.parse import parse_qs
 
-from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -49,6 +53,13 @@ from portal.choices import INSTANCE_TERMINAL, InstanceStatus
 from portal.events import app_group, instance_group, tenant_group
 from portal.models import App, Instance
 from portal.selectors import EVENT_REPLAY_LIMIT, event_latest_id, event_list_after
+from portal.stream_security import (
+    CLOSE_TOO_MANY_STREAMS,
+    StreamCredentials,
+    StreamGuard,
+    StreamVerdict,
+    too_many_streams_message,
+)
 from tenants.access import RoleRequired, TenantNotFound, tenant_access_resolve
 from tenants.choices import TenantRole
 from vmworker.console_agent import console_channel, console_group
@@ -57,7 +68,7 @@ logger = logging.getLogger("portal.consumers")
 
 CLOSE_REFUSED = 4403
 CLOSE_NOT_FOUND = 4404
-POLL_S = 2.0  # access re-check, dropped events, a console waiting or unavailable
+POLL_S = 2.0  # dropped events, a console waiting or unavailable; the access re-check runs in it
 EVENT_HORIZON_MAX_AGE_S = 0.2
 EVENT_CATCH_UP_MAX_BATCHES = 20
 BACKLOG_TIMEOUT_S = 2.0
@@ -84,17 +95,6 @@ def _query_int(scope, name: str) -> int | None:
         return None
 
 
-async def _session_user_now(scope):
-    """The user the socket's session belongs to now, read again from the session store (the
-    scope's session and user were loaded once, at connect)."""
-    session = scope.get("session")
-    key = getattr(session, "session_key", None)
-    if key is None:
-        return None
-    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=key)
-    return await get_user({"session": store})
-
-
 class TenantScopedConsumer(AsyncJsonWebsocketConsumer):
     """Resolves the tenant from the URL for the session user, or refuses the socket; checks again
     every POLL_S and calls ``tick()`` while the socket stays allowed."""
@@ -104,10 +104,18 @@ class TenantScopedConsumer(AsyncJsonWebsocketConsumer):
         self.slug = kwargs["slug"]
         self.refused = False
         self._poller = None
-        self.access = await database_sync_to_async(_viewer_access)(self.scope.get("user"), self.slug)
+        self.guard = None
+        user = self.scope.get("user")
+        self.access = await database_sync_to_async(_viewer_access)(user, self.slug)
         await self.accept()
         if self.access is None:
             await self.refuse(CLOSE_REFUSED)
+            return
+        session_key = getattr(self.scope.get("session"), "session_key", None)
+        credentials = StreamCredentials(user_id=user.pk, slug=self.slug, session_key=session_key)
+        self.guard = await database_sync_to_async(StreamGuard.open)(credentials)
+        if self.guard is None:
+            await self.refuse(CLOSE_TOO_MANY_STREAMS, reason=too_many_streams_message())
             return
         await self.open(**kwargs)
         if not self.refused:
@@ -119,21 +127,25 @@ class TenantScopedConsumer(AsyncJsonWebsocketConsumer):
     async def tick(self) -> None:
         """Called every POLL_S while the socket is open and still allowed."""
 
-    async def refuse(self, code: int) -> None:
+    async def refuse(self, code: int, reason: str | None = None) -> None:
         self.refused = True
-        await self.close(code=code)
-
-    async def still_allowed(self) -> bool:
-        user = await _session_user_now(self.scope)
-        return await database_sync_to_async(_viewer_access)(user, self.slug) is not None
+        await self.close(code=code, reason=reason)
 
     async def _poll(self) -> None:
+        checked_at = time.monotonic()
         while not self.refused:
             await asyncio.sleep(POLL_S)
             try:
-                if not await self.still_allowed():
-                    await self.refuse(CLOSE_REFUSED)
-                    return
+                # At the poll nearest to STREAM_RECHECK_S (every poll with the defaults).
+                if time.monotonic() - checked_at >= settings.STREAM_RECHECK_S - POLL_S / 2:
+                    verdict = await database_sync_to_async(self.guard.recheck)()
+                    checked_at = time.monotonic()
+                    if verdict is StreamVerdict.ACCESS_LOST:
+                        await self.refuse(CLOSE_REFUSED)
+                        return
+                    if verdict is StreamVerdict.TOO_MANY_STREAMS:
+                        await self.refuse(CLOSE_TOO_MANY_STREAMS, reason=too_many_streams_message())
+                        return
                 await self.tick()
             except Exception:  # e.g. the database restarting: the next poll tries again
                 logger.warning("consumers.poll_failed", extra={"path": self.scope.get("path")}, exc_info=True)
@@ -141,6 +153,8 @@ class TenantScopedConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         if getattr(self, "_poller", None) is not None:
             self._poller.cancel()
+        if getattr(self, "guard", None) is not None:
+            await asyncio.to_thread(self.guard.close)
 
     async def join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)

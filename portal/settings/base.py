@@ -300,3 +300,17 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 # Secure then). Default on; the run command turns it off: it serves http on a loopback port,
 # where a browser would never send a Secure cookie back and no login could work.
 HTTPS = env_bool("PORTAL_HTTPS", True)
+# --- issue 9: streams (WebSocket and SSE: exact origin, access re-check, streams per user)
+# Origins besides the portal's own that a browser may use the session from, exactly
+# "scheme://host[:port]": Django's CSRF check of session POSTs and the stream origin check
+# (portal.stream_security) read this one list.
+CSRF_TRUSTED_ORIGINS = [origin for origin in os.environ.get("PORTAL_TRUSTED_ORIGINS", "").split(",") if origin]
+# Open WebSockets + /v2/events streams of one user, across every web process (Redis leases).
+MAX_STREAMS_PER_USER = int(os.environ.get("PORTAL_MAX_STREAMS_PER_USER", "16"))
+# Every open stream checks its session or token, membership and user again this often.
+STREAM_RECHECK_S = float(os.environ.get("PORTAL_STREAM_RECHECK_S", "2"))
+# A stream's lease lives this long unless its stream refreshes it (every STREAM_RECHECK_S), so
+# the leases of a crashed web process free themselves.
+STREAM_LEASE_TTL_S = float(os.environ.get("PORTAL_STREAM_LEASE_TTL_S", "10"))
+# The Redis holding the leases; empty: the channel layer's.
+STREAM_LEASE_REDIS_URL = os.environ.get("PORTAL_STREAM_LEASE_REDIS_URL", "")

@@ -61,10 +61,13 @@ def session_cookie(user) -> bytes | None:
 
 
 class Socket:
-    """A WebSocket client of the real ASGI app, as a browser of 127.0.0.1 would open it."""
+    """A WebSocket client of the real ASGI app, as a browser on a page of the portal at
+    http://127.0.0.1 would open it (``origin`` another page's)."""
 
-    def __init__(self, cookie: bytes | None, path: str):
-        headers = [(b"origin", b"http://127.0.0.1")]
+    def __init__(self, cookie: bytes | None, path: str, origin: bytes | None = b"http://127.0.0.1"):
+        headers = [(b"host", b"127.0.0.1")]
+        if origin is not None:
+            headers.append((b"origin", origin))
         if cookie is not None:
             headers.append((b"cookie", cookie))
         self.communicator = WebsocketCommunicator(application, path, headers=headers)
@@ -73,6 +76,15 @@ class Socket:
         connected, _ = await self.communicator.connect(timeout=RECEIVE_TIMEOUT_S)
         assert connected
         return self
+
+    async def handshake_refused(self) -> bool:
+        """True when the socket was closed before accept (the server answers the handshake 403)."""
+        connected, _ = await self.communicator.connect(timeout=RECEIVE_TIMEOUT_S)
+        if connected:
+            await self.communicator.disconnect()
+            return False
+        await self.communicator.wait(timeout=RECEIVE_TIMEOUT_S)
+        return True
 
     async def __aexit__(self, *exc):
         await self.communicator.disconnect()
@@ -282,6 +294,58 @@ def test_another_tenants_slug_is_refused_even_for_its_own_app(tenant, other_tena
             return await socket.close_code(), await socket.nothing_more()
 
     assert run(scenario()) == (4403, True)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        b"http://127.0.0.1:20001",  # a tenant's published app on the portal's host
+        b"https://127.0.0.1",  # another scheme
+        b"http://127.0.0.1:8000",  # another port (the handshake's Host has none)
+        b"http://localhost",  # another host name of the same machine
+        b"null",
+        None,  # no Origin, with the session cookie
+    ],
+)
+def test_a_session_socket_from_another_origin_is_refused_before_accept(tenant, viewer, origin):
+    cookie = session_cookie(viewer)
+    assert run(Socket(cookie, f"/ws/t/{tenant.slug}/", origin=origin).handshake_refused())
+
+
+def test_a_trusted_origin_is_accepted(tenant, viewer, settings):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://portal.example.test"]
+    cookie = session_cookie(viewer)
+
+    async def scenario():
+        async with Socket(cookie, f"/ws/t/{tenant.slug}/", origin=b"https://portal.example.test") as socket:
+            return await socket.nothing_more()
+
+    assert run(scenario())
+
+
+def test_sockets_over_the_users_stream_cap_are_closed_with_4429_until_one_closes(tenant, viewer, settings):
+    settings.MAX_STREAMS_PER_USER = 2
+    cookie = session_cookie(viewer)
+    path = f"/ws/t/{tenant.slug}/"
+
+    async def scenario():
+        first, second, third = Socket(cookie, path), Socket(cookie, path), Socket(cookie, path)
+        await first.__aenter__()
+        await second.__aenter__()
+        await third.__aenter__()
+        refused = await third.communicator.receive_output(timeout=RECEIVE_TIMEOUT_S)
+        assert await first.nothing_more() and await second.nothing_more()
+        await third.__aexit__(None, None, None)
+        await first.__aexit__(None, None, None)  # its lease is released on disconnect
+        async with Socket(cookie, path) as again:
+            allowed = await again.nothing_more()
+        await second.__aexit__(None, None, None)
+        return refused, allowed
+
+    refused, allowed = run(scenario())
+    assert (refused["type"], refused["code"]) == ("websocket.close", 4429)
+    assert "at most 2 open streams" in refused["reason"]
+    assert allowed
 
 
 # -- event streams ---------------------------------------------------------------------------------
@@ -620,7 +684,7 @@ def test_a_waiting_console_reads_the_row_again_when_the_status_message_was_lost(
     assert waiting["state"] == "waiting" and lines_of(started) == [0]
 
 
-@pytest.mark.parametrize("how", ["removed from the tenant", "logged out"])
+@pytest.mark.parametrize("how", ["removed from the tenant", "logged out", "deactivated"])
 def test_a_socket_whose_user_lost_access_is_closed_within_the_poll(tenant, viewer, instance, how):
     cookie = session_cookie(viewer)
     paths = [f"/ws/t/{tenant.slug}/", console_path(tenant, instance)]  # the console is waiting: instance staged
@@ -628,8 +692,10 @@ def test_a_socket_whose_user_lost_access_is_closed_within_the_poll(tenant, viewe
     def lose_access():
         if how == "removed from the tenant":
             Membership.objects.filter(tenant=tenant, user=viewer).delete()
-        else:
+        elif how == "logged out":
             Session.objects.filter(session_key=cookie.decode().partition("=")[2]).delete()
+        else:
+            type(viewer).objects.filter(pk=viewer.pk).update(is_active=False)
 
     async def scenario():
         sockets = [Socket(cookie, path) for path in paths]

@@ -51,6 +51,7 @@ def marathon_access_resolve(request) -> TenantAccess:
     else:
         raise MarathonApiError(401, NOT_AUTHENTICATED_MESSAGE)
     slug = _tenant_slug(user=user, token=token, session_slug=_session_tenant_slug(request, token))
+    request.marathon_token = token  # None for the session: a stream re-checks what it was opened with
     return tenant_access_resolve(user=user, slug=slug, token=token)
 
 

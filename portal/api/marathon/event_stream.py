@@ -8,6 +8,11 @@ clients know (marathon-python raises on any other). Each frame is ``event: <type
 ``data: <one-line JSON with eventType and timestamp>``; a comment line goes out when nothing
 was sent for ``HEARTBEAT_S``, so clients with read timeouts keep the connection. The generator
 is async: under ASGI it holds no thread while it waits.
+
+The stream's ``StreamGuard`` (portal.stream_security: the re-check every stream kind uses) is
+asked every STREAM_RECHECK_S whether the token or session, the user and the membership still
+allow it: when not (or when the user's lease was lost over the cap), the stream ends. Its lease
+is released when the stream ends or the client goes.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import time
 from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.utils import timezone
 
 from portal.api.marathon.render import marathon_timestamp
 from portal.models import Event
 from portal.selectors import event_latest_id, event_list_after
+from portal.stream_security import StreamGuard, StreamVerdict
 
 EVENT_STREAM_MEDIA_TYPE = "text/event-stream"
 POLL_S = 0.5
@@ -86,7 +93,26 @@ async def event_stream_frames(
     remote_address: str,
     poll_s: float = POLL_S,
     heartbeat_s: float = HEARTBEAT_S,
+    guard: StreamGuard | None = None,
 ) -> AsyncIterator[bytes]:
+    try:
+        async for frame in _frames(
+            tenant=tenant,
+            event_types=event_types,
+            remote_address=remote_address,
+            poll_s=poll_s,
+            heartbeat_s=heartbeat_s,
+            guard=guard,
+        ):
+            yield frame
+    finally:
+        if guard is not None:
+            # Also when the client went (the response task is cancelled): shielded, so the lease
+            # is released now rather than at its expiry.
+            await asyncio.shield(asyncio.to_thread(guard.close))
+
+
+async def _frames(*, tenant, event_types, remote_address, poll_s, heartbeat_s, guard) -> AsyncIterator[bytes]:
     kinds = CLIENT_EVENT_TYPES & event_types if event_types else CLIENT_EVENT_TYPES
     last_id = await sync_to_async(_latest_event_id)(tenant)
     if "event_stream_attached" in kinds:
@@ -96,8 +122,12 @@ async def event_stream_frames(
             "timestamp": marathon_timestamp(timezone.now()),
         }
         yield sse_frame("event_stream_attached", attached)
-    last_sent = time.monotonic()
+    last_sent = checked_at = time.monotonic()
     while True:
+        if guard is not None and time.monotonic() - checked_at >= settings.STREAM_RECHECK_S:
+            if await sync_to_async(guard.recheck)() is not StreamVerdict.ALLOWED:
+                return
+            checked_at = time.monotonic()
         events = await sync_to_async(_events_after)(tenant, last_id, kinds)
         for event in events:
             last_id = event.id

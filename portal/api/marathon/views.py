@@ -31,8 +31,12 @@ from portal.marathon import AppDefinition, MarathonValidationError, merge_app_de
 from portal.models import App, Deployment
 from portal.platform_policy import platform_policy
 from portal.services import apps as app_services
+from portal.stream_security import StreamCredentials, StreamGuard, request_origin_allowed, too_many_streams_message
 from tenants.choices import TenantRole
 
+FOREIGN_ORIGIN_MESSAGE = (
+    "The session may stream /v2/events only from the portal's own origin: use an API token from elsewhere."
+)
 ROLLBACK_COMPANION_FIELDS = frozenset({"id", "version"})
 TASK_STATUS_FILTERS = {
     "running": (InstanceStatus.RUNNING, InstanceStatus.HEALTHY, InstanceStatus.UNHEALTHY),
@@ -466,10 +470,23 @@ class EventsView(MarathonView):
     def get(self, request):
         if EVENT_STREAM_MEDIA_TYPE not in request.headers.get("Accept", ""):
             raise MarathonApiError(405, f"GET /v2/events needs the header 'Accept: {EVENT_STREAM_MEDIA_TYPE}'.")
+        token = request.marathon_token
+        if token is None and not request_origin_allowed(request):
+            raise MarathonApiError(403, FOREIGN_ORIGIN_MESSAGE)
+        credentials = StreamCredentials(
+            user_id=self.access.actor.pk,
+            slug=self.tenant.slug,
+            session_key=None if token is not None else request.session.session_key,
+            token_id=token.pk if token is not None else None,
+        )
+        guard = StreamGuard.open(credentials)
+        if guard is None:
+            raise MarathonApiError(429, too_many_streams_message())
         frames = event_stream_frames(
             tenant=self.tenant,
             event_types=frozenset(event_type for event_type in request.GET.getlist("event_type") if event_type),
             remote_address=request.META.get("REMOTE_ADDR", ""),
+            guard=guard,
         )
         response = StreamingHttpResponse(frames, content_type=EVENT_STREAM_MEDIA_TYPE)
         response["Cache-Control"] = "no-cache"

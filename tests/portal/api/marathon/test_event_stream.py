@@ -10,6 +10,9 @@ from django.db import connections
 
 from portal.api.marathon.event_stream import HEARTBEAT_FRAME, event_stream_frames
 from portal.models import Event
+from portal.stream_security import StreamCredentials, StreamGuard, lease_count
+from tenants.choices import TenantRole
+from tenants.services import api_token_create, api_token_revoke
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,3 +82,25 @@ def test_event_type_filter(tenant):
 def test_heartbeat_when_idle(tenant):
     frames = collect(tenant, count=2, keep_heartbeats=True)
     assert frames[1] == HEARTBEAT_FRAME
+
+
+def test_a_stream_whose_access_is_lost_ends_and_releases_its_lease(tenant, member_of, settings):
+    settings.STREAM_RECHECK_S = 0.05
+    user = member_of(tenant, TenantRole.VIEWER)
+    token, _key = api_token_create(user=user, name="events", tenant=tenant)
+    guard = StreamGuard.open(StreamCredentials(user_id=user.pk, slug=tenant.slug, token_id=token.pk))
+
+    async def scenario():
+        frames = event_stream_frames(
+            tenant=tenant, event_types=frozenset(), remote_address="127.0.0.9", poll_s=0.01, guard=guard
+        )
+        received = [await anext(frames)]
+        await sync_to_async(api_token_revoke)(user=user, token=token)
+        async for frame in frames:  # ends by itself (bounded by the test's timeout)
+            received.append(frame)
+        await sync_to_async(connections.close_all)()
+        return received
+
+    received = asyncio.run(scenario())
+    assert parse_frame(received[0])[0] == "event_stream_attached"
+    assert lease_count(user_id=user.pk) == 0
