@@ -5,7 +5,8 @@ import os
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.dev")
+# A server started by hand gets production settings (no debug pages); developers opt into dev.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.prod")
 # Static files are few and vendored; the portal serves them itself (no CDN, no extra server).
 django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
 

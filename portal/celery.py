@@ -5,7 +5,8 @@ import os
 
 from celery import Celery
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.dev")
+# A server started by hand gets production settings (no debug pages); developers opt into dev.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.prod")
 
 app = Celery("portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
