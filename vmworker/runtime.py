@@ -1026,10 +1026,15 @@ class HyperVMRuntime:
         raise ExecCheckFailed(f"no answer from the guest within {wait_s:.0f} s")
 
     def list_instances(self) -> list[InstanceStatus]:
+        """Every instance whose status can be read; one whose records are garbage is logged and
+        left out (it never hides the others)."""
         statuses = []
         for path in self.instances_dir.iterdir():
             if (path / INSTANCE_FILE).exists():
-                statuses.append(self.status(path.name))
+                try:
+                    statuses.append(self.status(path.name))
+                except Exception:
+                    logger.warning("runtime.status_unreadable", extra={"instance_id": path.name}, exc_info=True)
         return sorted(statuses, key=lambda status: status.created_at)
 
     def find(self, name_or_id: str) -> str:

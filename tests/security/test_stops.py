@@ -274,11 +274,22 @@ def wait_checked(app_id: str, *, after: datetime | None = None) -> dict:
     )
 
 
-def test_probes_reach_only_the_instances_own_ports_and_follow_no_redirect(
-    first_tenant, one_host, test_images, platform_service
-):
+@pytest.mark.parametrize("protocol", ["TCP", "HTTP"])
+def test_probes_reach_only_the_instances_own_ports(first_tenant, one_host, test_images, platform_service, protocol):
     port, reached = platform_service
-    first_tenant.deploy(http_app(test_images, app_id="/scanner", check={"protocol": "TCP"}))
+    app_id = f"/scanner-{protocol.lower()}"
+    first_tenant.deploy(http_app(test_images, app_id=app_id, check={"protocol": "TCP"}))
+    wait_up(app_id, 1)
+
+    rewritten_at = rewrite_check(app_id, port=port, port_index=None, protocol=protocol, path="/")
+
+    scanner = wait_checked(app_id, after=rewritten_at)
+    assert reached == [], f"the {protocol} probe reached port {port}, not the instance's own"
+    assert scanner["alive"] is False and "not one of the instance's" in scanner["lastFailureCause"], scanner
+
+
+def test_http_probes_follow_no_redirect(first_tenant, one_host, test_images, platform_service):
+    port, reached = platform_service
     # Its app answers every request to /cgi-bin/go with a redirect to the platform's service.
     answer = f"HTTP/1.0 302 Found\\r\\nLocation: http://127.0.0.1:{port}/stolen\\r\\nContent-Length: 0\\r\\n\\r\\n"
     redirect = f"printf '{answer}'"
@@ -292,18 +303,18 @@ def test_probes_reach_only_the_instances_own_ports_and_follow_no_redirect(
             env={"CGI": f"#!/bin/sh\n{redirect}\n"},
         )
     )
-    wait_up("/scanner", 1)
     wait_up("/redirector", 1)
 
-    redirector = wait_checked("/redirector")
+    # Until a probe went to the platform's service, or one judged the answer (its app may need a
+    # moment to bind after it started).
+    redirector = wait_until(
+        "a probe of the redirector's answer",
+        lambda: reached or ((health := up_instance("/redirector").health).get("alive") and health),
+        60,
+    )
+
     assert reached == [], f"the HTTP probe followed the redirect to port {port}: {reached}"
     assert redirector["alive"] is True  # a 3xx is a result, healthy as Marathon judges it
-
-    for protocol in ("TCP", "HTTP"):
-        rewritten_at = rewrite_check("/scanner", port=port, port_index=None, protocol=protocol, path="/")
-        scanner = wait_checked("/scanner", after=rewritten_at)
-        assert reached == [], f"the {protocol} probe reached port {port}, not the instance's own"
-        assert scanner["alive"] is False and "not one of the instance's" in scanner["lastFailureCause"], scanner
 
 
 def mode_of(path: Path) -> int:

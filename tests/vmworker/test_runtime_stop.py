@@ -1,4 +1,4 @@
-"""The runtime's stop without waiting (request_stop, stop_progress) and its file modes, on the
+"""The runtime's stop without waiting (request_stop, stop_progress), its file modes and its listing, on the
 fake driver: a stop request returns at once and keeps its first deadline; the stop ends at the
 app's exit record, when its VM is gone, or when the deadline passes (the VM destroyed)."""
 
@@ -96,10 +96,20 @@ def test_the_state_dir_and_instance_records_are_closed_to_other_users(runtime, h
     runtime.stop_progress(instance_id, now=time.time() + 60)
     directory = runtime.instance_dir(instance_id)
 
-    for path in (runtime.state_dir, runtime.instances_dir, runtime.state_dir / "images"):
+    cache = runtime.image_store.cache  # tenants' image contents
+    for path in (runtime.state_dir, runtime.instances_dir, cache.root, cache.images_dir):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o007 == 0, (path, oct(mode))
         if os.geteuid() == 0:  # QEMU's group passes through to the files libvirt labels for it
             assert (mode, path.stat().st_gid) == (0o710, pwd.getpwnam("libvirt-qemu").pw_gid)
     for name in ("stop.requested", "ended.json"):
         assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600
+
+
+def test_an_instance_with_garbage_records_is_left_out_of_the_listing_not_the_others(runtime, host, tmp_path):
+    healthy = running_instance(runtime, host, tmp_path)
+    garbage = running_instance(runtime, host, tmp_path)
+    (runtime.instance_dir(garbage) / "instance.json").write_bytes(b'{"instance_id": \xff')
+
+    assert [status.instance_id for status in runtime.list_instances()] == [healthy]
+    assert runtime.prune_ended(retention_s=0) == []  # neither pruned while its domain lives
