@@ -195,7 +195,7 @@ def test_stops_of_apps_ignoring_sigterm_hold_no_worker_slot_and_end_at_their_dea
     phase_times = {status: datetime.fromisoformat(at) for status, at in quick["phaseTimes"].items()}
     waited_s = (phase_times[InstanceStatus.STOPPED] - phase_times[InstanceStatus.STOPPING]).total_seconds()
     assert 5 <= waited_s < 40, waited_s
-    assert quick["taskStatus"] == "TASK_KILLED"  # destroyed at its deadline: it ignored SIGTERM
+    assert quick["taskStatus"] == "TASK_KILLED"  # ignored SIGTERM: SIGKILLed at its grace (or destroyed)
 
 
 def test_a_vm_with_garbage_records_does_not_stop_the_reconcile_of_its_neighbour(
