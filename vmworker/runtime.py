@@ -19,8 +19,17 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   left of its domain goes, and so does its tenant network on this host once no domain uses it.
   ``network_sweep`` removes every tenant network this runtime made (``networks/<id>`` notes
   it) that no domain uses and the caller does not name as wanted.
-- ``stop`` sends ``stop`` on the control port (the init SIGTERMs the app, SIGKILLs it after
-  the grace), waits for the ``exit`` record, then destroys whatever is left.
+- A stop never waits for the app: ``request_stop`` sends ``stop`` on the control port (the init
+  SIGTERMs the app, SIGKILLs it after the grace), records the request and its deadline (grace +
+  STOP_KILL_MARGIN_S, on the host's clock: the guest is not trusted to keep it) in
+  ``stop.requested`` and returns, bounded by the control socket's timeout. The first request's
+  deadline stands: one sent again (a re-delivered task) changes nothing. ``stop_progress``,
+  called by the host's periodic reconcile, ends the stop once the app exited (its ``exit``
+  record), the VM is gone, or the deadline passed (the VM is destroyed: the hard kill).
+  ``stop`` (the operator CLI) does both and waits.
+- Files: the state dir and every folder QEMU must traverse are 0710 root:<qemu user's group>
+  (QEMU, as that user, reaches the files libvirt labels for it; nobody else lists or reads
+  anything); instance records are 0600, the config disk and guest log 0640.
 - ``status``, ``logs``, ``follow`` read the instance's files; nothing here needs the process
   that booted the VM to still be alive. ``status`` reads a growing log incrementally: it
   remembers, per instance, how far it has read and what the events said (bounded: the newest
@@ -106,6 +115,13 @@ LOG_TAIL_CHECK_BYTES = 64
 EXEC_REPLY_MARGIN_S = 5.0
 STOP_REQUEST_FILE = "stop.requested"
 EXEC_STOP_POLL_S = 0.2  # how soon a running check gives the control channel up to a stop
+# After the grace: the init's SIGKILL, its exit record and power-off before the host destroys.
+STOP_KILL_MARGIN_S = 5.0
+STOP_CHANNEL_TIMEOUT_S = 5.0  # connect + send of "stop": what a stop request may wait for
+# Folders QEMU traverses to files libvirt labels for it: its group may pass, nobody else.
+QEMU_TRAVERSED_DIR_MODE = 0o710
+PRIVATE_FILE_MODE = 0o600
+QEMU_READ_FILE_MODE = 0o640
 
 
 class RuntimeFailure(Exception):
@@ -221,6 +237,14 @@ class BootResult:
 
 
 @dataclass(frozen=True)
+class StopRequest:
+    """A stop asked of an instance: when, and when the host destroys its VM (wall clock, s)."""
+
+    requested_at: float
+    deadline: float
+
+
+@dataclass(frozen=True)
 class InstanceStatus:
     instance_id: str
     name: str
@@ -290,8 +314,15 @@ def merge_env(image_env: tuple[str, ...], overrides: dict[str, str]) -> tuple[st
 
 def _atomic_write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    _write_private(tmp, json.dumps(data, indent=1, sort_keys=True).encode())
     os.replace(tmp, path)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Written 0600 from its creation (never readable by others, whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 class HyperVMRuntime:
@@ -306,9 +337,9 @@ class HyperVMRuntime:
         self.settings = settings
         self.state_dir = Path(settings.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.state_dir.chmod(0o755)  # QEMU (libvirt-qemu) must traverse to its files
         self.instances_dir = self.state_dir / "instances"
-        self.instances_dir.mkdir(mode=0o755, exist_ok=True)
+        for directory in (self.state_dir, self.instances_dir, self.state_dir / "images"):
+            self._qemu_traversed_dir(directory)
         if host is None:
             from vmworker.driver.host import Host
 
@@ -331,6 +362,7 @@ class HyperVMRuntime:
                 self.state_dir / "images",
                 max_cache_bytes=self.settings.image_cache_bytes,
                 max_image_bytes=self.settings.max_image_bytes,
+                qemu_group_id=self._qemu_group_id(),
             )
         return self._image_store
 
@@ -344,11 +376,13 @@ class HyperVMRuntime:
 
     def boot_kernel(self) -> Path:
         if self._kernel is None:
+            self._qemu_traversed_dir(self.state_dir / "kernel")
             self._kernel = pvh_kernel_for(self.kernel_bzimage, self.state_dir / "kernel")
         return self._kernel
 
     def initramfs(self) -> Path:
         if self._initramfs is None or not self._initramfs.exists():
+            self._qemu_traversed_dir(self.state_dir / "initramfs")
             self._initramfs = build_initramfs(
                 kernel_release=self.kernel_release,
                 modules_root=self.settings.modules_root,
@@ -403,16 +437,47 @@ class HyperVMRuntime:
     def control_socket(self, instance_id: str) -> Path:
         return self.socket_dir / f"{uuid.UUID(instance_id)}.sock"
 
-    def _qemu_writable_dir(self, path: Path) -> None:
-        """QEMU binds the control socket itself, as the qemu user."""
-        path.mkdir(mode=0o750, exist_ok=True)
+    def _qemu_account(self) -> pwd.struct_passwd | None:
         try:
-            account = pwd.getpwnam(self.settings.qemu_user)
+            return pwd.getpwnam(self.settings.qemu_user)
         except KeyError:
-            path.chmod(0o777)
+            return None  # QEMU runs as this process's user (a session libvirtd)
+
+    def _qemu_group_id(self) -> int | None:
+        """The group through which QEMU reaches its files, when this process can hand it out."""
+        account = self._qemu_account()
+        return account.pw_gid if account is not None and os.geteuid() == 0 else None
+
+    def _qemu_writable_dir(self, path: Path) -> None:
+        """QEMU binds the control socket itself, as the qemu user. Nobody else may reach it:
+        whoever can connect to a control socket can stop the app and run commands in it."""
+        path.mkdir(mode=0o750, exist_ok=True)
+        account = self._qemu_account()
+        if account is None:
+            path.chmod(0o700)
             return
         if os.geteuid() == 0:
             os.chown(path, account.pw_uid, account.pw_gid)
+
+    def _qemu_traversed_dir(self, path: Path) -> None:
+        """A folder on the way to files QEMU opens itself (disks, kernel, initrd, the guest log:
+        libvirt labels the files, never their folders): QEMU's group may pass through it, no
+        other user may list or enter it (tenant logs, configs and image contents are inside)."""
+        path.mkdir(mode=QEMU_TRAVERSED_DIR_MODE, parents=True, exist_ok=True)
+        group_id = self._qemu_group_id()
+        if group_id is not None:
+            os.chown(path, 0, group_id)
+            path.chmod(QEMU_TRAVERSED_DIR_MODE)
+        elif self._qemu_account() is not None:
+            path.chmod(0o711)  # not root: QEMU's user passes as "other" (no listing)
+        else:
+            path.chmod(0o700)  # QEMU runs as this process's user
+
+    def _qemu_readable_file(self, path: Path) -> None:
+        group_id = self._qemu_group_id()
+        if group_id is not None:
+            os.chown(path, 0, group_id)
+        path.chmod(QEMU_READ_FILE_MODE)
 
     def boot(self, spec: InstanceSpec, *, on_phase: Callable[[str], None] | None = None) -> BootResult:
         instance_id = str(uuid.UUID(spec.instance_id))
@@ -440,7 +505,7 @@ class HyperVMRuntime:
         virt_type = self.virt_type()
         timings["initramfs"] = round(self._clock() - started, 4)
 
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)  # a crashed earlier attempt may have made it
+        self._qemu_traversed_dir(directory)  # a crashed earlier attempt may have made it
         try:
             return self._start(spec, instance_id, directory, prepared, argv, kernel, initrd, virt_type, timings, notify)
         except BaseException:
@@ -470,10 +535,11 @@ class HyperVMRuntime:
         )
         config_disk = directory / "config.img"
         write_config_disk(guest_config, config_disk)
-        config_disk.chmod(0o644)
+        self._qemu_readable_file(config_disk)  # it holds the app's environment (its secrets)
         Path(self.settings.socket_root).mkdir(mode=0o755, parents=True, exist_ok=True)
         self._qemu_writable_dir(self.socket_dir)
-        (directory / GUEST_LOG).touch(mode=0o644)
+        (directory / GUEST_LOG).touch(mode=QEMU_READ_FILE_MODE)
+        self._qemu_readable_file(directory / GUEST_LOG)
         _atomic_write_json(
             directory / INSTANCE_FILE,
             {
@@ -652,32 +718,83 @@ class HyperVMRuntime:
         except DriverError:
             logger.warning("runtime.destroy_failed", extra={"instance_id": instance_id}, exc_info=True)
 
-    def stop(self, instance_id: str, *, timeout_s: float | None = None) -> InstanceStatus:
-        """SIGTERM to the app (through the init), SIGKILL after the grace, destroy after timeout_s."""
-        info = self._read_instance(instance_id)
-        grace = timeout_s if timeout_s is not None else self.settings.stop_grace_s
+    def request_stop(self, instance_id: str, *, grace_s: float | None = None) -> StopRequest:
+        """Asks the init to stop the app (SIGTERM now, SIGKILL after ``grace_s``) and returns:
+        bounded by STOP_CHANNEL_TIMEOUT_S, never by the grace. The request and its deadline go
+        to the instance folder first (a running check gives the control channel up when it
+        appears); a request that finds one there already returns it unchanged: the first
+        deadline stands, and the guest is not asked again. Raises InstanceNotFound."""
+        self._read_instance(instance_id)
+        path = self.instance_dir(instance_id) / STOP_REQUEST_FILE
+        grace = grace_s if grace_s is not None else self.settings.stop_grace_s
+        now = time.time()
+        request = StopRequest(requested_at=now, deadline=now + max(0.0, grace) + STOP_KILL_MARGIN_S)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        _write_private(tmp, json.dumps(asdict(request)).encode())
+        try:
+            os.link(tmp, path)  # only the first request is recorded, whole, even when two race
+        except FileExistsError:
+            return self.stop_request(instance_id) or request
+        finally:
+            tmp.unlink(missing_ok=True)
         if self._guest_state(instance_id) not in STOPPED_STATES:
-            (self.instance_dir(instance_id) / STOP_REQUEST_FILE).touch()  # a running check lets go
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
-                    control.settimeout(5)
+                    control.settimeout(STOP_CHANNEL_TIMEOUT_S)
                     control.connect(str(self.control_socket(instance_id)))
                     control.sendall(STOP_COMMAND)
-                deadline = self._clock() + grace + 5
-                while self._clock() < deadline and self._guest_state(instance_id) not in STOPPED_STATES:
-                    if self.status(instance_id).exit_code is not None:
-                        break
-                    time.sleep(0.05)
             except OSError:
+                # The deadline still holds: the VM is destroyed when it passes.
                 logger.warning("runtime.stop_channel_failed", extra={"instance_id": instance_id}, exc_info=True)
-            # The init powers off after "exit"; give it a moment, then make sure.
-            guest = self.host.lookup(instance_id)
-            if guest is not None:
-                guest.wait_until_stopped(timeout_s=3)
+        logger.info("runtime.stop_requested", extra={"instance_id": instance_id, "grace_s": grace})
+        return request
+
+    def stop_request(self, instance_id: str) -> StopRequest | None:
+        """The recorded stop request, if any. One that cannot be read (an empty marker of an
+        older version, a torn file) counts from its file's time with the default grace."""
+        path = self.instance_dir(instance_id) / STOP_REQUEST_FILE
+        try:
+            data = json.loads(path.read_bytes()[:4096])
+            return StopRequest(requested_at=float(data["requested_at"]), deadline=float(data["deadline"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            try:
+                since = path.stat().st_mtime
+            except FileNotFoundError:
+                return None
+            return StopRequest(requested_at=since, deadline=since + self.settings.stop_grace_s + STOP_KILL_MARGIN_S)
+
+    def stop_progress(self, instance_id: str, *, now: float | None = None) -> InstanceStatus | None:
+        """For an instance asked to stop: its final status once the app exited, its VM is gone,
+        or the deadline passed (then the VM is destroyed: the hard kill); what is left of its
+        domain and its tenant network go, and its end is recorded. None while the grace runs,
+        and for an instance never asked to stop. Raises InstanceNotFound."""
+        info = self._read_instance(instance_id)
+        if self._read_end(instance_id) is not None:
+            return self.status(instance_id)
+        request = self.stop_request(instance_id)
+        if request is None:
+            return None
+        if self._guest_state(instance_id) not in STOPPED_STATES:
+            exited = self._read_log_progress(instance_id).exit_code is not None
+            overdue = (time.time() if now is None else now) >= request.deadline
+            if not (exited or overdue):
+                return None
+            if not exited:
+                logger.warning("runtime.stop_deadline_passed", extra={"instance_id": instance_id})
         self._destroy_domain(instance_id)
         self._release_network(info)
         logger.info("runtime.stopped", extra={"instance_id": instance_id, "instance_name": info["name"]})
         return self._record_end(instance_id)
+
+    def stop(self, instance_id: str, *, timeout_s: float | None = None) -> InstanceStatus:
+        """SIGTERM to the app (through the init), SIGKILL after the grace (``timeout_s``), destroy
+        after its deadline; waits for the end (the operator CLI's stop, not the host worker's)."""
+        request = self.request_stop(instance_id, grace_s=timeout_s)
+        while (status := self.stop_progress(instance_id)) is None:
+            time.sleep(0.05 if time.time() < request.deadline else 0)
+        return status
 
     def release(self, instance_id: str) -> InstanceStatus:
         """The instance ended by itself (its app exited, its QEMU died): destroy what is left of
@@ -758,10 +875,13 @@ class HyperVMRuntime:
         for path in self.instances_dir.iterdir():
             if path.name in spared or not _is_instance_dir_name(path.name):
                 continue
-            ended_at = _ended_at(path)
-            if ended_at is not None and ended_at < cutoff:
-                self._remove_files(path.name)
-                pruned.append(path.name)
+            try:
+                ended_at = _ended_at(path)
+                if ended_at is not None and ended_at < cutoff:
+                    self._remove_files(path.name)
+                    pruned.append(path.name)
+            except Exception:  # one folder's garbage never stops the host's work for the others
+                logger.warning("runtime.prune_failed", extra={"instance_id": path.name}, exc_info=True)
         if pruned:
             logger.info("runtime.instances_pruned", extra={"count": len(pruned)})
         return pruned
@@ -906,10 +1026,15 @@ class HyperVMRuntime:
         raise ExecCheckFailed(f"no answer from the guest within {wait_s:.0f} s")
 
     def list_instances(self) -> list[InstanceStatus]:
+        """Every instance whose status can be read; one whose records are garbage is logged and
+        left out (it never hides the others)."""
         statuses = []
         for path in self.instances_dir.iterdir():
             if (path / INSTANCE_FILE).exists():
-                statuses.append(self.status(path.name))
+                try:
+                    statuses.append(self.status(path.name))
+                except Exception:
+                    logger.warning("runtime.status_unreadable", extra={"instance_id": path.name}, exc_info=True)
         return sorted(statuses, key=lambda status: status.created_at)
 
     def find(self, name_or_id: str) -> str:
@@ -990,8 +1115,8 @@ def _is_instance_dir_name(name: str) -> bool:
 def _ended_at(directory: Path) -> float | None:
     """When the instance ended: its end record's time, else its files' last write (None: no files)."""
     try:
-        return json.loads((directory / ENDED_FILE).read_text())["ended_at"]
-    except (FileNotFoundError, ValueError, KeyError):
+        return float(json.loads((directory / ENDED_FILE).read_text())["ended_at"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
         pass
     times = []
     for name in (INSTANCE_FILE, GUEST_LOG, CONSOLE_LOG):
@@ -1027,4 +1152,5 @@ __all__ = [
     "InvalidSpec",
     "NothingToRun",
     "RuntimeSettings",
+    "StopRequest",
 ]

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from datetime import datetime
@@ -247,7 +247,6 @@ TRANSITIONAL = (
     InstanceStatus.BOOTING,
     InstanceStatus.STOPPING,
 )
-STOP_RETRY_S = 60
 RESEND_BOOT_S = 60
 PHASE_TO_STATUS = {"preparing": InstanceStatus.PREPARING, "booting": InstanceStatus.BOOTING}
 
@@ -310,19 +309,40 @@ def boot_instance(self, instance_id: str) -> None:
 
 @shared_task(name="vmworker.stop_instance", acks_late=True, bind=True, max_retries=MAX_RETRIES)
 def stop_instance(self, instance_id: str) -> None:
-    instance = Instance.objects.filter(pk=instance_id).first()
-    if instance is None:
-        return
-    exit_code = None
+    """Asks the guest to stop the app and returns at once (a few seconds of socket I/O at most):
+    a host worker slot is never held for the grace the tenant chose. The instance stays
+    STOPPING; this host's reconcile ends it (``_stop_step``). Sent again, it changes nothing:
+    the first request's deadline stands."""
+    instance = Instance.objects.select_related("version").filter(pk=instance_id).first()
+    if instance is None or instance.status != InstanceStatus.STOPPING:
+        return  # ended already (a re-delivered task), or never asked to stop
     try:
-        exit_code = runtime().stop(instance_id).exit_code
-    except InstanceNotFound:
-        pass  # never booted on this host
+        _stop_step(instance)
     except DriverError as exc:
         if not failure_is_transient(exc) or self.request.retries >= self.max_retries:
-            raise  # left STOPPING: the reconciler sends the stop again after STOP_RETRY_S
+            raise  # left STOPPING: the host's reconcile asks again
         _retry_later(self, instance_id, exc)
-    instance_transition(instance_id=instance_id, to=InstanceStatus.STOPPED, exit_code=exit_code)
+
+
+def _stop_grace_s(instance: Instance) -> int | None:
+    """The app's taskKillGracePeriodSeconds (None: the runtime's default), as its guest was given."""
+    return AppDefinition.from_stored(instance.version.definition).task_kill_grace_period_s
+
+
+def _stop_step(instance: Instance) -> None:
+    """Asks for the stop if nobody did yet (a no-op when asked before: its deadline stands), then
+    ends the instance once the runtime says the stop is over (the app exited, the VM is gone,
+    or the deadline passed and the VM was destroyed)."""
+    instance_id = str(instance.pk)
+    try:
+        if runtime().stop_request(instance_id) is None:
+            runtime().request_stop(instance_id, grace_s=_stop_grace_s(instance))
+        status = runtime().stop_progress(instance_id)
+    except InstanceNotFound:
+        instance_transition(instance_id=instance_id, to=InstanceStatus.STOPPED)  # never booted on this host
+        return
+    if status is not None:
+        instance_transition(instance_id=instance_id, to=InstanceStatus.STOPPED, exit_code=status.exit_code)
 
 
 def _retry_later(task, instance_id: str, exc: BaseException) -> None:
@@ -339,42 +359,65 @@ def _retry_later(task, instance_id: str, exc: BaseException) -> None:
 
 @shared_task(name="vmworker.reconcile_host", acks_late=True)
 def reconcile_host(name: str) -> None:
-    """What libvirt and the instance files say, against what the database says; then health."""
+    """What libvirt and the instance files say, against what the database says; then health.
+    One instance whose files or VM misbehave (garbage records, a failing release) is logged
+    with its id and skipped: the host's work for the others goes on."""
     if name != host_name():
         return
     healthy_candidates = []
-    for instance in Instance.objects.select_related("app", "version").filter(host__name=name, status__in=INSTANCE_UP):
+    for instance in Instance.objects.select_related("app", "version").filter(
+        host__name=name, status__in=(*INSTANCE_UP, InstanceStatus.STOPPING)
+    ):
         try:
-            status = runtime().status(str(instance.pk))
-        except InstanceNotFound:
-            status = None
-        if status is None or status.state == "lost":
-            reason = "the VM disappeared (its QEMU process ended without an exit report)"
-            instance_transition(
-                instance_id=instance.pk,
-                to=InstanceStatus.LOST,
-                launch_failed=True,
-                failure_reason=reason,
-                console_tail=runtime().console_tail(str(instance.pk))[-4000:],
-            )
-            _release(instance)
-        elif status.state == "exited":
-            reason = f"the app exited with code {status.exit_code}" + (" (OOM)" if status.oom else "")
-            instance_transition(
-                instance_id=instance.pk,
-                to=InstanceStatus.FAILED,
-                launch_failed=True,
-                failure_reason=reason,
-                exit_code=status.exit_code,
-                oom_killed=status.oom,
-            )
-            _release(instance)
-        else:
-            healthy_candidates.append(instance)
-    _health_round(healthy_candidates)
-    _destroy_orphans(name)
-    _retry_stuck(name)
-    _sweep_host(name)
+            if instance.status == InstanceStatus.STOPPING:
+                _stop_step(instance)
+            elif _reconcile_up(instance):
+                healthy_candidates.append(instance)
+        except Exception:
+            logger.warning("host.reconcile_instance_failed", extra={"instance_id": str(instance.pk)}, exc_info=True)
+    stages = (
+        ("health", lambda: _health_round(healthy_candidates)),
+        ("orphans", lambda: _destroy_orphans(name)),
+        ("stuck", lambda: _retry_stuck(name)),
+        ("sweep", lambda: _sweep_host(name)),
+    )
+    for stage, run in stages:
+        try:
+            run()
+        except Exception:
+            logger.warning("host.reconcile_stage_failed", extra={"host": name, "stage": stage}, exc_info=True)
+
+
+def _reconcile_up(instance: Instance) -> bool:
+    """Marks an up instance whose VM vanished or whose app exited; True when it still runs."""
+    try:
+        status = runtime().status(str(instance.pk))
+    except InstanceNotFound:
+        status = None
+    if status is None or status.state == "lost":
+        reason = "the VM disappeared (its QEMU process ended without an exit report)"
+        instance_transition(
+            instance_id=instance.pk,
+            to=InstanceStatus.LOST,
+            launch_failed=True,
+            failure_reason=reason,
+            console_tail=runtime().console_tail(str(instance.pk))[-4000:],
+        )
+        _release(instance)
+        return False
+    if status.state == "exited":
+        reason = f"the app exited with code {status.exit_code}" + (" (OOM)" if status.oom else "")
+        instance_transition(
+            instance_id=instance.pk,
+            to=InstanceStatus.FAILED,
+            launch_failed=True,
+            failure_reason=reason,
+            exit_code=status.exit_code,
+            oom_killed=status.oom,
+        )
+        _release(instance)
+        return False
+    return True
 
 
 # Health probes run in a bounded pool of this worker process, not in the reconcile task: a
@@ -430,7 +473,10 @@ def _sweep_host(name: str) -> None:
     HOST_INSTANCE_RETENTION_S (so per-round work does not grow with every instance ever run)."""
     from portal.services.networks import network_ids_in_use
 
-    runtime().network_sweep(wanted_network_ids=network_ids_in_use())
+    try:
+        runtime().network_sweep(wanted_network_ids=network_ids_in_use())
+    except Exception:
+        logger.warning("host.network_sweep_failed", extra={"host": name}, exc_info=True)
     live = Instance.objects.filter(host__name=name, status__in=INSTANCE_ACTIVE).values_list("pk", flat=True)
     runtime().prune_ended(retention_s=settings.HOST_INSTANCE_RETENTION_S, keep={str(pk) for pk in live})
 
@@ -446,32 +492,40 @@ def _destroy_orphans(name: str) -> None:
         for pk in Instance.objects.filter(pk__in=running, status__in=INSTANCE_ACTIVE).values_list("pk", flat=True)
     }
     for instance_id in running - live:
-        runtime().remove(instance_id)
+        try:
+            runtime().remove(instance_id)
+        except Exception:
+            logger.warning("host.orphan_remove_failed", extra={"instance_id": instance_id}, exc_info=True)
 
 
 def _retry_stuck(name: str) -> None:
-    """Instances whose boot or stop task died (a worker crash, a lost message): a boot stuck
-    past the boot timeout fails (and is replaced); a stop is sent again."""
+    """Instances whose boot task died (a worker crash, a lost message): a boot stuck past the
+    boot timeout fails (and is replaced); a boot never run is sent again. STOPPING ones are not
+    stuck: the reconcile ends each stop itself at its deadline (``_stop_step``)."""
     now = timezone.now()
     boot_limit_s = runtime().settings.boot_timeout_s * 3
     for instance in Instance.objects.select_related("host").filter(host__name=name, status__in=TRANSITIONAL):
-        entered = instance.phase_times.get(instance.status)
-        age_s = (now - datetime.fromisoformat(entered)).total_seconds() if entered else 0
-        if instance.status == InstanceStatus.STOPPING and age_s > STOP_RETRY_S:
+        try:
+            _retry_if_stuck(instance, now, boot_limit_s)
+        except Exception:
+            logger.warning("host.retry_stuck_failed", extra={"instance_id": str(instance.pk)}, exc_info=True)
+
+
+def _retry_if_stuck(instance: Instance, now, boot_limit_s: float) -> None:
+    entered = instance.phase_times.get(instance.status)
+    age_s = (now - datetime.fromisoformat(entered)).total_seconds() if entered else 0
+    if instance.status == InstanceStatus.STAGED:
+        if age_s > RESEND_BOOT_S:  # placed, but its boot message never ran
             _restart_clock(instance, now)
-            stop_instance.apply_async(args=[str(instance.pk)], queue=instance.host.queue)
-        elif instance.status == InstanceStatus.STAGED:
-            if age_s > RESEND_BOOT_S:  # placed, but its boot message never ran
-                _restart_clock(instance, now)
-                boot_instance.apply_async(args=[str(instance.pk)], queue=instance.host.queue)
-        elif instance.status != InstanceStatus.STOPPING and age_s > boot_limit_s:
-            runtime().remove(str(instance.pk))
-            instance_transition(
-                instance_id=instance.pk,
-                to=InstanceStatus.FAILED,
-                launch_failed=True,
-                failure_reason=f"the boot did not finish within {boot_limit_s:.0f} s",
-            )
+            boot_instance.apply_async(args=[str(instance.pk)], queue=instance.host.queue)
+    elif instance.status != InstanceStatus.STOPPING and age_s > boot_limit_s:
+        runtime().remove(str(instance.pk))
+        instance_transition(
+            instance_id=instance.pk,
+            to=InstanceStatus.FAILED,
+            launch_failed=True,
+            failure_reason=f"the boot did not finish within {boot_limit_s:.0f} s",
+        )
 
 
 def _restart_clock(instance: Instance, now) -> None:
@@ -481,34 +535,87 @@ def _restart_clock(instance: Instance, now) -> None:
     )
 
 
+# What an HTTP probe reads of an answer: its status line only (a 3xx is a result, never followed).
+HTTP_PROBE_READ_BYTES = 4096
+HTTP_STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})(?: |\r|\n|$)")
+
+
 def _probe(check, instance: Instance) -> tuple[bool, str]:
-    """(healthy, cause). COMMAND runs inside the guest (exit 0 = healthy); HTTP/TCP go to the
-    instance's published port on the host's publish address."""
+    """(healthy, cause). COMMAND runs inside the guest (exit 0 = healthy); HTTP/HTTPS/TCP go to
+    one of the instance's own published ports on the host's publish address, and nowhere else:
+    a stored check naming another port (a row older than the API's policy) fails without a
+    connection, so a health check is never a port scanner or an HTTP client for the host."""
     if check.probe is HealthCheckProbe.COMMAND:
         try:
             code = runtime().exec_check(str(instance.pk), check.command, check.timeout_s)
         except RuntimeFailure as exc:
             return False, f"command check failed: {exc}"
         return code == 0, f"command exited with code {code}"
-    index = check.port_index or 0
-    host_port = check.port or (instance.host_ports[index] if index < len(instance.host_ports) else None)
+    host_port, refusal = probe_port(check, instance.host_ports)
     if host_port is None:
-        return False, "the health check has no port to probe"
+        return False, refusal
+    address = (runtime().settings.publish_host_ip, host_port)
     if check.probe is HealthCheckProbe.TCP:
         try:
-            with socket.create_connection((runtime().settings.publish_host_ip, host_port), timeout=check.timeout_s):
+            with socket.create_connection(address, timeout=check.timeout_s):
                 return True, ""
         except OSError as exc:
             return False, f"TCP connect failed: {exc}"
-    scheme = "https" if check.probe is HealthCheckProbe.HTTPS else "http"
-    url = f"{scheme}://{runtime().settings.publish_host_ip}:{host_port}{check.path or '/'}"
     try:
-        with urllib.request.urlopen(url, timeout=check.timeout_s) as response:  # noqa: S310 (loopback only)
-            return 200 <= response.status < 400, f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        return 200 <= exc.code < 400, f"HTTP {exc.code}"
-    except OSError as exc:
+        code = http_probe_status(
+            address, check.path or "/", tls=check.probe is HealthCheckProbe.HTTPS, timeout_s=check.timeout_s
+        )
+    except (OSError, ValueError) as exc:
         return False, f"HTTP request failed: {exc}"
+    return 200 <= code < 400, f"HTTP {code}"
+
+
+def probe_port(check, host_ports: list[int]) -> tuple[int | None, str]:
+    """The host port a check may probe (None and why not): Marathon's ``port`` only when it is
+    one of the instance's own published ports, else the one at ``portIndex``."""
+    own = [int(port) for port in host_ports]
+    if check.port is not None:
+        if check.port not in own:
+            return None, f"port {check.port} is not one of the instance's published ports {own}: not probed"
+        return check.port, ""
+    index = check.port_index or 0
+    if not 0 <= index < len(own):
+        return None, "the health check has no port to probe"
+    return own[index], ""
+
+
+def http_probe_status(address: tuple[str, int], path: str, *, tls: bool, timeout_s: float) -> int:
+    """GET ``path`` and the answer's status code, within ``timeout_s`` in all (an app that
+    answers a byte at a time cannot hold a probe thread longer). Redirects are results, never
+    followed; at most HTTP_PROBE_READ_BYTES are read. HTTPS is not verified (as Marathon: the
+    app's certificate is its own business; the address is the instance's port)."""
+    if not path.startswith("/") or any(c in path for c in "\r\n "):
+        raise ValueError(f"bad path {path!r}")
+    deadline = time.monotonic() + timeout_s
+    request = f"GET {path} HTTP/1.0\r\nHost: {address[0]}:{address[1]}\r\nUser-Agent: hypervm-health\r\n"
+    with socket.create_connection(address, timeout=timeout_s) as raw:
+        connection = raw
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            raw.settimeout(max(0.01, deadline - time.monotonic()))
+            connection = context.wrap_socket(raw, server_hostname=None)
+        connection.sendall(f"{request}Connection: close\r\n\r\n".encode("ascii", "strict"))
+        answer = b""
+        while b"\n" not in answer and len(answer) < HTTP_PROBE_READ_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no status line within the timeout")
+            connection.settimeout(remaining)
+            chunk = connection.recv(HTTP_PROBE_READ_BYTES - len(answer))
+            if not chunk:
+                break
+            answer += chunk
+    match = HTTP_STATUS_LINE.match(answer)
+    if match is None:
+        raise ValueError("the answer is not HTTP")
+    return int(match.group(1))
 
 
 def _check_health(instance: Instance) -> None:

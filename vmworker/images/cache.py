@@ -1,11 +1,12 @@
 """The host's cache of filesystem images: one file per manifest digest plus a JSON index.
 
-Layout under the store root (all root-owned; the root and work dirs are 0700):
+Layout under the store root (all root-owned; the work and lock dirs are 0700; the root and
+images/ are 0710 with QEMU's group when one is given, else 0711):
   index.json            {"version": 1, "images": {digest: entry}, "references": {ref: digest}}
   index.lock            flock held for every read-modify-write of index.json (short)
   locks/build-XX.lock   flock held while one digest (bucketed by its first hex byte) is built,
                         so two processes preparing the same image pull it once
-  images/<hex>.<fs>     the filesystem images, 0444
+  images/<hex>.<fs>     the filesystem images, 0440 with QEMU's group (else 0444)
   work/prepare-<pid>-*  per-call work dirs, removed on every path
 
 index.json is replaced atomically (write, fsync, rename). Eviction is least-recently-used by
@@ -78,8 +79,11 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 class ImageCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, qemu_group_id: int | None = None) -> None:
         self.root = root
+        # Given QEMU's group (the host runs as root), only QEMU may traverse to a tenant's image
+        # and read it; without it, QEMU runs as some other user and needs the "other" bits.
+        self.qemu_group_id = qemu_group_id
         self.images_dir = root / "images"
         self.locks_dir = root / "locks"
         self.work_dir = root / "work"
@@ -88,11 +92,18 @@ class ImageCache:
         root.mkdir(parents=True, exist_ok=True)
         # QEMU runs as its own user and opens the read-only fs images: it may traverse root
         # and images/ (no listing); the unpack work dir, where hostile trees live, stays 0700.
-        root.chmod(0o711)
         self.images_dir.mkdir(exist_ok=True)
-        self.images_dir.chmod(0o711)
+        for directory in (root, self.images_dir):
+            self._share_with_qemu(directory, with_group=0o710, without=0o711)
         for directory in (self.locks_dir, self.work_dir):
             directory.mkdir(mode=0o700, exist_ok=True)
+
+    def _share_with_qemu(self, path: Path, *, with_group: int, without: int) -> None:
+        if self.qemu_group_id is None:
+            path.chmod(without)
+            return
+        os.chown(path, -1, self.qemu_group_id)
+        path.chmod(with_group)
 
     @contextmanager
     def build_lock(self, digest: str) -> Iterator[None]:
@@ -168,7 +179,7 @@ class ImageCache:
         """Move built_file into the cache, index it, evict others over the bound.
         Returns the entry and the evicted digests."""
         fs_file = f"{digest.split(':', 1)[1]}.{fs_type}"
-        built_file.chmod(0o444)
+        self._share_with_qemu(built_file, with_group=0o440, without=0o444)
         now = time.time()
         with self.locked_index() as index:
             os.rename(built_file, self.images_dir / fs_file)

@@ -96,10 +96,11 @@ class ImageStore:
         command_timeout_s: float = 600.0,
         os_name: str = "linux",
         architecture: str = "amd64",
+        qemu_group_id: int | None = None,
     ) -> None:
         if fs_type not in FS_TYPES:
             raise ValueError(f"fs_type must be one of {FS_TYPES}")
-        self.cache = ImageCache(Path(root))
+        self.cache = ImageCache(Path(root), qemu_group_id=qemu_group_id)
         self.max_cache_bytes = max_cache_bytes
         self.max_image_bytes = max_image_bytes
         self.fs_type = fs_type
