@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.db import close_old_connections
 
 from portal.choices import InstanceStatus
@@ -159,8 +160,10 @@ def http_app(test_images, *, app_id: str, check: dict, **extra) -> dict:
 def test_stops_of_apps_ignoring_sigterm_hold_no_worker_slot_and_end_at_their_deadline(
     first_tenant, second_tenant, one_host, test_images
 ):
-    # More stubborn instances than the host worker's concurrency (3), each with a long grace.
-    first_tenant.deploy(stubborn_app(test_images, app_id="/stubborn", instances=4, grace_s=300))
+    # More stubborn instances than the host worker's concurrency (3), each with the longest grace
+    # the platform allows.
+    longest_grace_s = settings.APP_DEFINITION_LIMITS["max_task_kill_grace_period_s"]
+    first_tenant.deploy(stubborn_app(test_images, app_id="/stubborn", instances=4, grace_s=longest_grace_s))
     first_tenant.deploy(stubborn_app(test_images, app_id="/quick", instances=1, grace_s=5))
     wait_up("/stubborn", 4)
     quick_id = str(wait_up("/quick", 1)[0].pk)
