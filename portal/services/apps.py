@@ -21,6 +21,7 @@ from portal.selectors import app_definition
 from portal.services.deployments import (
     deployment_plan_json,
     instance_create,
+    instance_disk_mib,
     instance_resources,
     instance_stop,
     requested_host_ports,
@@ -72,6 +73,7 @@ def _quota_check(app: App | None, tenant, definition: AppDefinition) -> None:
     per_instance = {
         "vcpus": vcpus,
         "memory_mib": memory_mib,
+        "disk_mib": instance_disk_mib(definition),
         "instances": 1,
         "published_ports": len(requested_host_ports(definition)),
     }

@@ -193,3 +193,11 @@ GUEST_MIN_MEMORY_MIB = 96  # the guest kernel does not start in less
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "portal.reconcile", "schedule": RECONCILE_INTERVAL_S, "options": {"expires": 10}},
 }
+
+# --- issue 9: images (unpacked size limit; the disk quota claimed by writable layers and images)
+# The largest tree one image may unpack to on a host; a pull is also capped by what is left of the
+# tenant's disk_mib quota, whichever is smaller (vmworker/images/unpack.py enforces it while unpacking).
+IMAGE_MAX_UNPACKED_MIB = int(os.environ.get("PORTAL_IMAGE_MAX_UNPACKED_MIB", "4096"))
+# An instance's writable layer when its app definition's `disk` is 0 (Marathon's default): the
+# size of the guest's overlay, claimed of the tenant's disk_mib quota per instance.
+INSTANCE_DEFAULT_DISK_MIB = int(os.environ.get("PORTAL_INSTANCE_DEFAULT_DISK_MIB", "256"))
