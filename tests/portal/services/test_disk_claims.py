@@ -110,3 +110,15 @@ def test_an_ended_instance_claims_no_image(tenant) -> None:
 
     assert not instance_image_claim(instance_id=instance.pk, manifest_digest=DIGEST_A, unpacked_bytes=MIB)
     assert quota_usage(tenant=tenant)["disk_mib"] == 0
+
+
+@pytest.mark.django_db
+def test_the_tenant_overview_shows_disk_use(tenant, member_of, login) -> None:
+    first, _ = instances(deploy(tenant, instances=2, disk=300))
+    instance_image_claim(instance_id=first.pk, manifest_digest=DIGEST_A, unpacked_bytes=51 * MIB)
+
+    page = login(member_of(tenant, TenantRole.VIEWER)).get(f"/t/{tenant.slug}/").content.decode()
+
+    disk_row = page[page.index('data-resource="disk_mib"') :].split("</tr>", 1)[0]
+    assert 'aria-valuenow="651"' in disk_row
+    assert "651 / 20480" in disk_row
