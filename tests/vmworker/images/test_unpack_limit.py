@@ -22,6 +22,7 @@ from tests.support.size_bomb_images import MIB, image_from_layer, sparse_layer, 
 from tests.vmworker.images.store_inspection import files_under, unexpected_store_files, work_dir_entries
 from vmworker.failures import failure_is_transient
 from vmworker.images import ImageStore, ImageUnpacksTooLarge, RegistryCredentials
+from vmworker.images import unpack as unpack_module
 from vmworker.images.unpack import OverLimit, layer_stream_bytes, tree_bytes
 
 GIB = 1024 * MIB
@@ -47,6 +48,24 @@ def push_layer(tmp_path: Path, registry: LocalRegistry, registry_authfile: Path)
         )
 
     return push
+
+
+@pytest.fixture
+def watchdog_kills(monkeypatch) -> list[int]:
+    """The pids the watchdog stopped (a spy on unpack._watch): the proof it was the watchdog,
+    not the check after umoci finished, that ended an unpack."""
+    kills: list[int] = []
+    watch = unpack_module._watch
+
+    def spying_watch(pid, rootfs, max_bytes):
+        try:
+            return watch(pid, rootfs, max_bytes)
+        except OverLimit:
+            kills.append(pid)
+            raise
+
+    monkeypatch.setattr(unpack_module, "_watch", spying_watch)
+    return kills
 
 
 def store_state(store_root: Path) -> tuple[list[Path], str]:
@@ -101,18 +120,26 @@ def test_the_tenant_quota_wins_when_it_is_smaller(
 
 
 @pytest.mark.parametrize(
-    "case,layer",
+    "case,layer,watchdog_kill_count",
     [
-        # One 64 MiB sparse file: RLIMIT_FSIZE stops umoci at the limit (EFBIG).
-        ("sparse-one", lambda path: sparse_layer(path, hole_bytes=64 * MIB)),
-        # Eight files of 12 MiB, each under the limit: the tree watchdog kills umoci.
-        ("sparse-many", lambda path: sparse_layer(path, hole_bytes=12 * MIB, files=8)),
+        # One 64 MiB sparse file: RLIMIT_FSIZE stops umoci at the limit (EFBIG), before the
+        # watchdog could (the file, and so umoci's writes, cannot pass the limit + 4 KiB).
+        ("sparse-one", lambda path: sparse_layer(path, hole_bytes=64 * MIB), 0),
+        # 100 files of 12 MiB (1.2 GiB), each under the limit: the watchdog kills umoci.
+        ("sparse-many", lambda path: sparse_layer(path, hole_bytes=12 * MIB, files=100), 1),
         # Hard links to a sparse file do not hide it.
-        ("sparse-linked", lambda path: sparse_layer(path, hole_bytes=64 * MIB, links=3)),
+        ("sparse-linked", lambda path: sparse_layer(path, hole_bytes=64 * MIB, links=3), 0),
     ],
 )
 def test_sparse_layers_are_stopped_while_umoci_unpacks(
-    warm_store: ImageStore, store_root: Path, push_layer, credentials: RegistryCredentials, case: str, layer
+    warm_store: ImageStore,
+    store_root: Path,
+    push_layer,
+    credentials: RegistryCredentials,
+    watchdog_kills: list[int],
+    case: str,
+    layer,
+    watchdog_kill_count: int,
 ) -> None:
     reference = push_layer(case, layer)
     before = store_state(store_root)
@@ -120,7 +147,28 @@ def test_sparse_layers_are_stopped_while_umoci_unpacks(
     with pytest.raises(ImageUnpacksTooLarge) as raised:
         warm_store.prepare(reference, credentials=credentials, tls_verify=False)
 
+    assert len(watchdog_kills) == watchdog_kill_count
     assert "unpacks to more than 16 MiB (platform limit)" in str(raised.value)
+    assert_aborted_cleanly(store_root, before)
+
+
+def test_without_io_accounting_the_tree_walk_stops_umoci(
+    warm_store: ImageStore,
+    store_root: Path,
+    push_layer,
+    credentials: RegistryCredentials,
+    monkeypatch,
+    watchdog_kills: list[int],
+) -> None:
+    """Kernels without /proc/PID/io: the watchdog measures the tree instead."""
+    monkeypatch.setattr(unpack_module, "written_bytes", lambda pid: None)
+    reference = push_layer("sparse-walk", lambda path: sparse_layer(path, hole_bytes=12 * MIB, files=100))
+    before = store_state(store_root)
+
+    with pytest.raises(ImageUnpacksTooLarge):
+        warm_store.prepare(reference, credentials=credentials, tls_verify=False)
+
+    assert len(watchdog_kills) == 1
     assert_aborted_cleanly(store_root, before)
 
 
