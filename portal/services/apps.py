@@ -19,6 +19,7 @@ from portal.marathon import AppDefinition
 from portal.models import App, AppVersion, Deployment, Instance
 from portal.selectors import app_definition
 from portal.services.deployments import (
+    WRITABLE_LAYER_MAX_MIB,
     deployment_plan_json,
     instance_create,
     instance_disk_mib,
@@ -65,6 +66,8 @@ def _admission_check(definition: AppDefinition) -> None:
         raise InvalidInput("An image is required: set container.docker.image.", field="/container/docker/image")
     if definition.container.volumes:
         raise InvalidInput("Volumes are not supported yet.", field="/container/volumes(0)")
+    if definition.disk_mib > WRITABLE_LAYER_MAX_MIB:
+        raise InvalidInput(f"At most {WRITABLE_LAYER_MAX_MIB} MiB.", field="/disk")
 
 
 def _quota_check(app: App | None, tenant, definition: AppDefinition) -> None:

@@ -44,6 +44,9 @@ def instance_resources(definition: AppDefinition, min_memory_mib: int) -> tuple[
     )
 
 
+WRITABLE_LAYER_MAX_MIB = 1024 * 1024  # the largest overlay the guest init accepts (vmworker/guestinit/config.py)
+
+
 def instance_disk_mib(definition: AppDefinition) -> int:
     """The writable layer of each instance: the app's ``disk`` (MiB), else the platform default.
     Claimed of the tenant's disk quota, and the size the guest's overlay is made with, so the

@@ -15,7 +15,7 @@ from portal.services.images import IMAGE_CLAIM_KIND, instance_image_claim
 from portal.services.instances import instance_transition
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
-from tenants.errors import QuotaExceeded
+from tenants.errors import InvalidInput, QuotaExceeded
 from tenants.models import Quota, ResourceClaim
 from tenants.selectors import quota_usage
 from tests.support.portal_fixtures import compute_host_create
@@ -65,6 +65,17 @@ def test_a_deploy_whose_disk_times_instances_exceeds_the_quota_is_refused_and_st
     assert raised.value.resource == "disk_mib"
     assert raised.value.message == "Quota exceeded for disk_mib: limit 1000, in use 0, requested 1200."
     assert (App.objects.filter(tenant=tenant).count(), ResourceClaim.objects.filter(tenant=tenant).count()) == (0, 0)
+
+
+@pytest.mark.django_db
+def test_a_writable_layer_larger_than_the_guest_takes_is_refused_at_its_path(tenant) -> None:
+    Quota.objects.filter(tenant=tenant).update(disk_mib=4 * 1024 * 1024)
+
+    with pytest.raises(InvalidInput) as raised:
+        deploy(tenant, disk=1024 * 1024 + 1)
+
+    assert (raised.value.field, raised.value.message) == ("/disk", "At most 1048576 MiB.")
+    assert not App.objects.filter(tenant=tenant).exists()
 
 
 @pytest.mark.django_db
