@@ -105,13 +105,16 @@ def _gzip_stream_bytes(blob: Path, budget_bytes: int) -> int:
 def _zstd_stream_bytes(blob: Path, budget_bytes: int, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     total = 0
-    process = subprocess.Popen(
-        [ZSTD, "-d", "-c", "-q", "--no-progress", str(blob)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-    )
+    try:
+        process = subprocess.Popen(
+            [ZSTD, "-d", "-c", "-q", "--no-progress", str(blob)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
+    except FileNotFoundError as error:
+        raise ImageError("the image has zstd layers and this host has no zstd tool") from error
     try:
         assert process.stdout is not None
         while chunk := process.stdout.read(READ_CHUNK_BYTES):
