@@ -18,6 +18,7 @@ within the limit fits), so the file it writes cannot grow past it, whatever the 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -71,7 +72,8 @@ def _run(argv: list[str], *, env: dict[str, str], timeout_s: float, what: str, b
         raise ImageError(f"building the {what} image timed out after {timeout_s:.0f} s") from error
     if completed.returncode != 0:
         stderr = completed.stderr.decode(errors="replace")
-        if bounded and "file too large" in stderr.lower():
+        # C tools die of SIGXFSZ at the limit (the default action); others report EFBIG.
+        if bounded and (completed.returncode == -signal.SIGXFSZ or "file too large" in stderr.lower()):
             raise OverLimit
         last = stderr.strip().splitlines()[-1][:300] if stderr.strip() else "no error output"
         raise ImageError(f"building the {what} image failed: {last}", detail=stderr[-2000:])

@@ -39,6 +39,7 @@ behind if the worker dies; the three layers need neither.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 import zlib
@@ -277,8 +278,8 @@ def unpack_rootfs(
         raise OverLimit  # written between the last poll and umoci's exit (or its EFBIG failure)
     if process.returncode != 0:
         stderr = stderr_bytes.decode(errors="replace")
-        if max_bytes is not None and "file too large" in stderr.lower():
-            raise OverLimit
+        if max_bytes is not None and (process.returncode == -signal.SIGXFSZ or "file too large" in stderr.lower()):
+            raise OverLimit  # Go ignores SIGXFSZ and reports EFBIG; the signal is handled in case
         raise ImageInvalid(
             f"image {image} has a layer that cannot be unpacked safely: {_umoci_message(stderr)}",
             detail=stderr[-2000:],

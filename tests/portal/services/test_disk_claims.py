@@ -1,8 +1,10 @@
 """The tenant's disk_mib quota is claimed by each instance's writable layer (at admission, with its
 other claims) and once per image digest in use (of its unpacked size), on real PostgreSQL."""
 
+import threading
+
 import pytest
-from django.db import transaction
+from django.db import close_old_connections, connection, transaction
 from django.test import override_settings
 
 from portal.choices import InstanceStatus
@@ -133,3 +135,33 @@ def test_the_tenant_overview_shows_disk_use(tenant, member_of, login) -> None:
     disk_row = page[page.index('data-resource="disk_mib"') :].split("</tr>", 1)[0]
     assert 'aria-valuenow="651"' in disk_row
     assert "651 / 20480" in disk_row
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_images_racing_for_the_quota_left_exactly_one_is_claimed(tenant) -> None:
+    """Two hosts finish pulling two new images at once, each capped by the same quota left:
+    the claims serialise on the quota row, so only one fits."""
+    Quota.objects.filter(tenant=tenant).update(disk_mib=100)
+    left, right = instances(deploy(tenant, instances=2, disk=10))
+    barrier = threading.Barrier(2, timeout=10)
+    outcomes: dict[str, str] = {}
+
+    def contender(instance, digest):
+        try:
+            barrier.wait()
+            instance_image_claim(instance_id=instance.pk, manifest_digest=digest, unpacked_bytes=60 * MIB)
+            outcomes[digest] = "claimed"
+        except QuotaExceeded:
+            outcomes[digest] = "refused"
+        finally:
+            close_old_connections()
+            connection.close()
+
+    threads = [threading.Thread(target=contender, args=pair) for pair in ((left, DIGEST_A), (right, DIGEST_B))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sorted(outcomes.values()) == ["claimed", "refused"]
+    assert quota_usage(tenant=tenant)["disk_mib"] == 20 + 60

@@ -23,6 +23,7 @@ from tests.vmworker.images.store_inspection import files_under, unexpected_store
 from vmworker.failures import failure_is_transient
 from vmworker.images import ImageStore, ImageUnpacksTooLarge, RegistryCredentials
 from vmworker.images import unpack as unpack_module
+from vmworker.images.fsimage import fs_image_max_bytes, make_filesystem_image
 from vmworker.images.unpack import OverLimit, layer_stream_bytes, tree_bytes
 
 GIB = 1024 * MIB
@@ -253,3 +254,25 @@ def test_the_tree_measure_counts_holes_and_each_inode_once(tmp_path: Path) -> No
 
     assert 33 * MIB <= measured < 33 * MIB + 64 * 1024
     assert json.dumps(measured)  # a plain int for the worker's report
+
+
+def test_the_fs_image_cannot_grow_past_its_bound(tmp_path: Path) -> None:
+    """mkfs runs under RLIMIT_FSIZE of fs_image_max_bytes(limit): a tree over the limit (were it to
+    get there) cannot make a larger image file."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "data").write_bytes(os.urandom(24 * MIB))
+    output = tmp_path / "rootfs.erofs"
+
+    with pytest.raises(OverLimit):
+        make_filesystem_image(
+            tree,
+            output,
+            fs_type="erofs",
+            manifest_digest="sha256:" + "c" * 64,
+            source_date_epoch=0,
+            timeout_s=60,
+            max_tree_bytes=MIB,
+        )
+
+    assert not output.exists() or output.stat().st_size <= fs_image_max_bytes(MIB)
