@@ -205,9 +205,10 @@ def tree_bytes(root: Path, *, stop_above: int | None = None) -> int:
 
 
 def limited_argv(argv: list[str], *, max_file_bytes: int) -> list[str]:
-    """argv under RLIMIT_FSIZE (no file the command writes can pass max_file_bytes). prlimit(1)
-    rather than preexec_fn: the worker process has threads, and preexec_fn is unsafe with them."""
-    return [PRLIMIT, f"--fsize={max_file_bytes}", "--", *argv]
+    """argv under RLIMIT_FSIZE (no file the command writes can pass max_file_bytes), and no core
+    file (a C tool dies of SIGXFSZ at the limit: its core would land outside the work dir).
+    prlimit(1) rather than preexec_fn: the worker has threads, and preexec_fn is unsafe with them."""
+    return [PRLIMIT, f"--fsize={max_file_bytes}", "--core=0", "--", *argv]
 
 
 def written_bytes(pid: int) -> int | None:
