@@ -268,3 +268,25 @@ def host_list_with_usage():
         used_memory_mib=Sum("instances__memory_mib", filter=live, default=0),
         instance_count=Count("instances", filter=live),
     ).order_by("name")
+
+
+@dataclass(frozen=True)
+class ImagePullAllowance:
+    """What a pull for the tenant may unpack to: what is left of its disk quota, except for the
+    images it holds already (charged once; see portal.services.images)."""
+
+    disk_left_bytes: int
+    held_digests: frozenset[str]
+
+
+def image_pull_allowance(*, tenant) -> ImagePullAllowance:
+    from portal.services.images import IMAGE_CLAIM_KIND
+    from tenants.models import Quota, ResourceClaim
+    from tenants.selectors import quota_usage
+
+    left_mib = Quota.objects.get(tenant=tenant).disk_mib - quota_usage(tenant=tenant)["disk_mib"]
+    owner_ids = ResourceClaim.objects.for_tenant(tenant).filter(owner_kind=IMAGE_CLAIM_KIND)
+    return ImagePullAllowance(
+        disk_left_bytes=max(0, left_mib) * 1024 * 1024,
+        held_digests=frozenset(f"sha256:{hex_digest}" for hex_digest in owner_ids.values_list("owner_id", flat=True)),
+    )

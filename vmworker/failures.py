@@ -4,7 +4,8 @@ Transient: the failure says nothing about the instance, only about now — libvi
 (``ConnectionFailed``), the registry unreachable, timing out, answering 5xx or 429
 (``RegistryUnavailable``). A host task retries those a bounded number of times with exponential
 backoff and jitter. Everything else is permanent — an image that does not exist or is invalid,
-credentials refused, nothing to run, a guest that failed to start its app — and fails the
+one that unpacks to more than its limit (``ImageUnpacksTooLarge``: the same image unpacks to the
+same size), credentials refused, nothing to run, a guest that failed to start its app — and fails the
 instance at once with its reason; the deployment engine's own launch backoff takes over.
 """
 

@@ -191,8 +191,9 @@ class RuntimeSettings:
     publish_host_ip: str = "127.0.0.1"
     image_cache_bytes: int = 20 * GiB
     max_image_bytes: int = 4 * GiB
+    max_unpacked_bytes: int = 4 * GiB  # per image, enforced while unpacking (images/unpack.py)
     boot_timeout_s: float = 90.0
-    overlay_size_mib: int = 256
+    overlay_size_mib: int = 256  # the writable layer of an instance whose spec names none
     stop_grace_s: int = 10
     min_memory_mib: int = 96  # the Debian cloud kernel does not start in 64 MiB
     qemu_user: str = "libvirt-qemu"
@@ -222,6 +223,13 @@ class InstanceSpec:
     hostname: str | None = None
     stop_grace_s: int | None = None
     network: NetworkAttachment | None = None  # a NIC on a tenant network (vmworker.network)
+    # The writable layer (a tmpfs of this size in the guest, over the read-only image): the
+    # number the portal claims of the tenant's disk quota. None: the host's default.
+    overlay_size_mib: int | None = None
+    # What is left of the tenant's disk quota: the pull's unpack limit when smaller than the
+    # platform's, except for the images the tenant holds already (charged once, see ImageStore).
+    disk_quota_left_bytes: int | None = None
+    disk_quota_held_digests: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -363,6 +371,7 @@ class HyperVMRuntime:
                 max_cache_bytes=self.settings.image_cache_bytes,
                 max_image_bytes=self.settings.max_image_bytes,
                 qemu_group_id=self._qemu_group_id(),
+                max_unpacked_bytes=self.settings.max_unpacked_bytes,
             )
         return self._image_store
 
@@ -479,7 +488,15 @@ class HyperVMRuntime:
             os.chown(path, 0, group_id)
         path.chmod(QEMU_READ_FILE_MODE)
 
-    def boot(self, spec: InstanceSpec, *, on_phase: Callable[[str], None] | None = None) -> BootResult:
+    def boot(
+        self,
+        spec: InstanceSpec,
+        *,
+        on_phase: Callable[[str], None] | None = None,
+        on_image: Callable[[PreparedImage], None] | None = None,
+    ) -> BootResult:
+        """``on_image`` sees the prepared image before anything of the instance is made (the
+        portal charges its unpacked size there); an exception from it ends the boot."""
         instance_id = str(uuid.UUID(spec.instance_id))
         directory = self.instance_dir(instance_id)
         if (directory / INSTANCE_FILE).exists():
@@ -492,7 +509,15 @@ class HyperVMRuntime:
         timings: dict[str, float] = {}
 
         notify("pulling")
-        prepared = self.image_store.prepare(spec.image, credentials=spec.credentials, tls_verify=spec.tls_verify)
+        prepared = self.image_store.prepare(
+            spec.image,
+            credentials=spec.credentials,
+            tls_verify=spec.tls_verify,
+            quota_limit_bytes=spec.disk_quota_left_bytes,
+            quota_exempt_digests=spec.disk_quota_held_digests,
+        )
+        if on_image is not None:
+            on_image(prepared)
         timings.update(prepared.timings_s)
         argv = resolve_argv(
             prepared.config, entrypoint=spec.entrypoint, command=spec.command, shell_command=spec.shell_command
@@ -525,7 +550,7 @@ class HyperVMRuntime:
             user=spec.user or prepared.config.user or "0:0",
             rootfs_serial=ROOTFS_SERIAL,
             rootfs_type=prepared.fs_type,
-            overlay_size_mib=self.settings.overlay_size_mib,
+            overlay_size_mib=spec.overlay_size_mib or self.settings.overlay_size_mib,
             stop_grace_s=spec.stop_grace_s if spec.stop_grace_s is not None else self.settings.stop_grace_s,
             # Both NICs carry fixed MACs: the init picks each by its MAC, never by eth0/eth1 order.
             network=dataclasses.replace(USER_NET_GUEST, mac=instance_mac(instance_id, "user")) if spec.ports else None,

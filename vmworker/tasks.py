@@ -33,16 +33,20 @@ from portal.choices import INSTANCE_ACTIVE, INSTANCE_UP, InstanceStatus
 from portal.marathon import AppDefinition
 from portal.marathon.app_definition import HealthCheckProbe, NetworkMode
 from portal.models import Instance
-from portal.services.deployments import app_record_launch_success
+from portal.selectors import image_pull_allowance
+from portal.services.deployments import app_record_launch_success, instance_disk_mib
 from portal.services.hosts import host_heartbeat, host_ports_block, host_queue, host_register
+from portal.services.images import instance_image_claim
 from portal.services.instances import instance_transition
+from tenants.errors import QuotaExceeded
 from tenants.selectors import registry_for_image
 from vmworker.console_agent import ConsoleAgent
 from vmworker.driver.errors import DriverError
 from vmworker.driver.spec import PortForward
 from vmworker.failures import MAX_RETRIES, failure_is_transient, retry_countdown_s
 from vmworker.images.credentials import RegistryCredentials
-from vmworker.images.errors import ImageError
+from vmworker.images.errors import ImageError, ImageUnpacksTooLarge
+from vmworker.images.unpack import LIMIT_TENANT_QUOTA
 from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 from vmworker.runtime import (
     HostPortBusy,
@@ -72,6 +76,7 @@ def runtime() -> HyperVMRuntime:
             libvirt_uri=os.environ.get("HYPERVM_LIBVIRT_URI", "qemu:///system"),
             virt_type=os.environ.get("HYPERVM_VIRT_TYPE") or None,
             publish_host_ip=os.environ.get("HYPERVM_PUBLISH_HOST_IP", "127.0.0.1"),
+            max_unpacked_bytes=settings.IMAGE_MAX_UNPACKED_MIB * 1024 * 1024,
         )
     )
 
@@ -194,6 +199,7 @@ def instance_spec(instance: Instance) -> InstanceSpec:
     image = definition.container.docker.image
     credentials, tls_verify = _credentials(instance, image)
     forwards, port_env = guest_ports(definition, instance.host_ports)
+    allowance = image_pull_allowance(tenant=instance.tenant)
     return InstanceSpec(
         image=image,
         instance_id=str(instance.pk),
@@ -221,7 +227,22 @@ def instance_spec(instance: Instance) -> InstanceSpec:
         metadata={"tenant": instance.tenant.slug, "app": instance.app.marathon_id, "host": host_name() or ""},
         stop_grace_s=definition.task_kill_grace_period_s,
         network=network_attachment(instance),
+        overlay_size_mib=instance_disk_mib(definition),
+        disk_quota_left_bytes=allowance.disk_left_bytes,
+        disk_quota_held_digests=allowance.held_digests,
     )
+
+
+def _charge_image(instance_id: str, prepared) -> None:
+    """The image's unpacked size goes on the tenant's disk quota before the VM is made; a
+    concurrent pull may have taken what was left since this one was capped."""
+    try:
+        instance_image_claim(
+            instance_id=instance_id, manifest_digest=prepared.manifest_digest, unpacked_bytes=prepared.unpacked_bytes
+        )
+    except QuotaExceeded as exc:
+        left_bytes = max(0, exc.limit - exc.used) * 1024 * 1024
+        raise ImageUnpacksTooLarge(prepared.reference, limit_bytes=left_bytes, limit_source=LIMIT_TENANT_QUOTA) from exc
 
 
 def network_attachment(instance: Instance) -> NetworkAttachment | None:
@@ -268,6 +289,7 @@ def boot_instance(self, instance_id: str) -> None:
             on_phase=lambda phase: (
                 phase in PHASE_TO_STATUS and instance_transition(instance_id=instance_id, to=PHASE_TO_STATUS[phase])
             ),
+            on_image=lambda prepared: _charge_image(instance_id, prepared),
         )
     except HostPortBusy as exc:
         # Not the app's fault: the port goes on the host's blocked list and the replacement

@@ -22,6 +22,9 @@ class Instance(models.Model):
     memory_mib = models.PositiveIntegerField()
     host_ports = models.JSONField(default=list)  # one per port mapping, in order
     ip_address = models.CharField(max_length=45, blank=True)
+    # The manifest digest it runs ("sha256:..."), set when its host prepared the image: the
+    # tenant's image claim (portal.services.images) is held while a live instance names it.
+    image_digest = models.CharField(max_length=71, blank=True)
     exit_code = models.IntegerField(null=True)
     oom_killed = models.BooleanField(default=False)
     failure_reason = models.CharField(max_length=1000, blank=True)

@@ -20,8 +20,10 @@ from portal.models import App, AppVersion, Deployment, Instance
 from portal.platform_policy import platform_policy
 from portal.selectors import app_definition
 from portal.services.deployments import (
+    WRITABLE_LAYER_MAX_MIB,
     deployment_plan_json,
     instance_create,
+    instance_disk_mib,
     instance_resources,
     instance_stop,
     requested_host_ports,
@@ -77,6 +79,8 @@ def _admission_check(definition: AppDefinition) -> None:
         raise InvalidInput("An image is required: set container.docker.image.", field="/container/docker/image")
     if definition.container.volumes:
         raise InvalidInput("Volumes are not supported yet.", field="/container/volumes(0)")
+    if definition.disk_mib > WRITABLE_LAYER_MAX_MIB:
+        raise InvalidInput(f"At most {WRITABLE_LAYER_MAX_MIB} MiB.", field="/disk")
 
 
 def _policy_check(definition: AppDefinition) -> None:
@@ -94,6 +98,7 @@ def _quota_check(app: App | None, tenant, definition: AppDefinition) -> None:
     per_instance = {
         "vcpus": vcpus,
         "memory_mib": memory_mib,
+        "disk_mib": instance_disk_mib(definition),
         "instances": 1,
         "published_ports": len(requested_host_ports(definition)),
     }

@@ -44,6 +44,18 @@ def instance_resources(definition: AppDefinition, min_memory_mib: int) -> tuple[
     )
 
 
+WRITABLE_LAYER_MAX_MIB = 1024 * 1024  # the largest overlay the guest init accepts (vmworker/guestinit/config.py)
+
+
+def instance_disk_mib(definition: AppDefinition) -> int:
+    """The writable layer of each instance: the app's ``disk`` (MiB), else the platform default.
+    Claimed of the tenant's disk quota, and the size the guest's overlay is made with, so the
+    claim is the bound the instance cannot write past."""
+    from django.conf import settings
+
+    return math.ceil(definition.disk_mib) if definition.disk_mib > 0 else settings.INSTANCE_DEFAULT_DISK_MIB
+
+
 def requested_host_ports(definition: AppDefinition) -> tuple[int, ...]:
     """One host port per published port: container port mappings with a hostPort (0 =
     allocate) in bridge mode, every port definition in host mode (the app binds $PORTi)."""
@@ -138,7 +150,11 @@ def instance_create(*, app: App, definition: AppDefinition, deployment: Deployme
             owner_kind=CLAIM_KIND,
             owner_id=str(instance.pk),
             request=ResourceRequest(
-                vcpus=vcpus, memory_mib=memory_mib, instances=1, published_ports=len(requested_host_ports(definition))
+                vcpus=vcpus,
+                memory_mib=memory_mib,
+                disk_mib=instance_disk_mib(definition),
+                instances=1,
+                published_ports=len(requested_host_ports(definition)),
             ),
         )
     _place_and_boot(instance, definition)

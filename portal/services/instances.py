@@ -51,6 +51,9 @@ def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **
         instance.save()
         if to in INSTANCE_TERMINAL:
             claim_release(tenant=instance.tenant, owner_kind=CLAIM_KIND, owner_id=str(instance.pk))
+            from portal.services.images import image_claim_release_unused
+
+            image_claim_release_unused(tenant=instance.tenant, manifest_digest=instance.image_digest)
             from portal.services.networks import network_address_release
 
             network_address_release(instance_id=instance.pk)

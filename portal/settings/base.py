@@ -314,3 +314,10 @@ STREAM_RECHECK_S = float(os.environ.get("PORTAL_STREAM_RECHECK_S", "2"))
 STREAM_LEASE_TTL_S = float(os.environ.get("PORTAL_STREAM_LEASE_TTL_S", "10"))
 # The Redis holding the leases; empty: the channel layer's.
 STREAM_LEASE_REDIS_URL = os.environ.get("PORTAL_STREAM_LEASE_REDIS_URL", "")
+# --- issue 9: images (unpacked size limit; the disk quota claimed by writable layers and images)
+# The largest tree one image may unpack to on a host; a pull is also capped by what is left of the
+# tenant's disk_mib quota, whichever is smaller (vmworker/images/unpack.py enforces it while unpacking).
+IMAGE_MAX_UNPACKED_MIB = int(os.environ.get("PORTAL_IMAGE_MAX_UNPACKED_MIB", "4096"))
+# An instance's writable layer when its app definition's `disk` is 0 (Marathon's default): the
+# size of the guest's overlay, claimed of the tenant's disk_mib quota per instance.
+INSTANCE_DEFAULT_DISK_MIB = int(os.environ.get("PORTAL_INSTANCE_DEFAULT_DISK_MIB", "256"))

@@ -7,6 +7,7 @@ from vmworker.images.errors import (
     ImageInvalid,
     ImageNotFound,
     ImageTooLarge,
+    ImageUnpacksTooLarge,
     InvalidReference,
     RegistryUnauthorized,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "ImageNotFound",
     "ImageStore",
     "ImageTooLarge",
+    "ImageUnpacksTooLarge",
     "InvalidReference",
     "PreparedImage",
     "RegistryCredentials",

@@ -44,6 +44,7 @@ class CacheEntry:
     config: dict[str, Any]
     created: float
     last_used: float
+    unpacked_bytes: int = 0  # the tree it was built from (unpack.tree_bytes): what pulls are capped by
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class CacheEntry:
             "config": self.config,
             "created": self.created,
             "last_used": self.last_used,
+            "unpacked_bytes": self.unpacked_bytes,
         }
 
     @classmethod
@@ -65,6 +67,8 @@ class CacheEntry:
             config=data["config"],
             created=data["created"],
             last_used=data["last_used"],
+            # Entries from before the bound was recorded: the fs image is a close upper bound.
+            unpacked_bytes=data.get("unpacked_bytes") or data["size_bytes"],
         )
 
 
@@ -175,6 +179,7 @@ class ImageCache:
         fs_type: str,
         config: dict[str, Any],
         max_cache_bytes: int,
+        unpacked_bytes: int = 0,
     ) -> tuple[CacheEntry, list[str]]:
         """Move built_file into the cache, index it, evict others over the bound.
         Returns the entry and the evicted digests."""
@@ -191,6 +196,7 @@ class ImageCache:
                 config=config,
                 created=now,
                 last_used=now,
+                unpacked_bytes=unpacked_bytes,
             )
             index["images"][digest] = entry.to_json()
             index["references"][reference] = digest

@@ -31,6 +31,17 @@ class ImageTooLarge(ImageError):
     """The manifest's layers exceed the configured size; refused before any layer download."""
 
 
+class ImageUnpacksTooLarge(ImageTooLarge):
+    """The image unpacks to more than the limit of this pull (the platform's per-image limit or
+    what is left of the tenant's disk quota, whichever is smaller); found while unpacking and
+    never retried: the same image unpacks to the same size."""
+
+    def __init__(self, image: str, *, limit_bytes: int, limit_source: str) -> None:
+        super().__init__(f"image {image} unpacks to more than {limit_bytes // (1024 * 1024)} MiB ({limit_source})")
+        self.limit_bytes = limit_bytes
+        self.limit_source = limit_source
+
+
 class ImageInvalid(ImageError):
     """The image is malformed or hostile (bad manifest/config, digest mismatch, unsafe layer)."""
 

@@ -9,16 +9,22 @@ E2FSPROGS_FAKE_TIME, no journal, sized from the tree.
 
 Ownership, setuid bits, xattrs and device nodes are kept: they are for the guest. The host never
 mounts these files.
+
+Bounded: with ``max_tree_bytes`` (the unpack limit), mkfs runs under RLIMIT_FSIZE of
+``fs_image_max_bytes`` (the ext4 sizing below applied to a tree of the limit: any image of a tree
+within the limit fits), so the file it writes cannot grow past it, whatever the tree holds.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
 
 from vmworker.images.errors import ImageError
+from vmworker.images.unpack import OverLimit, limited_argv
 
 FS_TYPES = ("erofs", "ext4")
 MKFS_EROFS = "mkfs.erofs"
@@ -43,7 +49,16 @@ def _tree_usage(tree: Path) -> tuple[int, int]:
     return total_bytes, inodes
 
 
-def _run(argv: list[str], *, env: dict[str, str], timeout_s: float, what: str) -> None:
+def _ext4_size_bytes(data_bytes: int) -> int:
+    # Room for metadata and inode tables on top of the data; ext4 needs some slack.
+    return int(data_bytes * 1.25) + 16 * 1024 * 1024
+
+
+def fs_image_max_bytes(max_tree_bytes: int) -> int:
+    return _ext4_size_bytes(max_tree_bytes)
+
+
+def _run(argv: list[str], *, env: dict[str, str], timeout_s: float, what: str, bounded: bool = False) -> None:
     try:
         completed = subprocess.run(
             argv,
@@ -57,6 +72,9 @@ def _run(argv: list[str], *, env: dict[str, str], timeout_s: float, what: str) -
         raise ImageError(f"building the {what} image timed out after {timeout_s:.0f} s") from error
     if completed.returncode != 0:
         stderr = completed.stderr.decode(errors="replace")
+        # C tools die of SIGXFSZ at the limit (the default action); others report EFBIG.
+        if bounded and (completed.returncode == -signal.SIGXFSZ or "file too large" in stderr.lower()):
+            raise OverLimit
         last = stderr.strip().splitlines()[-1][:300] if stderr.strip() else "no error output"
         raise ImageError(f"building the {what} image failed: {last}", detail=stderr[-2000:])
 
@@ -77,6 +95,7 @@ def make_filesystem_image(
     manifest_digest: str,
     source_date_epoch: int,
     timeout_s: float,
+    max_tree_bytes: int | None = None,
 ) -> None:
     fs_uuid = uuid_for_digest(manifest_digest)
     env = _base_env(output.parent)
@@ -86,8 +105,7 @@ def make_filesystem_image(
     elif fs_type == "ext4":
         env["E2FSPROGS_FAKE_TIME"] = str(source_date_epoch)
         data_bytes, inodes = _tree_usage(tree)
-        # Room for metadata and inode tables on top of the data; ext4 needs some slack.
-        size_bytes = int(data_bytes * 1.25) + 16 * 1024 * 1024
+        size_bytes = _ext4_size_bytes(data_bytes)
         argv = [
             MKFS_EXT4,
             "-q",
@@ -113,4 +131,9 @@ def make_filesystem_image(
         ]
     else:
         raise ValueError(f"unknown fs_type {fs_type!r}; expected one of {FS_TYPES}")
-    _run(argv, env=env, timeout_s=timeout_s, what=fs_type)
+    if max_tree_bytes is not None:
+        max_file_bytes = fs_image_max_bytes(max_tree_bytes)
+        argv = limited_argv(argv, max_file_bytes=max_file_bytes)
+    _run(argv, env=env, timeout_s=timeout_s, what=fs_type, bounded=max_tree_bytes is not None)
+    if max_tree_bytes is not None and output.stat().st_size > fs_image_max_bytes(max_tree_bytes):
+        raise OverLimit

@@ -9,6 +9,11 @@ Contract of ``prepare``:
 - What is copied is the digest that was inspected (``repo@sha256:...``), so the recorded
   ``manifest_digest`` is sha256 of the manifest bytes the registry served, skopeo verifies every
   blob against it, and the pulled layout is checked against it once more.
+- What an image unpacks to is bounded by the smaller of ``max_unpacked_bytes`` (the platform's
+  per-image limit) and the caller's ``quota_limit_bytes`` (what is left of the tenant's disk
+  quota; not applied to ``quota_exempt_digests``, the images the tenant holds already), enforced
+  while unpacking (unpack.py) and on a cache hit alike: ImageUnpacksTooLarge names the limit.
+  On that abort the child is killed, the work dir removed and the cache left as it was.
 - One filesystem image per manifest digest, shared by all references to it; LRU-evicted beyond
   ``max_cache_bytes`` (never the one being returned).
 - Every temporary file lives in one per-call work dir under the store root, removed on success,
@@ -29,7 +34,7 @@ from pathlib import Path
 
 from vmworker.images.cache import ImageCache
 from vmworker.images.credentials import RegistryCredentials
-from vmworker.images.errors import ImageInvalid, ImageTooLarge
+from vmworker.images.errors import ImageInvalid, ImageTooLarge, ImageUnpacksTooLarge
 from vmworker.images.fsimage import FS_TYPES, make_filesystem_image
 from vmworker.images.manifest import (
     INDEX_TYPES,
@@ -43,7 +48,14 @@ from vmworker.images.manifest import (
 )
 from vmworker.images.reference import ImageReference, parse_reference
 from vmworker.images.skopeo import SkopeoSession
-from vmworker.images.unpack import unpack_rootfs
+from vmworker.images.unpack import (
+    LIMIT_PLATFORM,
+    LIMIT_TENANT_QUOTA,
+    OverLimit,
+    UnpackLimit,
+    count_layers,
+    unpack_rootfs,
+)
 
 logger = logging.getLogger("vmworker.images")
 
@@ -60,7 +72,8 @@ class PreparedImage:
     fs_type: str  # "erofs" | "ext4"
     config: ImageConfig
     size_bytes: int
-    timings_s: dict[str, float]  # {"pull", "unpack", "fs_image"}; a cache hit -> {"cache"}
+    timings_s: dict[str, float]  # {"pull", "count", "unpack", "fs_image"}; a cache hit -> {"cache"}
+    unpacked_bytes: int = 0  # the unpacked tree (unpack.tree_bytes): what the tenant's disk quota is charged
 
 
 def _format_mib(size_bytes: int) -> str:
@@ -92,6 +105,7 @@ class ImageStore:
         *,
         max_cache_bytes: int,
         max_image_bytes: int,
+        max_unpacked_bytes: int = 4 * 1024 * 1024 * 1024,
         fs_type: str = "erofs",
         command_timeout_s: float = 600.0,
         os_name: str = "linux",
@@ -103,6 +117,7 @@ class ImageStore:
         self.cache = ImageCache(Path(root), qemu_group_id=qemu_group_id)
         self.max_cache_bytes = max_cache_bytes
         self.max_image_bytes = max_image_bytes
+        self.max_unpacked_bytes = max_unpacked_bytes
         self.fs_type = fs_type
         self.command_timeout_s = command_timeout_s
         self.os_name = os_name
@@ -122,6 +137,8 @@ class ImageStore:
         *,
         credentials: RegistryCredentials | None = None,
         tls_verify: bool = True,
+        quota_limit_bytes: int | None = None,
+        quota_exempt_digests: frozenset[str] = frozenset(),
     ) -> PreparedImage:
         started = time.monotonic()
         image_reference = parse_reference(reference)
@@ -135,8 +152,13 @@ class ImageStore:
                 command_timeout_s=self.command_timeout_s,
             )
             manifest = self._resolve(session, image_reference)
+            limit = self._unpack_limit(manifest.digest, quota_limit_bytes, quota_exempt_digests)
             with self.cache.build_lock(manifest.digest):
                 cached = self.cache.lookup(manifest.digest, str(image_reference))
+                if cached is not None and cached.unpacked_bytes > limit.max_bytes:
+                    raise ImageUnpacksTooLarge(
+                        str(image_reference), limit_bytes=limit.max_bytes, limit_source=limit.source
+                    )
                 if cached is not None:
                     timings = {"cache": time.monotonic() - started}
                     logger.info(
@@ -155,10 +177,26 @@ class ImageStore:
                         config=ImageConfig.from_json(cached.config),
                         size_bytes=cached.size_bytes,
                         timings_s=timings,
+                        unpacked_bytes=cached.unpacked_bytes,
                     )
-                return self._build(session, image_reference, manifest, work_dir, started)
+                try:
+                    return self._build(session, image_reference, manifest, work_dir, started, limit)
+                except OverLimit:
+                    logger.warning(
+                        "image.prepare.over_limit",
+                        extra={"reference": str(image_reference), "digest": manifest.digest, "limit": limit.source},
+                    )
+                    raise ImageUnpacksTooLarge(
+                        str(image_reference), limit_bytes=limit.max_bytes, limit_source=limit.source
+                    ) from None
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _unpack_limit(self, digest: str, quota_limit_bytes: int | None, exempt: frozenset[str]) -> UnpackLimit:
+        """The smaller limit wins; an image the tenant holds already is not charged again."""
+        if quota_limit_bytes is not None and digest not in exempt and quota_limit_bytes < self.max_unpacked_bytes:
+            return UnpackLimit(max(0, quota_limit_bytes), LIMIT_TENANT_QUOTA)
+        return UnpackLimit(self.max_unpacked_bytes, LIMIT_PLATFORM)
 
     def _resolve(self, session: SkopeoSession, reference: ImageReference) -> ImageManifest:
         raw = session.inspect_raw(reference)
@@ -186,15 +224,26 @@ class ImageStore:
         manifest: ImageManifest,
         work_dir: Path,
         started: float,
+        limit: UnpackLimit,
     ) -> PreparedImage:
         layout = work_dir / "layout"
         session.copy_to_oci_layout(reference.pinned(manifest.digest), layout, LAYOUT_TAG)
         platform_image = read_layout_image(layout, LAYOUT_TAG, manifest)
         self._check_platform(reference, platform_image.os, platform_image.architecture)
         pulled = time.monotonic()
+        # A gzip bomb stops here, before umoci writes a byte.
+        count_layers(layout, manifest.layer_digests, max_bytes=limit.max_bytes, timeout_s=self.command_timeout_s)
+        counted = time.monotonic()
 
         rootfs = work_dir / "rootfs"
-        unpack_rootfs(layout, LAYOUT_TAG, rootfs, image=str(reference), timeout_s=self.command_timeout_s)
+        unpacked_bytes = unpack_rootfs(
+            layout,
+            LAYOUT_TAG,
+            rootfs,
+            image=str(reference),
+            timeout_s=self.command_timeout_s,
+            max_bytes=limit.max_bytes,
+        )
         shutil.rmtree(layout)  # blobs are no longer needed; halves peak disk use
         unpacked = time.monotonic()
 
@@ -206,6 +255,7 @@ class ImageStore:
             manifest_digest=manifest.digest,
             source_date_epoch=_source_date_epoch(platform_image.created),
             timeout_s=self.command_timeout_s,
+            max_tree_bytes=limit.max_bytes,
         )
         entry, evicted = self.cache.insert(
             digest=manifest.digest,
@@ -214,11 +264,13 @@ class ImageStore:
             fs_type=self.fs_type,
             config=platform_image.config.to_json(),
             max_cache_bytes=self.max_cache_bytes,
+            unpacked_bytes=unpacked_bytes,
         )
         finished = time.monotonic()
         timings = {
             "pull": pulled - started,
-            "unpack": unpacked - pulled,
+            "count": counted - pulled,
+            "unpack": unpacked - counted,
             "fs_image": finished - unpacked,
         }
         logger.info(
@@ -227,6 +279,7 @@ class ImageStore:
                 "reference": str(reference),
                 "digest": manifest.digest,
                 "size_bytes": entry.size_bytes,
+                "unpacked_bytes": unpacked_bytes,
                 "timings_s": timings,
                 "evicted": evicted,
             },
@@ -239,6 +292,7 @@ class ImageStore:
             config=platform_image.config,
             size_bytes=entry.size_bytes,
             timings_s=timings,
+            unpacked_bytes=unpacked_bytes,
         )
 
     def _check_platform(self, reference: ImageReference, os_name: str, architecture: str) -> None:

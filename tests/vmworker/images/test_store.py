@@ -100,7 +100,7 @@ def test_prepare_reads_config_and_records_the_registry_digest(
         assert fs_image.read(4) == EROFS_MAGIC
     assert prepared.size_bytes == prepared.fs_path.stat().st_size
     assert prepared.fs_path.stat().st_mode & 0o777 == 0o444
-    assert set(prepared.timings_s) == {"pull", "unpack", "fs_image"}
+    assert set(prepared.timings_s) == {"pull", "count", "unpack", "fs_image"}
     assert work_dir_entries(store_root) == []
     assert unexpected_store_files(store_root) == []
     assert dangerous_host_files(store_root) == []
@@ -155,7 +155,7 @@ def test_two_concurrent_prepares_of_one_image_pull_it_once(
 
     assert sorted(tuple(sorted(result.timings_s)) for result in results) == [
         ("cache",),
-        ("fs_image", "pull", "unpack"),
+        ("count", "fs_image", "pull", "unpack"),
     ]
     assert results[0].fs_path == results[1].fs_path
 
