@@ -69,3 +69,22 @@ def check_registry_host(host: str, port: int, *, allowed: frozenset[str]) -> Non
         if isinstance(exc.__cause__, socket.gaierror | UnicodeError):
             return
         raise
+
+
+def registry_endpoint(registry_host: str) -> tuple[str, int]:
+    """(host, port) of an image reference's registry part ("host[:port]", IPv6 in brackets):
+    without a port, the registry is spoken to over https on 443."""
+    if registry_host.startswith("["):
+        host, _, rest = registry_host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = registry_host.partition(":")
+    return host.lower(), int(port) if port.isdigit() else DEFAULT_PORTS["https"]
+
+
+def check_image_registry(registry_host: str, *, allowed: frozenset[str]) -> None:
+    """An image is pulled by a compute host from its reference's registry: that registry must
+    pass the same rule as a tenant's registry (a reference like ``127.0.0.1:6390/x`` would make
+    the host talk to the platform's own services). Raises AddressRefused."""
+    host, port = registry_endpoint(registry_host)
+    check_registry_host(host, port, allowed=allowed)

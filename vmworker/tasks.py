@@ -38,7 +38,9 @@ from portal.services.deployments import app_record_launch_success, instance_disk
 from portal.services.hosts import host_heartbeat, host_ports_block, host_queue, host_register
 from portal.services.images import instance_image_claim
 from portal.services.instances import instance_transition
+from tenants.embedded_registry import platform_registry_hosts
 from tenants.errors import QuotaExceeded
+from tenants.registry_address import AddressRefused, check_image_registry
 from tenants.selectors import registry_for_image
 from vmworker.console_agent import ConsoleAgent
 from vmworker.driver.errors import DriverError
@@ -283,6 +285,12 @@ def boot_instance(self, instance_id: str) -> None:
         InstanceStatus.BOOTING,
     ):
         return  # already running, stopped or failed: a re-delivered task does nothing
+    refused = _registry_refused(instance)
+    if refused:
+        instance_transition(
+            instance_id=instance_id, to=InstanceStatus.FAILED, launch_failed=True, failure_reason=refused[:1000]
+        )
+        return
     try:
         result = runtime().boot(
             instance_spec(instance),
@@ -327,6 +335,19 @@ def boot_instance(self, instance_id: str) -> None:
         is not None
     ):
         app_record_launch_success(app_id=instance.app_id)
+
+
+def _registry_refused(instance: Instance) -> str:
+    """Checked again here, where the pull happens, against this host's DNS: the registry of the
+    image must not be one of the platform's own addresses (a name may resolve elsewhere than it
+    did at admission). The reason, or "" when the pull may go ahead."""
+    definition = AppDefinition.from_stored(instance.version.definition)
+    registry_host = definition.container.docker.image_reference.registry_host
+    try:
+        check_image_registry(registry_host, allowed=platform_registry_hosts())
+    except AddressRefused as refused:
+        return f"the image's registry {registry_host} is not one the platform pulls from: {refused}"
+    return ""
 
 
 @shared_task(name="vmworker.stop_instance", acks_late=True, bind=True, max_retries=MAX_RETRIES)

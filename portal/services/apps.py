@@ -31,8 +31,10 @@ from portal.services.deployments import (
 from portal.services.instances import CLAIM_KIND
 from portal.services.networks import network_ensure, network_name_for
 from tenants.choices import QuotaResource, TenantRole
+from tenants.embedded_registry import platform_registry_hosts
 from tenants.errors import Conflict, DomainError, InvalidInput, QuotaExceeded
 from tenants.models import Quota, ResourceClaim
+from tenants.registry_address import AddressRefused, check_image_registry
 from tenants.selectors import quota_usage
 
 
@@ -81,6 +83,14 @@ def _admission_check(definition: AppDefinition) -> None:
         raise InvalidInput("Volumes are not supported yet.", field="/container/volumes(0)")
     if definition.disk_mib > WRITABLE_LAYER_MAX_MIB:
         raise InvalidInput(f"At most {WRITABLE_LAYER_MAX_MIB} MiB.", field="/disk")
+    registry_host = definition.container.docker.image_reference.registry_host
+    try:
+        check_image_registry(registry_host, allowed=platform_registry_hosts())
+    except AddressRefused as refused:
+        raise InvalidInput(
+            f"The image's registry {registry_host} is not one the platform pulls from: {refused}.",
+            field="/container/docker/image",
+        ) from None
 
 
 def _policy_check(definition: AppDefinition) -> None:

@@ -23,3 +23,7 @@ CACHES = cache_for(_TEST_REDIS_URL)
 REST_FRAMEWORK = REST_FRAMEWORK | {
     "DEFAULT_THROTTLE_RATES": api_throttle_rates(anon_default="100000/minute", user_default="100000/minute")
 }
+
+# --- issue 9: image registries. Unit tests name images on 127.0.0.1:5000, where the run command
+# serves the embedded registry; the platform vouches for it there as it does for the embedded one.
+REGISTRY_HOST_ALLOWLIST = sorted({*REGISTRY_HOST_ALLOWLIST, "127.0.0.1:5000"})  # noqa: F405

@@ -10,6 +10,7 @@ from django.test import override_settings
 from portal.choices import InstanceStatus
 from portal.marathon import parse_app_definition
 from portal.models import App, Instance
+from portal.platform_policy import platform_policy
 from portal.selectors import image_pull_allowance
 from portal.services import apps as app_services
 from portal.services.deployments import instance_disk_mib
@@ -33,7 +34,8 @@ def deploy(tenant, **fields) -> App:
     compute_host_create("host-d", memory_mib=8192)
     user = MembershipFactory(tenant=tenant, role=TenantRole.DEVELOPER).user
     access = tenant_access_resolve(user=user, slug=tenant.slug)
-    return app_services.app_create(access=access, definition=parse_app_definition({**APP, **fields})).app
+    definition = parse_app_definition({**APP, **fields}, policy=platform_policy())
+    return app_services.app_create(access=access, definition=definition).app
 
 
 def instances(app: App) -> list[Instance]:
@@ -70,7 +72,9 @@ def test_a_deploy_whose_disk_times_instances_exceeds_the_quota_is_refused_and_st
 
 
 @pytest.mark.django_db
-def test_a_writable_layer_larger_than_the_guest_takes_is_refused_at_its_path(tenant) -> None:
+def test_a_writable_layer_larger_than_the_guest_takes_is_refused_at_its_path(tenant, settings) -> None:
+    # Even where a platform raises its disk cap past what the guest init takes, the service refuses.
+    settings.APP_DEFINITION_LIMITS = settings.APP_DEFINITION_LIMITS | {"max_disk_mib": 4.0 * 1024 * 1024}
     Quota.objects.filter(tenant=tenant).update(disk_mib=4 * 1024 * 1024)
 
     with pytest.raises(InvalidInput) as raised:
