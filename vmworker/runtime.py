@@ -76,10 +76,12 @@ from vmworker.guestinit.protocol import (
     GuestEvent,
     GuestLogParser,
     GuestRecord,
+    MalformedRecord,
     OutputLine,
     exec_request,
     guest_events,
     parse_exec_result,
+    safe_text,
 )
 from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
@@ -101,6 +103,7 @@ STATUS_CACHE_INSTANCES = 4096
 MAX_STATUS_ERRORS = 20
 LOG_READ_CHUNK_BYTES = 1024 * 1024
 LOG_TAIL_CHECK_BYTES = 64
+MALFORMED_LOG_EVERY_S = 60.0
 # How long past the command's own timeout the guest's answer may take (the init kills the
 # command at its timeout; this covers the port and a paused control reader).
 EXEC_REPLY_MARGIN_S = 5.0
@@ -266,10 +269,16 @@ class _LogProgress:
     exit_code: int | None = None
     oom: bool = False
     errors: tuple[str, ...] = ()
+    discarding: bool = False  # offset is inside a line longer than a record may be: skip to its end
+    malformed: int = 0  # records that were not well-formed (ignored), and how many were logged
+    malformed_logged: int = 0
+    malformed_logged_at: float = float("-inf")
 
-    def apply(self, events: Iterator[GuestEvent]) -> None:
+    def apply(self, events: Iterator[GuestEvent | MalformedRecord]) -> None:
         for event in events:
-            if event.name == "exit":
+            if isinstance(event, MalformedRecord):
+                self.malformed += 1
+            elif event.name == "exit":
                 self.exit_code = event.code
             elif event.name == "oom":
                 self.oom = event.code == 1
@@ -800,13 +809,19 @@ class HyperVMRuntime:
         )
 
     def _read_end(self, instance_id: str) -> dict | None:
-        """The end record, if it is about the guest log there now (an instance made again has a new one)."""
+        """The end record, if it is about the guest log there now (an instance made again has a
+        new one) and well-formed (else the status is read again from the log)."""
         directory = self.instance_dir(instance_id)
         try:
-            ended = json.loads((directory / ENDED_FILE).read_text())
-            return ended if ended.get("log_inode") == _inode(directory / GUEST_LOG) else None
+            ended = json.loads((directory / ENDED_FILE).read_bytes())
         except FileNotFoundError:
             return None
+        except (OSError, ValueError):
+            ended = None
+        if not _is_end_record(ended):
+            logger.warning("runtime.end_record_invalid", extra={"instance_id": instance_id})
+            return None
+        return ended if ended["log_inode"] == _inode(directory / GUEST_LOG) else None
 
     def _live_status(self, info: dict) -> InstanceStatus:
         progress = self._read_log_progress(info["instance_id"])
@@ -839,18 +854,37 @@ class HyperVMRuntime:
                     complete = chunk.rfind(b"\n") + 1
                     if complete == 0 and len(chunk) < LOG_READ_CHUNK_BYTES:
                         break  # a line still being written: read it whole next time
-                    # A chunk without any newline is no protocol line (they are < 5 KiB): skip it.
-                    complete = complete or len(chunk)
-                    progress.apply(guest_events(chunk[:complete]))
+                    lines = chunk[:complete]
+                    if progress.discarding:  # the rest of an overlong line is no record
+                        lines = lines[lines.find(b"\n") + 1 :]
+                        progress.discarding = False
+                    # A chunk without any newline is no protocol line (they are < 5 KiB): skip it,
+                    # and the rest of that line in the next chunk, whatever it looks like.
+                    if complete == 0:
+                        complete, progress.discarding = len(chunk), True
+                        progress.malformed += 1
+                    progress.apply(guest_events(lines))
                     progress.offset += complete
                     progress.tail = (progress.tail + chunk[:complete])[-LOG_TAIL_CHECK_BYTES:]
                     log.seek(progress.offset)
         except FileNotFoundError:
             pass
+        self._log_malformed(instance_id, progress)
         self._log_progress[instance_id] = progress
         while len(self._log_progress) > STATUS_CACHE_INSTANCES:
             self._log_progress.popitem(last=False)
         return progress
+
+    def _log_malformed(self, instance_id: str, progress: _LogProgress) -> None:
+        """Says that a guest wrote records that are not well-formed: at most once a
+        MALFORMED_LOG_EVERY_S per instance, however many it writes."""
+        now = self._clock()
+        if progress.malformed > progress.malformed_logged and now - progress.malformed_logged_at >= MALFORMED_LOG_EVERY_S:
+            logger.warning(
+                "runtime.guest_records_malformed",
+                extra={"instance_id": instance_id, "count": progress.malformed - progress.malformed_logged},
+            )
+            progress.malformed_logged, progress.malformed_logged_at = progress.malformed, now
 
     def _same_tail(self, log, progress: _LogProgress) -> bool:
         if not progress.tail:
@@ -953,8 +987,9 @@ class HyperVMRuntime:
         path = self.instance_dir(instance_id) / CONSOLE_LOG
         try:
             with open(path, "rb") as console:
-                console.seek(max(0, path.stat().st_size - max_bytes))
-                return console.read().decode("utf-8", "replace")
+                console.seek(max(0, os.fstat(console.fileno()).st_size - max_bytes))
+                # Guest bytes, bound for the database (no NUL) and a page (no escape sequences).
+                return safe_text(console.read(max_bytes), keep_newlines=True)
         except FileNotFoundError:
             return ""
 
@@ -971,6 +1006,23 @@ def _instance_status(info: dict, *, state: str, exit_code: int | None, oom: bool
         ports=tuple(PortForward(**port) for port in info["ports"]),
         created_at=info["created_at"],
     )
+
+
+def _is_end_record(ended) -> bool:
+    """What status() believes of an ended.json: the types and ranges _record_end writes."""
+    return (
+        isinstance(ended, dict)
+        and ended.get("state") in ("exited", "lost", "running", "booting")
+        and (ended.get("exit_code") is None or _is_exit_code(ended.get("exit_code")))
+        and isinstance(ended.get("oom"), bool)
+        and isinstance(ended.get("errors"), list)
+        and all(isinstance(error, str) for error in ended["errors"])
+        and (ended.get("log_inode") is None or type(ended.get("log_inode")) is int)
+    )
+
+
+def _is_exit_code(value) -> bool:
+    return type(value) is int and 0 <= value <= 255
 
 
 def _inode(path: Path) -> int | None:
@@ -990,8 +1042,10 @@ def _is_instance_dir_name(name: str) -> bool:
 def _ended_at(directory: Path) -> float | None:
     """When the instance ended: its end record's time, else its files' last write (None: no files)."""
     try:
-        return json.loads((directory / ENDED_FILE).read_text())["ended_at"]
-    except (FileNotFoundError, ValueError, KeyError):
+        ended_at = json.loads((directory / ENDED_FILE).read_bytes())["ended_at"]
+        if type(ended_at) in (int, float):
+            return ended_at
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     times = []
     for name in (INSTANCE_FILE, GUEST_LOG, CONSOLE_LOG):
