@@ -87,6 +87,7 @@ from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
 from vmworker.images.manifest import ImageConfig
 from vmworker.images.store import ImageStore, PreparedImage
+from vmworker.log_retention import TrimPoint, trim_point_load
 from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 
 logger = logging.getLogger("vmworker.runtime")
@@ -269,6 +270,7 @@ class _LogProgress:
     exit_code: int | None = None
     oom: bool = False
     errors: tuple[str, ...] = ()
+    start_offset: int = 0  # where reading began: 0, or the log's trim point
     discarding: bool = False  # offset is inside a line longer than a record may be: skip to its end
     malformed: int = 0  # records that were not well-formed (ignored), and how many were logged
     malformed_logged: int = 0
@@ -286,6 +288,21 @@ class _LogProgress:
                 self.started = True
             elif event.name == "error":
                 self.errors = (*self.errors, event.value)[-MAX_STATUS_ERRORS:]
+
+
+def _progress_from(point: TrimPoint | None, *, inode: int) -> _LogProgress:
+    if point is None:
+        return _LogProgress(inode=inode)
+    return _LogProgress(
+        offset=point.offset,
+        start_offset=point.offset,
+        inode=inode,
+        started=point.started,
+        exit_code=point.exit_code,
+        oom=point.oom,
+        errors=point.errors[-MAX_STATUS_ERRORS:],
+        discarding=any(stream == "discard" for stream, _, _ in point.fragments),
+    )
 
 
 def merge_env(image_env: tuple[str, ...], overrides: dict[str, str]) -> tuple[str, ...]:
@@ -839,12 +856,17 @@ class HyperVMRuntime:
     def _read_log_progress(self, instance_id: str) -> _LogProgress:
         """The events of the guest log, reading only what was appended since the last call."""
         progress = self._log_progress.pop(instance_id, None) or _LogProgress()
+        directory = self.instance_dir(instance_id)
         try:
-            with open(self.instance_dir(instance_id) / GUEST_LOG, "rb") as log:
+            with open(directory / GUEST_LOG, "rb") as log:
                 stat = os.fstat(log.fileno())
                 size = stat.st_size
-                if stat.st_ino != progress.inode or size < progress.offset or not self._same_tail(log, progress):
-                    progress = _LogProgress(inode=stat.st_ino)
+                # The console agent frees the log's start past its cap (vmworker.log_retention):
+                # what was there is summed up in its trim point, where a reader starts over.
+                point = trim_point_load(directory, inode=stat.st_ino)
+                behind = point is not None and progress.offset < point.offset
+                if behind or stat.st_ino != progress.inode or size < progress.offset or not self._same_tail(log, progress):
+                    progress = _progress_from(point, inode=stat.st_ino)
                 log.seek(progress.offset)
                 while progress.offset < size:
                     chunk = log.read(min(LOG_READ_CHUNK_BYTES, size - progress.offset))
@@ -888,7 +910,7 @@ class HyperVMRuntime:
 
     def _same_tail(self, log, progress: _LogProgress) -> bool:
         if not progress.tail:
-            return progress.offset == 0
+            return progress.offset == progress.start_offset
         log.seek(progress.offset - len(progress.tail))
         tail = log.read(len(progress.tail))
         self.log_bytes_read += len(tail)
