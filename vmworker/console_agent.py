@@ -15,9 +15,6 @@ Messages (what portal.consumers relies on):
   lines, ``{"type": "console.lines", "instance_id", "lines": [...]}`` to the group
   ``console_group(instance_id)``; once the guest's ``exit`` record is read, after the lines,
   ``{"type": "console.exit", "instance_id", "exit_code"}``.
-- It keeps each instance's logs within their caps (``guest_log_max_bytes``,
-  ``console_log_max_bytes``; vmworker.log_retention): guest.log as it reads it, console.log
-  at each scan.
 
 Log reads run in a worker thread (one at a time per log, under that log's lock), so a big
 catch-up for one backlog request does not stall the requests and live lines of the others.
@@ -39,12 +36,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmworker.console import BACKLOG_MAX_LINES, GuestLogTail
-from vmworker.log_retention import trim_unnumbered_log
 
 logger = logging.getLogger("vmworker.console_agent")
 
 GUEST_LOG = "guest.log"
-CONSOLE_LOG = "console.log"
 POLL_S = 0.05
 SCAN_S = 0.5
 REQUEST_MAX_AGE_S = 10.0
@@ -73,16 +68,12 @@ class ConsoleAgent:
         layer_factory: Callable[[], object],
         poll_s: float = POLL_S,
         scan_s: float = SCAN_S,
-        guest_log_max_bytes: int | None = None,
-        console_log_max_bytes: int | None = None,
     ):
         self.channel = console_channel(host_name)
         self.instances_dir = Path(instances_dir)
         self._layer_factory = layer_factory
         self._poll_s = poll_s
         self._scan_s = scan_s
-        self._guest_log_max_bytes = guest_log_max_bytes
-        self._console_log_max_bytes = console_log_max_bytes
         self._tails: dict[str, GuestLogTail] = {}
         self._tail_locks: dict[str, asyncio.Lock] = {}
         self._exit_sent: set[str] = set()
@@ -197,7 +188,7 @@ class ConsoleAgent:
             path = self.instances_dir / instance_id / GUEST_LOG
             if not path.exists():
                 return None
-            tail = self._tails[instance_id] = GuestLogTail(path, max_bytes=self._guest_log_max_bytes)
+            tail = self._tails[instance_id] = GuestLogTail(path)
         return tail
 
     def _scan(self) -> None:
@@ -207,9 +198,6 @@ class ConsoleAgent:
             present = set()
         for instance_id in present - self._tails.keys():
             self._tail(instance_id)
-        if self._console_log_max_bytes is not None:
-            for instance_id in present:
-                trim_unnumbered_log(self.instances_dir / instance_id / CONSOLE_LOG, self._console_log_max_bytes)
         for instance_id in self._tails.keys() - present:
             del self._tails[instance_id]  # removed: its files are gone
             self._tail_locks.pop(instance_id, None)
@@ -236,7 +224,7 @@ class ConsoleAgent:
         async with self._tail_lock(instance_id):  # held while sending too: batches go out in seq order
             if not tail.has_unread():
                 return False
-            lines = await asyncio.to_thread(tail.read_and_trim)
+            lines = await asyncio.to_thread(tail.read)
             group = console_group(instance_id)
             for start in range(0, len(lines), BATCH_MAX_LINES):
                 batch = [line.as_message() for line in lines[start : start + BATCH_MAX_LINES]]

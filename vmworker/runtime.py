@@ -70,6 +70,7 @@ from vmworker.guestinit.protocol import (
     CONTROL_PORT_NAME,
     KERNEL_CMDLINE,
     LOG_PORT_NAME,
+    RECORD_MAX_BYTES,
     STOP_COMMAND,
     ExecRequestInvalid,
     ExecResult,
@@ -87,7 +88,7 @@ from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
 from vmworker.images.manifest import ImageConfig
 from vmworker.images.store import ImageStore, PreparedImage
-from vmworker.log_retention import TrimPoint, trim_point_load
+from vmworker.log_files import FileStart, LogPosition, first_position, log_files, log_read
 from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 
 logger = logging.getLogger("vmworker.runtime")
@@ -105,6 +106,7 @@ MAX_STATUS_ERRORS = 20
 LOG_READ_CHUNK_BYTES = 1024 * 1024
 LOG_TAIL_CHECK_BYTES = 64
 MALFORMED_LOG_EVERY_S = 60.0
+LOG_READ_MAX_TURNS = 4096  # chunks per status(): 4 GiB, past any kept log (virtlogd caps it)
 # How long past the command's own timeout the guest's answer may take (the init kills the
 # command at its timeout; this covers the port and a paused control reader).
 EXEC_REPLY_MARGIN_S = 5.0
@@ -270,11 +272,26 @@ class _LogProgress:
     exit_code: int | None = None
     oom: bool = False
     errors: tuple[str, ...] = ()
-    start_offset: int = 0  # where reading began: 0, or the log's trim point
-    discarding: bool = False  # offset is inside a line longer than a record may be: skip to its end
+    partial: bytes = b""  # the start of a line not whole yet (at most RECORD_MAX_BYTES)
+    discarding: bool = False  # inside a line longer than a record may be: skip to its end
     malformed: int = 0  # records that were not well-formed (ignored), and how many were logged
     malformed_logged: int = 0
     malformed_logged_at: float = float("-inf")
+
+    def read(self, data: bytes) -> None:
+        """Takes the next bytes of the log: the events of the lines they complete."""
+        buffer = self.partial + data
+        complete = buffer.rfind(b"\n") + 1
+        lines, self.partial = buffer[:complete], buffer[complete:]
+        if self.discarding and complete:  # the rest of an overlong line is no record
+            lines = lines[lines.find(b"\n") + 1 :]
+            self.discarding = False
+        elif self.discarding:
+            self.partial = b""
+        if len(self.partial) > RECORD_MAX_BYTES:  # no record is this long: drop it to its end
+            self.partial, self.discarding = b"", True
+            self.malformed += 1
+        self.apply(guest_events(lines))
 
     def apply(self, events: Iterator[GuestEvent | MalformedRecord]) -> None:
         for event in events:
@@ -290,18 +307,20 @@ class _LogProgress:
                 self.errors = (*self.errors, event.value)[-MAX_STATUS_ERRORS:]
 
 
-def _progress_from(point: TrimPoint | None, *, inode: int) -> _LogProgress:
-    if point is None:
-        return _LogProgress(inode=inode)
+def _progress_from(first: tuple[LogPosition, FileStart] | None) -> _LogProgress:
+    """Reading from the start of the oldest kept file, with what the files before it said."""
+    if first is None:
+        return _LogProgress()
+    position, start = first
     return _LogProgress(
-        offset=point.offset,
-        start_offset=point.offset,
-        inode=inode,
-        started=point.started,
-        exit_code=point.exit_code,
-        oom=point.oom,
-        errors=point.errors[-MAX_STATUS_ERRORS:],
-        discarding=any(stream == "discard" for stream, _, _ in point.fragments),
+        offset=0,
+        inode=position.inode,
+        started=start.started,
+        exit_code=start.exit_code,
+        oom=start.oom,
+        errors=start.errors[-MAX_STATUS_ERRORS:],
+        partial=bytes.fromhex(start.carry),
+        discarding=any(stream == "discard" for stream, _, _ in start.fragments),
     )
 
 
@@ -809,9 +828,12 @@ class HyperVMRuntime:
         return status
 
     def records(self, instance_id: str) -> list[GuestRecord]:
+        """Every record of the kept log files (virtlogd's rotated ones first)."""
         parser = GuestLogParser()
-        data = (self.instance_dir(instance_id) / GUEST_LOG).read_bytes()
-        return parser.feed(data) + parser.close()
+        records = []
+        for _, path in log_files(self.instance_dir(instance_id) / GUEST_LOG):
+            records += parser.feed(path.read_bytes())
+        return records + parser.close()
 
     def status(self, instance_id: str) -> InstanceStatus:
         info = self._read_instance(instance_id)
@@ -854,43 +876,30 @@ class HyperVMRuntime:
         )
 
     def _read_log_progress(self, instance_id: str) -> _LogProgress:
-        """The events of the guest log, reading only what was appended since the last call."""
-        progress = self._log_progress.pop(instance_id, None) or _LogProgress()
-        directory = self.instance_dir(instance_id)
-        try:
-            with open(directory / GUEST_LOG, "rb") as log:
-                stat = os.fstat(log.fileno())
-                size = stat.st_size
-                # The console agent frees the log's start past its cap (vmworker.log_retention):
-                # what was there is summed up in its trim point, where a reader starts over.
-                point = trim_point_load(directory, inode=stat.st_ino)
-                behind = point is not None and progress.offset < point.offset
-                if behind or stat.st_ino != progress.inode or size < progress.offset or not self._same_tail(log, progress):
-                    progress = _progress_from(point, inode=stat.st_ino)
-                log.seek(progress.offset)
-                while progress.offset < size:
-                    chunk = log.read(min(LOG_READ_CHUNK_BYTES, size - progress.offset))
-                    if not chunk:
-                        break
-                    self.log_bytes_read += len(chunk)
-                    complete = chunk.rfind(b"\n") + 1
-                    if complete == 0 and len(chunk) < LOG_READ_CHUNK_BYTES:
-                        break  # a line still being written: read it whole next time
-                    lines = chunk[:complete]
-                    if progress.discarding:  # the rest of an overlong line is no record
-                        lines = lines[lines.find(b"\n") + 1 :]
-                        progress.discarding = False
-                    # A chunk without any newline is no protocol line (they are < 5 KiB): skip it,
-                    # and the rest of that line in the next chunk, whatever it looks like.
-                    if complete == 0:
-                        complete, progress.discarding = len(chunk), True
-                        progress.malformed += 1
-                    progress.apply(guest_events(lines))
-                    progress.offset += complete
-                    progress.tail = (progress.tail + chunk[:complete])[-LOG_TAIL_CHECK_BYTES:]
-                    log.seek(progress.offset)
-        except FileNotFoundError:
-            pass
+        """The events of the guest log, reading only what was appended since the last call,
+        across virtlogd's rotation (vmworker.log_files): the file being read is followed by its
+        inode to its end, then the newer ones."""
+        path = self.instance_dir(instance_id) / GUEST_LOG
+        progress = self._log_progress.pop(instance_id, None)
+        if progress is not None and not self._same_tail(path, progress):
+            progress = None  # the instance made again: a new log, whatever inode it got
+        progress = progress or _progress_from(first_position(path))
+        for _ in range(LOG_READ_MAX_TURNS):  # bounded: status() reads at most this many chunks
+            if progress.inode == 0:
+                break  # no log yet
+            data, position = log_read(path, LogPosition(progress.inode, progress.offset), LOG_READ_CHUNK_BYTES)
+            if position is None:  # its file rotated out before it was read: start over
+                progress = _progress_from(first_position(path))
+                continue
+            if not data:
+                if position.inode == progress.inode:
+                    break
+                progress.inode, progress.offset, progress.tail = position.inode, 0, b""
+                continue
+            self.log_bytes_read += len(data)
+            progress.offset = position.offset
+            progress.tail = (progress.tail + data)[-LOG_TAIL_CHECK_BYTES:]
+            progress.read(data)
         self._log_malformed(instance_id, progress)
         self._log_progress[instance_id] = progress
         while len(self._log_progress) > STATUS_CACHE_INSTANCES:
@@ -908,11 +917,22 @@ class HyperVMRuntime:
             )
             progress.malformed_logged, progress.malformed_logged_at = progress.malformed, now
 
-    def _same_tail(self, log, progress: _LogProgress) -> bool:
-        if not progress.tail:
-            return progress.offset == progress.start_offset
-        log.seek(progress.offset - len(progress.tail))
-        tail = log.read(len(progress.tail))
+    def _same_tail(self, path: Path, progress: _LogProgress) -> bool:
+        """Whether the bytes before the offset are still those read (checked while the file
+        read is the current one; a rotated file is final)."""
+        try:
+            with open(path, "rb") as log:
+                stat = os.fstat(log.fileno())
+                if stat.st_ino != progress.inode:
+                    return True  # rotated (log_read follows it) or gone (log_read says so)
+                if stat.st_size < progress.offset:
+                    return False
+                if not progress.tail:
+                    return progress.offset == 0
+                log.seek(progress.offset - len(progress.tail))
+                tail = log.read(len(progress.tail))
+        except FileNotFoundError:
+            return True
         self.log_bytes_read += len(tail)
         return tail == progress.tail
 

@@ -136,8 +136,6 @@ def _start_console_agent(name: str) -> None:
         instances_dir=runtime().instances_dir,
         # Its own layer instance: its connections belong to the agent's event loop.
         layer_factory=lambda: channel_layers.make_backend(DEFAULT_CHANNEL_LAYER),
-        guest_log_max_bytes=settings.GUEST_LOG_MAX_MIB * 1024 * 1024,
-        console_log_max_bytes=settings.CONSOLE_LOG_MAX_MIB * 1024 * 1024,
     )
     agent.start()
     _console_agents.append(agent)

@@ -193,10 +193,3 @@ GUEST_MIN_MEMORY_MIB = 96  # the guest kernel does not start in less
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "portal.reconcile", "schedule": RECONCILE_INTERVAL_S, "options": {"expires": 10}},
 }
-
-# --- issue 9: guest I/O (everything a guest writes is hostile input)
-# Per-instance caps on what a guest's logs hold on the host's disk (vmworker.log_retention):
-# the host's console agent frees the start of guest.log / console.log past these (keeping the
-# newest half at least), so an app printing without end never fills the host.
-GUEST_LOG_MAX_MIB = int(os.environ.get("PORTAL_GUEST_LOG_MAX_MIB", "16"))
-CONSOLE_LOG_MAX_MIB = int(os.environ.get("PORTAL_CONSOLE_LOG_MAX_MIB", "4"))

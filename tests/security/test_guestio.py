@@ -137,6 +137,7 @@ def test_an_app_printing_without_end_stays_within_the_log_caps_and_the_console_s
     while time.monotonic() < deadline and b"out flood done" not in _tail(directory / "guest.log"):
         largest["guest"] = max(largest["guest"], disk_bytes(guest_logs()))
         largest["console"] = max(largest["console"], disk_bytes(console_logs()))
+        print("sample", [(p.name, os.stat(p).st_size, os.stat(p).st_blocks * 512) for p in guest_logs() + console_logs()])
         time.sleep(0.5)
     written = os.stat(directory / "guest.log").st_size
     console_written = os.stat(directory / "console.log").st_size

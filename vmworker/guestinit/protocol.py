@@ -261,6 +261,11 @@ class GuestLogParser:
         """Bytes fed that are not a whole record yet (the start of a line still being written)."""
         return len(self._buffer)
 
+    def pending_data(self) -> bytes:
+        """The start of a record not whole yet (at most RECORD_MAX_BYTES): feed it to a parser
+        restored from fragment_state() to carry on from here."""
+        return self._buffer
+
     @property
     def in_fragmented_line(self) -> bool:
         """True while an ``out+``/``err+`` line waits for its end: no line boundary here."""
