@@ -146,7 +146,13 @@ class GuestLogTail:
     def _save_file_start(self, checkpoint: _Checkpoint) -> None:
         started, exit_code, oom, errors = checkpoint.events
         start = FileStart(
-            checkpoint.position.inode, checkpoint.seq, checkpoint.fragments, started, exit_code, oom, errors,
+            checkpoint.position.inode,
+            checkpoint.seq,
+            checkpoint.fragments,
+            started,
+            exit_code,
+            oom,
+            errors,
             carry=checkpoint.carry.hex(),
         )
         try:

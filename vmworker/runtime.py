@@ -9,8 +9,9 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   domain and its log instead of making another VM. On a boot failure the domain is destroyed
   and ``BootFailed`` carries the guest's error and the console tail.
 - Each instance owns ``<state_dir>/instances/<uuid>/``: ``instance.json`` (what was asked),
-  ``config.img``, ``guest.log`` (the log port, written by QEMU: app output and guest events,
-  the durable record that survives a worker restart) and ``console.log``; its control socket
+  ``config.img``, ``guest.log`` (the log port, written by virtlogd for QEMU: app output and
+  guest events, the durable record that survives a worker restart; rotated by virtlogd into
+  ``guest.log.0`` ..., see vmworker.log_files) and ``console.log``; its control socket
   is ``<socket_root>/<hash of state_dir>/<uuid>.sock`` (unix socket paths must stay short).
   Once it has ended (``stop``, ``release``, or an exit record with the domain gone) it also holds
   ``ended.json``, its final status: ``status`` answers from it without reading the log or asking
@@ -24,7 +25,10 @@ Contract (what the deploy pipeline and the operator CLI rely on):
 - ``status``, ``logs``, ``follow`` read the instance's files; nothing here needs the process
   that booted the VM to still be alive. ``status`` reads a growing log incrementally: it
   remembers, per instance, how far it has read and what the events said (bounded: the newest
-  STATUS_CACHE_INSTANCES instances, the last MAX_STATUS_ERRORS errors each).
+  STATUS_CACHE_INSTANCES instances, the last MAX_STATUS_ERRORS errors each), following the
+  log's rotated files. Everything in the log is the guest's and hostile: status() never raises
+  on it, believes only well-formed records (vmworker.guestinit.protocol) and logs the others
+  (``runtime.guest_records_malformed``, at most once a MALFORMED_LOG_EVERY_S per instance).
 - ``exec_check`` runs a command in the instance's container through the control port (the
   guest init forks ``/bin/sh -c``) and returns its exit code; ``ExecCheckFailed`` says why it
   could not run to its end (no /bin/sh in the image, timeout, the VM unreachable, a stop).
@@ -910,7 +914,10 @@ class HyperVMRuntime:
         """Says that a guest wrote records that are not well-formed: at most once a
         MALFORMED_LOG_EVERY_S per instance, however many it writes."""
         now = self._clock()
-        if progress.malformed > progress.malformed_logged and now - progress.malformed_logged_at >= MALFORMED_LOG_EVERY_S:
+        if (
+            progress.malformed > progress.malformed_logged
+            and now - progress.malformed_logged_at >= MALFORMED_LOG_EVERY_S
+        ):
             logger.warning(
                 "runtime.guest_records_malformed",
                 extra={"instance_id": instance_id, "count": progress.malformed - progress.malformed_logged},

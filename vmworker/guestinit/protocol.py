@@ -4,7 +4,8 @@ Channels (virtio-serial ports on one ``virtio-serial-pci`` controller, matched b
 name in the guest through /sys/class/virtio-ports, never by number):
 
 ``io.hypervm.log`` (LOG_PORT_NAME), guest -> host, **file-backed** on the host
-    (libvirt ``<channel type='file'>``, QEMU ``-chardev file``). The durable record of
+    (libvirt ``<channel type='file'>``, written by virtlogd and rotated by it, see
+    vmworker.log_files). The durable record of
     one VM run, one record per line, in the order things happened::
 
         init <ms>          /init began (guest CLOCK_MONOTONIC, ms since kernel start)
@@ -21,18 +22,18 @@ name in the guest through /sys/class/virtio-ports, never by number):
                            was killed; 125 init failure, 126 cannot execute, 127 not found
 
     App text is arbitrary bytes without "\\n" (decode leniently); because every line
-    starts with a tag, an app cannot forge an event.
+    starts with a tag, an app cannot forge an event. A stream's unterminated last
+    line is sent as a complete record when the app exits. After ``exit`` the guest
+    powers off (ACPI): with ``on_poweroff=destroy`` the domain disappears.
+    Output can be cut short only when the app leaves children that keep its pipes
+    open: the init drains for 300 ms after the app exits, then reports ``exit``.
 
     The host treats every byte of this file as hostile (root in the guest owns the port and
     the init's memory): parsing never raises, a record longer than RECORD_MAX_BYTES is dropped
     whole (one MalformedRecord with a short sample), and an event is believed only when its
     value is well-formed and in range (``exit`` 0-255, ``oom`` 0 or 1, times 0 to
     MONOTONIC_MS_MAX with at most 6 decimals, ``error`` text without control characters and
-    at most EVENT_TEXT_MAX_CHARS); anything else is a MalformedRecord, counted, never fatal. A stream's unterminated last
-    line is sent as a complete record when the app exits. After ``exit`` the guest
-    powers off (ACPI): with ``on_poweroff=destroy`` the domain disappears.
-    Output can be cut short only when the app leaves children that keep its pipes
-    open: the init drains for 300 ms after the app exits, then reports ``exit``.
+    at most EVENT_TEXT_MAX_CHARS); anything else is a MalformedRecord, counted, never fatal.
 
 ``io.hypervm.control`` (CONTROL_PORT_NAME), both ways, **unix socket** on the host
     (QEMU ``-chardev socket,server=on,wait=off``; the host connects to it).

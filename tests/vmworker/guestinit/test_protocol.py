@@ -166,7 +166,12 @@ def test_an_event_with_a_bad_value_is_malformed_not_believed(line):
 def test_well_formed_events_are_believed_at_their_bounds():
     summary = parse_guest_log(b"init 0\nstarted 999999999999.999999\noom 1\nexit 255\n")
 
-    assert (summary.init_ms, summary.started_ms, summary.oom, summary.exit_code) == (0.0, 999999999999.999999, True, 255)
+    assert (summary.init_ms, summary.started_ms, summary.oom, summary.exit_code) == (
+        0.0,
+        999999999999.999999,
+        True,
+        255,
+    )
     assert summary.malformed == 0
 
 
