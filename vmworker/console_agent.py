@@ -186,14 +186,19 @@ class ConsoleAgent:
         tail = self._tails.get(instance_id)
         if tail is None:
             path = self.instances_dir / instance_id / GUEST_LOG
-            if not path.exists():
+            if not path.exists() and not path.with_name(f"{GUEST_LOG}.0").exists():
                 return None
             tail = self._tails[instance_id] = GuestLogTail(path)
         return tail
 
     def _scan(self) -> None:
         try:
-            present = {path.name for path in self.instances_dir.iterdir() if (path / GUEST_LOG).exists()}
+            # guest.log.0 too: virtlogd renames guest.log before it makes the next one.
+            present = {
+                path.name
+                for path in self.instances_dir.iterdir()
+                if (path / GUEST_LOG).exists() or (path / f"{GUEST_LOG}.0").exists()
+            }
         except FileNotFoundError:
             present = set()
         for instance_id in present - self._tails.keys():

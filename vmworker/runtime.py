@@ -9,8 +9,9 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   domain and its log instead of making another VM. On a boot failure the domain is destroyed
   and ``BootFailed`` carries the guest's error and the console tail.
 - Each instance owns ``<state_dir>/instances/<uuid>/``: ``instance.json`` (what was asked),
-  ``config.img``, ``guest.log`` (the log port, written by QEMU: app output and guest events,
-  the durable record that survives a worker restart) and ``console.log``; its control socket
+  ``config.img``, ``guest.log`` (the log port, written by virtlogd for QEMU: app output and
+  guest events, the durable record that survives a worker restart; rotated by virtlogd into
+  ``guest.log.0`` ..., see vmworker.log_files) and ``console.log``; its control socket
   is ``<socket_root>/<hash of state_dir>/<uuid>.sock`` (unix socket paths must stay short).
   Once it has ended (``stop``, ``release``, or an exit record with the domain gone) it also holds
   ``ended.json``, its final status: ``status`` answers from it without reading the log or asking
@@ -33,7 +34,10 @@ Contract (what the deploy pipeline and the operator CLI rely on):
 - ``status``, ``logs``, ``follow`` read the instance's files; nothing here needs the process
   that booted the VM to still be alive. ``status`` reads a growing log incrementally: it
   remembers, per instance, how far it has read and what the events said (bounded: the newest
-  STATUS_CACHE_INSTANCES instances, the last MAX_STATUS_ERRORS errors each).
+  STATUS_CACHE_INSTANCES instances, the last MAX_STATUS_ERRORS errors each), following the
+  log's rotated files. Everything in the log is the guest's and hostile: status() never raises
+  on it, believes only well-formed records (vmworker.guestinit.protocol) and logs the others
+  (``runtime.guest_records_malformed``, at most once a MALFORMED_LOG_EVERY_S per instance).
 - ``exec_check`` runs a command in the instance's container through the control port (the
   guest init forks ``/bin/sh -c``) and returns its exit code; ``ExecCheckFailed`` says why it
   could not run to its end (no /bin/sh in the image, timeout, the VM unreachable, a stop).
@@ -79,21 +83,25 @@ from vmworker.guestinit.protocol import (
     CONTROL_PORT_NAME,
     KERNEL_CMDLINE,
     LOG_PORT_NAME,
+    RECORD_MAX_BYTES,
     STOP_COMMAND,
     ExecRequestInvalid,
     ExecResult,
     GuestEvent,
     GuestLogParser,
     GuestRecord,
+    MalformedRecord,
     OutputLine,
     exec_request,
     guest_events,
     parse_exec_result,
+    safe_text,
 )
 from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
 from vmworker.images.manifest import ImageConfig
 from vmworker.images.store import ImageStore, PreparedImage
+from vmworker.log_files import FileStart, LogPosition, first_position, log_files, log_read
 from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 
 logger = logging.getLogger("vmworker.runtime")
@@ -110,6 +118,8 @@ STATUS_CACHE_INSTANCES = 4096
 MAX_STATUS_ERRORS = 20
 LOG_READ_CHUNK_BYTES = 1024 * 1024
 LOG_TAIL_CHECK_BYTES = 64
+MALFORMED_LOG_EVERY_S = 60.0
+LOG_READ_MAX_TURNS = 4096  # chunks per status(): 4 GiB, past any kept log (virtlogd caps it)
 # How long past the command's own timeout the guest's answer may take (the init kills the
 # command at its timeout; this covers the port and a paused control reader).
 EXEC_REPLY_MARGIN_S = 5.0
@@ -298,10 +308,32 @@ class _LogProgress:
     exit_code: int | None = None
     oom: bool = False
     errors: tuple[str, ...] = ()
+    partial: bytes = b""  # the start of a line not whole yet (at most RECORD_MAX_BYTES)
+    discarding: bool = False  # inside a line longer than a record may be: skip to its end
+    malformed: int = 0  # records that were not well-formed (ignored), and how many were logged
+    malformed_logged: int = 0
+    malformed_logged_at: float = float("-inf")
 
-    def apply(self, events: Iterator[GuestEvent]) -> None:
+    def read(self, data: bytes) -> None:
+        """Takes the next bytes of the log: the events of the lines they complete."""
+        buffer = self.partial + data
+        complete = buffer.rfind(b"\n") + 1
+        lines, self.partial = buffer[:complete], buffer[complete:]
+        if self.discarding and complete:  # the rest of an overlong line is no record
+            lines = lines[lines.find(b"\n") + 1 :]
+            self.discarding = False
+        elif self.discarding:
+            self.partial = b""
+        if len(self.partial) > RECORD_MAX_BYTES:  # no record is this long: drop it to its end
+            self.partial, self.discarding = b"", True
+            self.malformed += 1
+        self.apply(guest_events(lines))
+
+    def apply(self, events: Iterator[GuestEvent | MalformedRecord]) -> None:
         for event in events:
-            if event.name == "exit":
+            if isinstance(event, MalformedRecord):
+                self.malformed += 1
+            elif event.name == "exit":
                 self.exit_code = event.code
             elif event.name == "oom":
                 self.oom = event.code == 1
@@ -309,6 +341,23 @@ class _LogProgress:
                 self.started = True
             elif event.name == "error":
                 self.errors = (*self.errors, event.value)[-MAX_STATUS_ERRORS:]
+
+
+def _progress_from(first: tuple[LogPosition, FileStart] | None) -> _LogProgress:
+    """Reading from the start of the oldest kept file, with what the files before it said."""
+    if first is None:
+        return _LogProgress()
+    position, start = first
+    return _LogProgress(
+        offset=0,
+        inode=position.inode,
+        started=start.started,
+        exit_code=start.exit_code,
+        oom=start.oom,
+        errors=start.errors[-MAX_STATUS_ERRORS:],
+        partial=bytes.fromhex(start.carry),
+        discarding=any(stream == "discard" for stream, _, _ in start.fragments),
+    )
 
 
 def merge_env(image_env: tuple[str, ...], overrides: dict[str, str]) -> tuple[str, ...]:
@@ -928,9 +977,12 @@ class HyperVMRuntime:
         return status
 
     def records(self, instance_id: str) -> list[GuestRecord]:
+        """Every record of the kept log files (virtlogd's rotated ones first)."""
         parser = GuestLogParser()
-        data = (self.instance_dir(instance_id) / GUEST_LOG).read_bytes()
-        return parser.feed(data) + parser.close()
+        records = []
+        for _, path in log_files(self.instance_dir(instance_id) / GUEST_LOG):
+            records += parser.feed(path.read_bytes())
+        return records + parser.close()
 
     def status(self, instance_id: str) -> InstanceStatus:
         info = self._read_instance(instance_id)
@@ -945,13 +997,19 @@ class HyperVMRuntime:
         )
 
     def _read_end(self, instance_id: str) -> dict | None:
-        """The end record, if it is about the guest log there now (an instance made again has a new one)."""
+        """The end record, if it is about the guest log there now (an instance made again has a
+        new one) and well-formed (else the status is read again from the log)."""
         directory = self.instance_dir(instance_id)
         try:
-            ended = json.loads((directory / ENDED_FILE).read_text())
-            return ended if ended.get("log_inode") == _inode(directory / GUEST_LOG) else None
+            ended = json.loads((directory / ENDED_FILE).read_bytes())
         except FileNotFoundError:
             return None
+        except (OSError, ValueError):
+            ended = None
+        if not _is_end_record(ended):
+            logger.warning("runtime.end_record_invalid", extra={"instance_id": instance_id})
+            return None
+        return ended if ended["log_inode"] == _inode(directory / GUEST_LOG) else None
 
     def _live_status(self, info: dict) -> InstanceStatus:
         progress = self._read_log_progress(info["instance_id"])
@@ -967,41 +1025,66 @@ class HyperVMRuntime:
         )
 
     def _read_log_progress(self, instance_id: str) -> _LogProgress:
-        """The events of the guest log, reading only what was appended since the last call."""
-        progress = self._log_progress.pop(instance_id, None) or _LogProgress()
-        try:
-            with open(self.instance_dir(instance_id) / GUEST_LOG, "rb") as log:
-                stat = os.fstat(log.fileno())
-                size = stat.st_size
-                if stat.st_ino != progress.inode or size < progress.offset or not self._same_tail(log, progress):
-                    progress = _LogProgress(inode=stat.st_ino)
-                log.seek(progress.offset)
-                while progress.offset < size:
-                    chunk = log.read(min(LOG_READ_CHUNK_BYTES, size - progress.offset))
-                    if not chunk:
-                        break
-                    self.log_bytes_read += len(chunk)
-                    complete = chunk.rfind(b"\n") + 1
-                    if complete == 0 and len(chunk) < LOG_READ_CHUNK_BYTES:
-                        break  # a line still being written: read it whole next time
-                    # A chunk without any newline is no protocol line (they are < 5 KiB): skip it.
-                    complete = complete or len(chunk)
-                    progress.apply(guest_events(chunk[:complete]))
-                    progress.offset += complete
-                    progress.tail = (progress.tail + chunk[:complete])[-LOG_TAIL_CHECK_BYTES:]
-                    log.seek(progress.offset)
-        except FileNotFoundError:
-            pass
+        """The events of the guest log, reading only what was appended since the last call,
+        across virtlogd's rotation (vmworker.log_files): the file being read is followed by its
+        inode to its end, then the newer ones."""
+        path = self.instance_dir(instance_id) / GUEST_LOG
+        progress = self._log_progress.pop(instance_id, None)
+        if progress is not None and not self._same_tail(path, progress):
+            progress = None  # the instance made again: a new log, whatever inode it got
+        progress = progress or _progress_from(first_position(path))
+        for _ in range(LOG_READ_MAX_TURNS):  # bounded: status() reads at most this many chunks
+            if progress.inode == 0:
+                break  # no log yet
+            data, position = log_read(path, LogPosition(progress.inode, progress.offset), LOG_READ_CHUNK_BYTES)
+            if position is None:  # its file rotated out before it was read: start over
+                progress = _progress_from(first_position(path))
+                continue
+            if not data:
+                if position.inode == progress.inode:
+                    break
+                progress.inode, progress.offset, progress.tail = position.inode, 0, b""
+                continue
+            self.log_bytes_read += len(data)
+            progress.offset = position.offset
+            progress.tail = (progress.tail + data)[-LOG_TAIL_CHECK_BYTES:]
+            progress.read(data)
+        self._log_malformed(instance_id, progress)
         self._log_progress[instance_id] = progress
         while len(self._log_progress) > STATUS_CACHE_INSTANCES:
             self._log_progress.popitem(last=False)
         return progress
 
-    def _same_tail(self, log, progress: _LogProgress) -> bool:
-        if not progress.tail:
-            return progress.offset == 0
-        log.seek(progress.offset - len(progress.tail))
-        tail = log.read(len(progress.tail))
+    def _log_malformed(self, instance_id: str, progress: _LogProgress) -> None:
+        """Says that a guest wrote records that are not well-formed: at most once a
+        MALFORMED_LOG_EVERY_S per instance, however many it writes."""
+        now = self._clock()
+        if (
+            progress.malformed > progress.malformed_logged
+            and now - progress.malformed_logged_at >= MALFORMED_LOG_EVERY_S
+        ):
+            logger.warning(
+                "runtime.guest_records_malformed",
+                extra={"instance_id": instance_id, "count": progress.malformed - progress.malformed_logged},
+            )
+            progress.malformed_logged, progress.malformed_logged_at = progress.malformed, now
+
+    def _same_tail(self, path: Path, progress: _LogProgress) -> bool:
+        """Whether the bytes before the offset are still those read (checked while the file
+        read is the current one; a rotated file is final)."""
+        try:
+            with open(path, "rb") as log:
+                stat = os.fstat(log.fileno())
+                if stat.st_ino != progress.inode:
+                    return True  # rotated (log_read follows it) or gone (log_read says so)
+                if stat.st_size < progress.offset:
+                    return False
+                if not progress.tail:
+                    return progress.offset == 0
+                log.seek(progress.offset - len(progress.tail))
+                tail = log.read(len(progress.tail))
+        except FileNotFoundError:
+            return True
         self.log_bytes_read += len(tail)
         return tail == progress.tail
 
@@ -1103,8 +1186,9 @@ class HyperVMRuntime:
         path = self.instance_dir(instance_id) / CONSOLE_LOG
         try:
             with open(path, "rb") as console:
-                console.seek(max(0, path.stat().st_size - max_bytes))
-                return console.read().decode("utf-8", "replace")
+                console.seek(max(0, os.fstat(console.fileno()).st_size - max_bytes))
+                # Guest bytes, bound for the database (no NUL) and a page (no escape sequences).
+                return safe_text(console.read(max_bytes), keep_newlines=True)
         except FileNotFoundError:
             return ""
 
@@ -1121,6 +1205,23 @@ def _instance_status(info: dict, *, state: str, exit_code: int | None, oom: bool
         ports=tuple(PortForward(**port) for port in info["ports"]),
         created_at=info["created_at"],
     )
+
+
+def _is_end_record(ended) -> bool:
+    """What status() believes of an ended.json: the types and ranges _record_end writes."""
+    return (
+        isinstance(ended, dict)
+        and ended.get("state") in ("exited", "lost", "running", "booting")
+        and (ended.get("exit_code") is None or _is_exit_code(ended.get("exit_code")))
+        and isinstance(ended.get("oom"), bool)
+        and isinstance(ended.get("errors"), list)
+        and all(isinstance(error, str) for error in ended["errors"])
+        and (ended.get("log_inode") is None or type(ended.get("log_inode")) is int)
+    )
+
+
+def _is_exit_code(value) -> bool:
+    return type(value) is int and 0 <= value <= 255
 
 
 def _inode(path: Path) -> int | None:
@@ -1140,8 +1241,10 @@ def _is_instance_dir_name(name: str) -> bool:
 def _ended_at(directory: Path) -> float | None:
     """When the instance ended: its end record's time, else its files' last write (None: no files)."""
     try:
-        return float(json.loads((directory / ENDED_FILE).read_text())["ended_at"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        ended_at = json.loads((directory / ENDED_FILE).read_bytes())["ended_at"]
+        if type(ended_at) in (int, float):
+            return ended_at
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     times = []
     for name in (INSTANCE_FILE, GUEST_LOG, CONSOLE_LOG):

@@ -112,3 +112,29 @@ def test_channel_and_group_names_are_valid_for_any_host_name():
     layer = redis_layer()
     layer.require_valid_channel_name(console_channel("rack 7/host:α" * 10))  # raises when invalid
     layer.require_valid_group_name(console_group(uuid.uuid4()))
+
+
+def test_hostile_log_bytes_go_out_as_bounded_lines_and_only_a_well_formed_exit_counts(agent, tmp_path):
+    instance_id = str(uuid.uuid4())
+    log = instance_log(tmp_path, instance_id)
+    append(log, b"out " + b"w" * (2 * 1024 * 1024) + b"\n")  # a 2 MiB record: dropped whole
+    append(log, b"out nul \x00 and \xff\xfe bytes\nexit A\nexit 4096\noom 2\n\x00\x00 no tag\n")  # forged: ignored
+    append(log, b"out+ " + b"v" * 4000 + b"\nout after\nexit 9\n")
+
+    async def scenario():
+        client = redis_layer()
+        channel = await client.new_channel()
+        request = {"type": "console.backlog.request", "instance_id": instance_id, "after": -1}
+        await client.send(agent.channel, request | {"reply_to": channel, "sent_at": time.time()})
+        backlog = await receive_until(client, channel, "console.backlog", [])
+        await client.close_pools()
+        return backlog
+
+    backlog = asyncio.run(scenario())
+    # Line 0 is more than a backlog's bytes back (behind the 2 MiB record): it says where it starts.
+    assert backlog["truncated_first_seq"] == 1
+    assert backlog["lines"] == [
+        {"seq": 1, "stream": "stdout", "text": "nul \x00 and \ufffd\ufffd bytes"},
+        {"seq": 2, "stream": "stdout", "text": "v" * 4000 + "after"},
+    ]
+    assert backlog["exit_code"] == 9

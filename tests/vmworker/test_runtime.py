@@ -17,6 +17,7 @@ from vmworker.guestinit.protocol import OutputLine
 from vmworker.images.manifest import ImageConfig
 from vmworker.network.tenant import TenantNetwork, instance_mac
 from vmworker.runtime import (
+    LOG_READ_CHUNK_BYTES,
     LOG_TAIL_CHECK_BYTES,
     BootFailed,
     ExecCheckFailed,
@@ -354,3 +355,54 @@ def fake_domain(tmp_path, instance_id: str, **overrides) -> DomainSpec:
         metadata={"tenant": "t"},
         **overrides,
     )
+
+
+HOSTILE_RECORDS = [
+    b"exit abc\n",
+    b"exit 99999999999999999999999\n",
+    b"exit -1\n",
+    b"oom 7\n",
+    b"started not-a-time\n",
+    b"error \x00nul and \x1b[31mescape\n",
+    b"\xff\xfe\x00garbage without a tag\n",
+    b"out " + b"m" * (4 * 1024 * 1024) + b"\n",  # a 4 MiB record
+    b"x" * LOG_READ_CHUNK_BYTES + b"exit 0\n",  # a record forged to start just after a read chunk
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_RECORDS, ids=range(len(HOSTILE_RECORDS)))
+def test_status_never_raises_on_hostile_records_and_believes_only_well_formed_ones(tmp_path, hostile):
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
+    instance_id, log = make_instance_files(runtime)
+    log.write_bytes(b"init 1.0\nstarted 2.0\n" + hostile)
+
+    status = runtime.status(instance_id)
+
+    assert (status.state, status.exit_code, status.oom) == ("lost", None, False)  # the fake has no domain
+    assert all("\x00" not in error and "\x1b" not in error for error in status.errors)
+    with open(log, "ab") as guest:
+        guest.write(b"oom 1\nexit 137\n")
+    assert (runtime.status(instance_id).exit_code, runtime.status(instance_id).oom) == (137, True)
+
+
+def test_a_malformed_end_record_is_not_believed(tmp_path):
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
+    instance_id, log = make_instance_files(runtime)
+    log.write_bytes(b"started 1.0\nexit 3\n")
+    assert runtime.status(instance_id).exit_code == 3  # recorded in ended.json
+    ended = runtime.instance_dir(instance_id) / "ended.json"
+    for bad in (b"{", b"[]", json.dumps({"state": "exited", "exit_code": "9", "oom": 0, "errors": [1]}).encode()):
+        ended.write_bytes(bad)
+        assert fresh_status(tmp_path, instance_id).exit_code == 3  # read again from the log
+
+
+def fresh_status(tmp_path, instance_id):
+    return HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost()).status(instance_id)
+
+
+def test_the_console_tail_holds_no_nul_nor_escape_for_the_database(tmp_path):
+    runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
+    instance_id, log = make_instance_files(runtime)
+    (log.parent / "console.log").write_bytes(b"boot\x00\x1b]52;c;AAAA\x07 \xff\nok\n")
+
+    assert runtime.console_tail(instance_id) == "boot\ufffd\ufffd]52;c;AAAA\ufffd \ufffd\nok\n"

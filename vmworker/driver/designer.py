@@ -10,10 +10,12 @@ Contract: ``design_domain(spec)`` returns a ``DomainConfig`` whose XML libvirt 9
   devices ("No PCI buses available"), so it is not an option.
 - direct kernel boot (kernel + initrd + cmdline); ``console=ttyS0`` and ``panic=-1`` are added
   when missing so a panicking guest reboots, which ``on_reboot=destroy`` turns into "gone".
-- the serial console is a ``<serial type='file' append='on'>``: libvirtd opens the per-instance
-  log file and hands QEMU the descriptor, so QEMU itself appends to it; it keeps earlier boots,
-  needs no worker process (libvirtd is not in the write path, so it survives a worker restart),
-  and is not rotated (a pty with ``<log>`` would go through virtlogd, which rotates at 2 MiB).
+- the serial console is a ``<serial type='file' append='on'>``: with qemu.conf's default
+  ``stdio_handler = "logd"`` libvirt backs every file chardev (this one and the log port's
+  channel) with virtlogd, so QEMU writes into a pipe and virtlogd appends to the file and rotates
+  it (max_size 2 MiB, max_backups 3 by default: console.log.0 ...). It keeps earlier boots, needs
+  no worker process (it survives a worker restart), and bounds what a guest can put on the
+  host's disk (vmworker.log_files).
 - disks are virtio-blk, read-only when asked, each with a ``<serial>`` the guest finds it by.
 - channels are virtio-serial ports: ``file`` (host reads what the guest appended) or ``unix``
   ``mode='bind'`` (libvirt listens, the host connects).

@@ -4,7 +4,8 @@ Channels (virtio-serial ports on one ``virtio-serial-pci`` controller, matched b
 name in the guest through /sys/class/virtio-ports, never by number):
 
 ``io.hypervm.log`` (LOG_PORT_NAME), guest -> host, **file-backed** on the host
-    (libvirt ``<channel type='file'>``, QEMU ``-chardev file``). The durable record of
+    (libvirt ``<channel type='file'>``, written by virtlogd and rotated by it, see
+    vmworker.log_files). The durable record of
     one VM run, one record per line, in the order things happened::
 
         init <ms>          /init began (guest CLOCK_MONOTONIC, ms since kernel start)
@@ -26,6 +27,13 @@ name in the guest through /sys/class/virtio-ports, never by number):
     powers off (ACPI): with ``on_poweroff=destroy`` the domain disappears.
     Output can be cut short only when the app leaves children that keep its pipes
     open: the init drains for 300 ms after the app exits, then reports ``exit``.
+
+    The host treats every byte of this file as hostile (root in the guest owns the port and
+    the init's memory): parsing never raises, a record longer than RECORD_MAX_BYTES is dropped
+    whole (one MalformedRecord with a short sample), and an event is believed only when its
+    value is well-formed and in range (``exit`` 0-255, ``oom`` 0 or 1, times 0 to
+    MONOTONIC_MS_MAX with at most 6 decimals, ``error`` text without control characters and
+    at most EVENT_TEXT_MAX_CHARS); anything else is a MalformedRecord, counted, never fatal.
 
 ``io.hypervm.control`` (CONTROL_PORT_NAME), both ways, **unix socket** on the host
     (QEMU ``-chardev socket,server=on,wait=off``; the host connects to it).
@@ -76,6 +84,7 @@ What the host (driver) must give the guest, as tests/support/guest_qemu.py does:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -110,7 +119,19 @@ _STREAM_TAGS = {
     "out+": ("stdout", False),
     "err+": ("stderr", False),
 }
-_MAX_PENDING_BYTES = 64 * 1024
+# hvinit writes records of at most 4200 bytes (send_output's buffer; events 1 KiB): a longer
+# line is not the init's, and is dropped whole without being kept.
+RECORD_MAX_BYTES = 8 * 1024
+EVENT_TEXT_MAX_CHARS = 1024
+MAX_SUMMARY_ERRORS = 20
+MALFORMED_SAMPLE_BYTES = 128  # what a MalformedRecord keeps of the line, for the log
+EXIT_CODE_MAX = 255  # exit codes and 128+signal (signals 1-64) both fit in a byte
+MONOTONIC_MS_MAX = 10**12  # ~31 years of guest uptime: anything larger is not a clock
+_MS_PATTERN = re.compile(rb"[0-9]{1,13}(\.[0-9]{1,6})?")
+_EXIT_PATTERN = re.compile(rb"[0-9]{1,3}")
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_CHARS_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_STREAM_TAG_BYTES = frozenset(tag.encode() for tag in _STREAM_TAGS)
 # A line the app never ends (hvinit sends it as 4 KiB ``out+`` pieces forever) keeps at most this
 # much in the parser; the rest is dropped and the line, when it ends, comes out cut.
 OUTPUT_LINE_MAX_CHARS = 16 * 1024
@@ -128,7 +149,8 @@ class OutputLine:
 
 @dataclass(frozen=True)
 class GuestEvent:
-    """An event line; ``value`` is the text after the name ("" when none)."""
+    """An event line; ``value`` is the text after the name ("" when none). The parser makes
+    one only from a well-formed record, so ``monotonic_ms`` and ``code`` never raise on it."""
 
     name: str
     value: str
@@ -146,9 +168,47 @@ class GuestEvent:
 
 @dataclass(frozen=True)
 class MalformedRecord:
-    """A line that is not a protocol record (kept so nothing is silently lost)."""
+    """A line that is not a well-formed protocol record: the first MALFORMED_SAMPLE_BYTES of it
+    (for the log), and its length."""
 
     raw: bytes
+    length: int = -1  # -1: len(raw)
+
+    @property
+    def size(self) -> int:
+        return len(self.raw) if self.length < 0 else self.length
+
+
+def _malformed(line: bytes) -> MalformedRecord:
+    if len(line) <= MALFORMED_SAMPLE_BYTES:
+        return MalformedRecord(line)
+    return MalformedRecord(line[:MALFORMED_SAMPLE_BYTES], len(line))
+
+
+def safe_text(data: bytes, *, max_chars: int | None = None, keep_newlines: bool = False) -> str:
+    """Guest bytes as text a database, a log or a page takes: UTF-8 decoded leniently, control
+    characters (NUL included, which PostgreSQL refuses; ESC, so no terminal sequence) replaced
+    by U+FFFD; tabs kept, and newlines when asked."""
+    text = data.decode("utf-8", "replace")
+    if max_chars is not None and len(text) > max_chars:
+        text = text[:max_chars]
+    pattern = _CONTROL_CHARS_BUT_NEWLINE if keep_newlines else _CONTROL_CHARS
+    return pattern.sub("\ufffd", text)
+
+
+def parse_event(name: str, value: bytes) -> GuestEvent | MalformedRecord:
+    """An event record, checked: ``name`` must be an event name (see _EVENT_NAMES)."""
+    if name == "exit":
+        if _EXIT_PATTERN.fullmatch(value) and int(value) <= EXIT_CODE_MAX:
+            return GuestEvent(name, value.decode("ascii"))
+    elif name == "oom":
+        if value in (b"0", b"1"):
+            return GuestEvent(name, value.decode("ascii"))
+    elif name == "error":
+        return GuestEvent(name, safe_text(value, max_chars=EVENT_TEXT_MAX_CHARS))
+    elif _MS_PATTERN.fullmatch(value) and float(value) <= MONOTONIC_MS_MAX:
+        return GuestEvent(name, value.decode("ascii"))
+    return _malformed(name.encode() + b" " + value)
 
 
 GuestRecord = OutputLine | GuestEvent | MalformedRecord
@@ -166,25 +226,46 @@ class GuestLogParser:
 
     def __init__(self, *, line_max_chars: int = OUTPUT_LINE_MAX_CHARS) -> None:
         self._buffer = b""
+        self._discarding = False  # inside a record longer than RECORD_MAX_BYTES: drop to its end
         self._line_max_chars = line_max_chars
         self._fragments: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._fragment_chars = {"stdout": 0, "stderr": 0}
         self._fragment_cut = {"stdout": False, "stderr": False}
+        self.malformed_count = 0
 
     def feed(self, data: bytes) -> list[GuestRecord]:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        records = [record for line in lines for record in self._parse_line(line)]
-        if len(self._buffer) > _MAX_PENDING_BYTES:
-            # The guest never writes lines this long: whatever this is, don't grow forever.
-            records.append(MalformedRecord(self._buffer))
-            self._buffer = b""
+        buffer = self._buffer + data
+        records: list[GuestRecord] = []
+        start = 0
+        while (newline := buffer.find(b"\n", start)) >= 0:
+            line = buffer[start:newline]
+            start = newline + 1
+            if self._discarding:
+                self._discarding = False  # the end of the overlong record, reported already
+            elif len(line) > RECORD_MAX_BYTES:
+                records.append(_malformed(line))
+            else:
+                records.extend(self._parse_line(line))
+        rest = buffer[start:]
+        if self._discarding:
+            rest = b""
+        elif len(rest) > RECORD_MAX_BYTES:
+            records.append(_malformed(rest))
+            self._discarding = True
+            rest = b""
+        self._buffer = rest
+        self.malformed_count += sum(isinstance(record, MalformedRecord) for record in records)
         return records
 
     @property
     def pending_bytes(self) -> int:
         """Bytes fed that are not a whole record yet (the start of a line still being written)."""
         return len(self._buffer)
+
+    def pending_data(self) -> bytes:
+        """The start of a record not whole yet (at most RECORD_MAX_BYTES): feed it to a parser
+        restored from fragment_state() to carry on from here."""
+        return self._buffer
 
     @property
     def in_fragmented_line(self) -> bool:
@@ -193,13 +274,14 @@ class GuestLogParser:
 
     def fragment_state(self) -> tuple[tuple[str, str, bool], ...]:
         """The lines in pieces now, as (stream, text so far, cut): immutable, at most
-        ``line_max_chars`` per stream. Only meaningful at a record boundary (``pending_bytes``
-        not yet parsed are not in it)."""
-        return tuple(
+        ``line_max_chars`` per stream; ("discard", "", True) while dropping an overlong record.
+        Only meaningful at a record boundary (``pending_bytes`` not yet parsed are not in it)."""
+        state = tuple(
             (stream, "".join(pieces), self._fragment_cut[stream])
             for stream, pieces in self._fragments.items()
             if pieces or self._fragment_cut[stream]
         )
+        return (*state, ("discard", "", True)) if self._discarding else state
 
     @classmethod
     def from_fragment_state(
@@ -207,6 +289,9 @@ class GuestLogParser:
     ) -> GuestLogParser:
         parser = cls(line_max_chars=line_max_chars)
         for stream, text, cut in state:
+            if stream == "discard":
+                parser._discarding = True
+                continue
             parser._fragments[stream] = [text] if text else []
             parser._fragment_chars[stream] = len(text)
             parser._fragment_cut[stream] = cut
@@ -215,6 +300,7 @@ class GuestLogParser:
     def close(self) -> list[GuestRecord]:
         records = list(self._parse_line(self._buffer)) if self._buffer else []
         self._buffer = b""
+        self._discarding = False
         for stream in self._fragments:
             if self._fragments[stream] or self._fragment_cut[stream]:
                 records.append(self._end_line(stream, ""))
@@ -251,9 +337,9 @@ class GuestLogParser:
                 return
             yield self._end_line(stream, text)
         elif name in _EVENT_NAMES:
-            yield GuestEvent(name, rest.decode("utf-8", "replace"))
+            yield parse_event(name, rest)
         else:
-            yield MalformedRecord(line)
+            yield _malformed(line)
 
 
 @dataclass(frozen=True)
@@ -266,6 +352,7 @@ class GuestRunSummary:
     exit_code: int | None  # None while the guest has not reported exit
     oom: bool
     errors: tuple[str, ...]
+    malformed: int = 0  # records that were not well-formed (ignored)
 
     @property
     def init_to_exec_ms(self) -> float | None:
@@ -280,9 +367,12 @@ def summarize_records(records: Iterable[GuestRecord]) -> GuestRunSummary:
     init_ms = started_ms = None
     exit_code = None
     oom = False
+    malformed = 0
     for record in records:
         if isinstance(record, OutputLine):
             output.append(record)
+        elif isinstance(record, MalformedRecord):
+            malformed += 1
         elif isinstance(record, GuestEvent):
             if record.name == "init":
                 init_ms = record.monotonic_ms
@@ -300,17 +390,24 @@ def summarize_records(records: Iterable[GuestRecord]) -> GuestRunSummary:
         started_ms=started_ms,
         exit_code=exit_code,
         oom=oom,
-        errors=tuple(errors),
+        errors=tuple(errors[-MAX_SUMMARY_ERRORS:]),
+        malformed=malformed,
     )
 
 
-def guest_events(data: bytes) -> Iterator[GuestEvent]:
+def guest_events(data: bytes) -> Iterator[GuestEvent | MalformedRecord]:
     """The event records among complete log lines, skipping app output without decoding it
-    (what a status poll needs from a log that may hold megabytes of output)."""
+    (what a status poll needs from a log that may hold megabytes of output); an event record
+    that is not well-formed, a line over RECORD_MAX_BYTES or without a known tag comes out as
+    a MalformedRecord. ``data`` should start at a line start (a cut first line is malformed)."""
     for line in data.split(b"\n"):
         tag, _, rest = line.partition(b" ")
-        if tag in _EVENT_TAGS:
-            yield GuestEvent(tag.decode("ascii"), rest.decode("utf-8", "replace"))
+        if len(line) > RECORD_MAX_BYTES:
+            yield _malformed(line)
+        elif tag in _EVENT_TAGS:
+            yield parse_event(tag.decode("ascii"), rest)
+        elif tag not in _STREAM_TAG_BYTES and line:
+            yield _malformed(line)
 
 
 def parse_guest_log(data: bytes) -> GuestRunSummary:
@@ -347,10 +444,11 @@ def parse_exec_result(line: bytes) -> ExecResult | None:
     tag, _, rest = line.rstrip(b"\r").partition(b" ")
     if tag != EXEC_RESULT_TAG:
         return None
-    request_id, _, rest = rest.decode("utf-8", "replace").partition(" ")
+    request_id, _, rest = safe_text(rest[:RECORD_MAX_BYTES]).partition(" ")
     outcome, _, detail = rest.partition(" ")
-    if outcome == "exit" and detail.lstrip("-").isdigit():
+    if outcome == "exit" and _EXIT_PATTERN.fullmatch(detail.encode()) and int(detail) <= EXIT_CODE_MAX:
         return ExecResult(request_id, "exit", exit_code=int(detail))
     if outcome == "timeout":
         return ExecResult(request_id, "timeout")
-    return ExecResult(request_id, "error", message=detail if outcome == "error" else rest)
+    message = detail if outcome == "error" else rest
+    return ExecResult(request_id, "error", message=message[:EVENT_TEXT_MAX_CHARS])

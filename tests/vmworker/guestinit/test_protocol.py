@@ -3,7 +3,10 @@
 import pytest
 
 from vmworker.guestinit.protocol import (
+    EVENT_TEXT_MAX_CHARS,
     EXEC_MAX_COMMAND_BYTES,
+    MALFORMED_SAMPLE_BYTES,
+    RECORD_MAX_BYTES,
     ExecRequestInvalid,
     ExecResult,
     GuestEvent,
@@ -116,7 +119,74 @@ def test_unknown_lines_are_kept_as_malformed():
     parser = GuestLogParser()
 
     assert parser.feed(b"bogus line\n\n") == [MalformedRecord(b"bogus line"), MalformedRecord(b"")]
-    assert parser.feed(b"x" * 70000) == [MalformedRecord(b"x" * 70000)]
+    assert parser.feed(b"x" * 70000) == [MalformedRecord(b"x" * MALFORMED_SAMPLE_BYTES, 70000)]
+    assert parser.pending_bytes == 0  # nothing of it is kept
+
+
+def test_a_record_over_the_bound_is_dropped_whole_and_the_next_one_is_found():
+    parser = GuestLogParser()
+    line = b"out " + b"y" * RECORD_MAX_BYTES
+
+    records = parser.feed(line[:5000]) + parser.feed(line[5000:] + b" exit 0\nexit 3\n")
+
+    assert records == [MalformedRecord(line[:MALFORMED_SAMPLE_BYTES], len(line) + 7), GuestEvent("exit", "3")]
+    assert parser.malformed_count == 1
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"exit abc",
+        b"exit -1",
+        b"exit 256",
+        b"exit 99999999999999999999999999",
+        b"exit 1e3",
+        b"exit 0x10",
+        b"exit  3",
+        b"exit 3\x00",
+        b"exit \xff",
+        b"oom 2",
+        b"oom true",
+        b"started nan",
+        b"started inf",
+        b"started -5.0",
+        b"started 1e400",
+        b"init 99999999999999.0",
+        b"stopping ",
+    ],
+)
+def test_an_event_with_a_bad_value_is_malformed_not_believed(line):
+    summary = parse_guest_log(b"started 1.0\n" + line + b"\n")
+
+    assert summary.exit_code is None and summary.oom is False and summary.started_ms == 1.0
+    assert summary.malformed == 1
+    assert list(guest_events(line + b"\n")) == [MalformedRecord(line)]
+
+
+def test_well_formed_events_are_believed_at_their_bounds():
+    summary = parse_guest_log(b"init 0\nstarted 999999999999.999999\noom 1\nexit 255\n")
+
+    assert (summary.init_ms, summary.started_ms, summary.oom, summary.exit_code) == (
+        0.0,
+        999999999999.999999,
+        True,
+        255,
+    )
+    assert summary.malformed == 0
+
+
+def test_error_text_from_the_guest_is_bounded_and_without_control_characters():
+    summary = parse_guest_log(b"error bad\x00\x1b[2Jthing \xff " + b"e" * 5000 + b"\n")
+
+    (error,) = summary.errors
+    assert "\x00" not in error and "\x1b" not in error
+    assert error.startswith("bad\ufffd\ufffd[2Jthing \ufffd ") and len(error) == EVENT_TEXT_MAX_CHARS
+
+
+def test_a_malformed_exec_result_is_an_error_not_an_exit_code():
+    assert parse_exec_result(b"exec-result r1 exit 300") == ExecResult("r1", "error", message="exit 300")
+    assert parse_exec_result(b"exec-result r1 exit -1").outcome == "error"
+    assert parse_exec_result(b"exec-result r1 exit 7") == ExecResult("r1", "exit", exit_code=7)
 
 
 def test_guest_events_skips_output_and_keeps_events_in_order():
