@@ -14,12 +14,17 @@ import json
 import re
 import socket
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 from tenants.registry_address import AddressRefused, host_port, resolve_allowed
 
 MAX_BODY_BYTES = 64 * 1024
+# The whole check (registry, token service, registry again) ends within this many per-read
+# timeouts: a server dripping one byte per timeout must not hold a worker for hours.
+DEADLINE_TIMEOUTS = 3
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,23 @@ def _basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
-def _get(url: str, headers: dict, *, timeout_s: float, insecure: bool, allowed: frozenset[str]) -> _Answer:
+def _shut_down(connection: http.client.HTTPConnection) -> None:
+    """Wakes a read blocked on the connection (closing alone does not, on Linux)."""
+    sock = connection.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _get(
+    url: str, headers: dict, *, timeout_s: float, insecure: bool, allowed: frozenset[str], deadline: float
+) -> _Answer:
+    remaining_s = deadline - time.monotonic()
+    if remaining_s <= 0:
+        raise TimeoutError("the registry check ran out of time")
+    timeout_s = min(timeout_s, remaining_s)
     parts = urlsplit(url)
     host, port = host_port(url)
     address = resolve_allowed(host, port, allowed=allowed)
@@ -71,12 +92,23 @@ def _get(url: str, headers: dict, *, timeout_s: float, insecure: bool, allowed: 
         connection = _PinnedHTTPSConnection(host, port, address=address, timeout_s=timeout_s, context=context)
     else:
         connection = _PinnedHTTPConnection(host, port, address=address, timeout_s=timeout_s)
+    cut_off = threading.Timer(remaining_s, _shut_down, args=(connection,))
+    cut_off.daemon = True
+    cut_off.start()
     try:
         connection.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=headers)
         response = connection.getresponse()
-        return _Answer(response.status, response.getheader("WWW-Authenticate", ""), response.read(MAX_BODY_BYTES))
+        answer = _Answer(response.status, response.getheader("WWW-Authenticate", ""), response.read(MAX_BODY_BYTES))
+    except (OSError, http.client.HTTPException) as exc:
+        if time.monotonic() >= deadline:  # cut off mid-answer by the deadline
+            raise TimeoutError("the registry check ran out of time") from exc
+        raise
     finally:
+        cut_off.cancel()
         connection.close()
+    if time.monotonic() >= deadline:
+        raise TimeoutError("the registry check ran out of time")
+    return answer
 
 
 def _realm_refusal(realm: str, *, registry_url: str) -> str | None:
@@ -98,8 +130,9 @@ def registry_check(
     headers = {"Authorization": _basic(username, password)} if username else {}
     registry_api = url.rstrip("/") + "/v2/"
     target = "The registry"
+    deadline = time.monotonic() + DEADLINE_TIMEOUTS * timeout_s
     try:
-        answer = _get(registry_api, headers, timeout_s=timeout_s, insecure=insecure, allowed=allowed)
+        answer = _get(registry_api, headers, timeout_s=timeout_s, insecure=insecure, allowed=allowed, deadline=deadline)
         if answer.status == 401 and answer.challenge.lower().startswith("bearer "):
             params = dict(re.findall(r'(\w+)="([^"]*)"', answer.challenge))
             realm = params.get("realm", "")
@@ -112,7 +145,12 @@ def registry_check(
             # Unverified TLS was accepted for the registry's own (loopback) host only.
             same_host = host_port(realm)[0] == host_port(url)[0]
             token_answer = _get(
-                token_url, headers, timeout_s=timeout_s, insecure=insecure and same_host, allowed=allowed
+                token_url,
+                headers,
+                timeout_s=timeout_s,
+                insecure=insecure and same_host,
+                allowed=allowed,
+                deadline=deadline,
             )
             target = "The registry"
             if token_answer.status != 200:
@@ -127,6 +165,7 @@ def registry_check(
                 timeout_s=timeout_s,
                 insecure=insecure,
                 allowed=allowed,
+                deadline=deadline,
             )
     except AddressRefused as exc:
         return RegistryCheckResult(False, f"{target} is not reachable from the platform: {exc}.")

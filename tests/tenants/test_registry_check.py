@@ -6,6 +6,7 @@ import base64
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -172,3 +173,45 @@ def test_a_name_is_resolved_once_and_the_checked_address_is_the_one_connected_to
 )
 def test_the_address_rule(address, public):
     assert registry_address.address_is_public(address) is public
+
+
+def test_a_registry_dripping_its_answer_cannot_hold_the_check_past_its_deadline():
+    """One byte just inside each read timeout, for ever: the whole check still ends at
+    DEADLINE_TIMEOUTS x the timeout (before: it read for as long as the server kept dripping)."""
+    from tenants.registry_check import DEADLINE_TIMEOUTS
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+            if stop.wait(0.15):
+                break
+            try:
+                conn.send(bytes([byte]))
+            except OSError:
+                break
+        conn.close()
+
+    threading.Thread(target=drip, daemon=True).start()
+    timeout_s = 0.3
+    port = server.getsockname()[1]
+    started = time.monotonic()
+    try:
+        result = registry_check(
+            url=f"http://127.0.0.1:{port}",
+            username="",
+            password="",
+            insecure=True,
+            timeout_s=timeout_s,
+            allowed=frozenset({f"127.0.0.1:{port}"}),
+        )
+    finally:
+        stop.set()
+        server.close()
+    took_s = time.monotonic() - started
+
+    assert result.ok is False and "ran out of time" in result.message, result
+    assert took_s < DEADLINE_TIMEOUTS * timeout_s + 1.0, took_s
