@@ -83,6 +83,16 @@ def _admission_check(definition: AppDefinition) -> None:
         raise InvalidInput("Volumes are not supported yet.", field="/container/volumes(0)")
     if definition.disk_mib > WRITABLE_LAYER_MAX_MIB:
         raise InvalidInput(f"At most {WRITABLE_LAYER_MAX_MIB} MiB.", field="/disk")
+
+
+def _policy_check(definition: AppDefinition) -> None:
+    """Every definition that is stored or deployed again meets today's platform policy, whichever
+    path it came by: a stored version (rollback, restart, scale up, cancel) may predate it. Its
+    image's registry too (a pull is the platform connecting where the tenant says)."""
+    try:
+        parse_app_definition(definition.to_marathon_json(), policy=platform_policy())
+    except MarathonValidationError as error:
+        raise DefinitionOutsidePolicy(error) from None
     registry_host = definition.container.docker.image_reference.registry_host
     try:
         check_image_registry(registry_host, allowed=platform_registry_hosts())
@@ -91,15 +101,6 @@ def _admission_check(definition: AppDefinition) -> None:
             f"The image's registry {registry_host} is not one the platform pulls from: {refused}.",
             field="/container/docker/image",
         ) from None
-
-
-def _policy_check(definition: AppDefinition) -> None:
-    """Every definition that is stored or deployed again meets today's platform policy, whichever
-    path it came by: a stored version (rollback, restart, scale up, cancel) may predate it."""
-    try:
-        parse_app_definition(definition.to_marathon_json(), policy=platform_policy())
-    except MarathonValidationError as error:
-        raise DefinitionOutsidePolicy(error) from None
 
 
 def _quota_check(app: App | None, tenant, definition: AppDefinition) -> None:

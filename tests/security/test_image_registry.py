@@ -9,6 +9,7 @@ check (a stored definition, or a name that resolves elsewhere by the time the ho
 shown by running the host's boot task on a row that names a loopback registry: the instance
 fails with the reason and a listening socket on that port sees no connection."""
 
+import dataclasses
 import json
 import socket
 import threading
@@ -20,9 +21,11 @@ import pytest
 from portal.choices import InstanceStatus
 from portal.marathon import parse_app_definition
 from portal.models import App, AppVersion, Instance
+from portal.selectors import app_definition
 from portal.services import apps as app_services
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
+from tenants.errors import InvalidInput
 from tenants.services import api_token_create
 from tests.support.portal_fixtures import compute_host_create
 from tests.tenants.factories import MembershipFactory
@@ -123,3 +126,20 @@ def test_the_host_refuses_to_pull_from_a_platform_address_a_stored_row_names(ten
     assert instance.status == InstanceStatus.FAILED
     assert f"the image's registry 127.0.0.1:{port} is not one the platform pulls from" in instance.failure_reason
     assert reached == [], "the host connected to the platform's loopback port"
+
+
+@pytest.mark.django_db
+def test_an_app_whose_registry_is_no_longer_allowed_can_scale_down_but_not_up(tenant, settings):
+    compute_host_create("registry-scale-host", memory_mib=8192)
+    user = MembershipFactory(tenant=tenant, role=TenantRole.DEVELOPER).user
+    access = tenant_access_resolve(user=user, slug=tenant.slug)
+    definition = parse_app_definition({**app_json("/was-allowed", "127.0.0.1:5000/demo/a:1"), "instances": 2})
+    app = app_services.app_create(access=access, definition=definition).app
+    settings.REGISTRY_HOST_ALLOWLIST = []  # the platform stops vouching for that registry
+
+    with pytest.raises(InvalidInput) as raised:
+        app_services.app_update(access=access, app=app, definition=dataclasses.replace(definition, instances=3))
+    app_services.app_update(access=access, app=app, definition=dataclasses.replace(definition, instances=0), force=True)
+
+    assert raised.value.field == "/container/docker/image"
+    assert app_definition(App.objects.get(pk=app.pk)).instances == 0
