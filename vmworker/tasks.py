@@ -227,7 +227,7 @@ def instance_spec(instance: Instance) -> InstanceSpec:
         else None,
         ports=tuple(forwards),
         metadata={"tenant": instance.tenant.slug, "app": instance.app.marathon_id, "host": host_name() or ""},
-        stop_grace_s=definition.task_kill_grace_period_s,
+        stop_grace_s=_kill_grace_s(definition),
         network=network_attachment(instance),
         overlay_size_mib=instance_disk_mib(definition),
         disk_quota_left_bytes=allowance.disk_left_bytes,
@@ -367,9 +367,19 @@ def stop_instance(self, instance_id: str) -> None:
         _retry_later(self, instance_id, exc)
 
 
+def _kill_grace_s(definition: AppDefinition) -> int | None:
+    """The app's taskKillGracePeriodSeconds (None: the runtime's default), never above today's
+    platform cap: a version stored before the cap (a day-long grace) is relaunched and stopped
+    with the cap."""
+    grace_s = definition.task_kill_grace_period_s
+    if grace_s is None:
+        return None
+    return min(grace_s, settings.APP_DEFINITION_LIMITS["max_task_kill_grace_period_s"])
+
+
 def _stop_grace_s(instance: Instance) -> int | None:
-    """The app's taskKillGracePeriodSeconds (None: the runtime's default), as its guest was given."""
-    return AppDefinition.from_stored(instance.version.definition).task_kill_grace_period_s
+    """The grace its guest was given."""
+    return _kill_grace_s(AppDefinition.from_stored(instance.version.definition))
 
 
 def _stop_step(instance: Instance) -> None:
