@@ -26,6 +26,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vmworker.private_files import write_private
+
 logger = logging.getLogger("vmworker.log_files")
 
 ROTATED_MAX = 16  # guest.log.0 .. guest.log.15 are looked for (virtlogd's max_backups is 3 by default)
@@ -152,7 +154,7 @@ def _well_typed(start: FileStart) -> bool:
 def file_starts_save(directory: Path, starts: list[FileStart]) -> None:
     path = directory / SEQ_INDEX_FILE
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([asdict(start) for start in starts]))
+    write_private(tmp, json.dumps([asdict(start) for start in starts]).encode())
     os.replace(tmp, path)
 
 

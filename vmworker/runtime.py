@@ -103,6 +103,7 @@ from vmworker.images.manifest import ImageConfig
 from vmworker.images.store import ImageStore, PreparedImage
 from vmworker.log_files import FileStart, LogPosition, first_position, log_files, log_read
 from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
+from vmworker.private_files import write_private
 
 logger = logging.getLogger("vmworker.runtime")
 
@@ -130,7 +131,6 @@ STOP_KILL_MARGIN_S = 5.0
 STOP_CHANNEL_TIMEOUT_S = 5.0  # connect + send of "stop": what a stop request may wait for
 # Folders QEMU traverses to files libvirt labels for it: its group may pass, nobody else.
 QEMU_TRAVERSED_DIR_MODE = 0o710
-PRIVATE_FILE_MODE = 0o600
 QEMU_READ_FILE_MODE = 0o640
 
 
@@ -371,15 +371,8 @@ def merge_env(image_env: tuple[str, ...], overrides: dict[str, str]) -> tuple[st
 
 def _atomic_write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    _write_private(tmp, json.dumps(data, indent=1, sort_keys=True).encode())
+    write_private(tmp, json.dumps(data, indent=1, sort_keys=True).encode())
     os.replace(tmp, path)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Written 0600 from its creation (never readable by others, whatever the umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
 
 
 class HyperVMRuntime:
@@ -804,7 +797,7 @@ class HyperVMRuntime:
         now = time.time()
         request = StopRequest(requested_at=now, deadline=now + max(0.0, grace) + STOP_KILL_MARGIN_S)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        _write_private(tmp, json.dumps(asdict(request)).encode())
+        write_private(tmp, json.dumps(asdict(request)).encode())
         try:
             os.link(tmp, path)  # only the first request is recorded, whole, even when two race
         except FileExistsError:

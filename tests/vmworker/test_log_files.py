@@ -117,3 +117,19 @@ def test_log_caps_reads_virtlogd_and_qemu_conf(tmp_path):
     qemu.write_text('stdio_handler = "file"\n')
     assert log_caps(virtlogd_conf=tmp_path / "none", qemu_conf=qemu)["through_virtlogd"] is False
     assert os.path.exists(virtlogd)
+
+
+def test_saved_log_starts_are_private_whatever_the_umask(tmp_path):
+    """They hold fragments of the app's output: 0600 even under the worker's umask 022."""
+    import os
+    import stat
+
+    from vmworker.log_files import SEQ_INDEX_FILE, file_starts_save
+
+    old = os.umask(0o022)
+    try:
+        file_starts_save(tmp_path, [])
+    finally:
+        os.umask(old)
+
+    assert stat.S_IMODE((tmp_path / SEQ_INDEX_FILE).stat().st_mode) == 0o600
