@@ -283,12 +283,16 @@ def test_command_health_checks_run_inside_the_vm(access, one_host, test_images):
 
 
 @pytest.fixture
-def registry_down_at_first(registry, oci_image_cache_dir, tmp_path_factory):
+def registry_down_at_first(registry, oci_image_cache_dir, tmp_path_factory, compute_hosts, one_host):
     """A second real registry holding the sigterm image, then stopped with its files kept:
-    ``start()`` brings it back on the same port."""
+    ``start()`` brings it back on the same port. The platform allowlists it, so the host worker
+    starts again to know it (it checks an image's registry before it pulls)."""
     work_dir = tmp_path_factory.mktemp("late-registry")
     first = start_registry(work_dir, username=registry.username, password=registry.password)
     platform_allowlist_add(first.host_port)
+    compute_hosts.kill_machine("h1")
+    worker = compute_hosts.start("h1")
+    wait_until("host h1 registered again", lambda: ComputeHost.objects.filter(name=worker.name).exists(), 60)
     authfile = first.write_authfile(tmp_path_factory.mktemp("late-auth") / "auth.json")
     pushed = build_and_push(SIGTERM, cache_dir=oci_image_cache_dir, registry=first.host_port, authfile=authfile)
     stop_registry(first, remove_files=False)

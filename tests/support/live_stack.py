@@ -203,6 +203,11 @@ class HostPool:
         state_dir.chmod(0o755)
         log_path = self.live_stack.log_dir / f"host-{name}.log"
         env = self.live_stack.env | {"HYPERVM_HOST_NAME": full_name, "HYPERVM_STATE_DIR": str(state_dir)}
+        # Registries a test put on the platform's allowlist after the stack started (the host
+        # checks an image's registry against it before it pulls).
+        allowlist = os.environ.get("PORTAL_REGISTRY_HOST_ALLOWLIST")
+        if allowlist:
+            env["PORTAL_REGISTRY_HOST_ALLOWLIST"] = allowlist
         with open(log_path, "ab") as log:
             process = start_celery_worker(queues=f"host.{full_name}", name=full_name, env=env, log=log, concurrency=3)
         self.workers[name] = HostWorker(name=full_name, state_dir=state_dir, process=process, log_path=log_path)

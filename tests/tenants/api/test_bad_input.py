@@ -66,12 +66,12 @@ def test_duplicate_registry_name_is_400_on_name(tenant, admin_client):
 
 def test_a_registry_on_a_platform_address_is_422_unless_the_platform_allows_it(tenant, admin_client, settings):
     path = f"/api/v1/tenants/{tenant.slug}/registries/"
-    body = {"name": "local", "url": "http://127.0.0.1:5000", "insecure": True}
+    body = {"name": "local", "url": "http://127.0.0.1:5001", "insecure": True}
     refused = admin_client.post(path, body, format="json")
     assert refused.status_code == 422 and "loopback" in refused.json()["url"][0]
     assert not ImageRegistry.objects.exists()
 
-    settings.REGISTRY_HOST_ALLOWLIST = ["127.0.0.1:5000"]
+    settings.REGISTRY_HOST_ALLOWLIST = ["127.0.0.1:5001"]
     assert admin_client.post(path, body, format="json").status_code == 201
 
 
