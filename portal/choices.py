@@ -76,13 +76,6 @@ class DeploymentKind(models.TextChoices):
     STOP = "stop"  # app deletion: StopApplication
 
 
-class DeploymentAction(models.TextChoices):
-    START = "StartApplication"
-    STOP = "StopApplication"
-    SCALE = "ScaleApplication"
-    RESTART = "RestartApplication"
-
-
 class HostState(models.TextChoices):
     UP = "up"
     DOWN = "down"

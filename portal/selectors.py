@@ -130,12 +130,6 @@ def app_list_rows(*, tenant) -> list[AppRow]:
     return rows
 
 
-def host_list():
-    from portal.models import ComputeHost
-
-    return ComputeHost.objects.all()
-
-
 def _event_horizon_scan(grace_s: float) -> tuple[int | None, int]:
     """(the horizon as event_horizon gives it, the highest id a reader may pass by that scan)."""
     cutoff = timezone.now() - timedelta(seconds=grace_s)

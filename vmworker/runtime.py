@@ -91,7 +91,6 @@ from vmworker.guestinit.protocol import (
     GuestLogParser,
     GuestRecord,
     MalformedRecord,
-    OutputLine,
     exec_request,
     guest_events,
     parse_exec_result,
@@ -1254,10 +1253,6 @@ def _exec_exit_code(result: ExecResult, timeout_s: float) -> int:
     if result.outcome == "timeout":
         raise ExecCheckFailed(f"the command did not finish within {timeout_s:g} s (killed)")
     raise ExecCheckFailed(result.message or "the guest refused the command")
-
-
-def output_lines(records: list[GuestRecord]) -> list[OutputLine]:
-    return [record for record in records if isinstance(record, OutputLine)]
 
 
 __all__ = [

@@ -46,11 +46,6 @@ class ValidationErrorCollector:
         if message not in messages:
             messages.append(message)
 
-    def has_errors_under(self, path: str) -> bool:
-        return any(
-            p == path or p.startswith(path.rstrip("/") + "/") or p.startswith(path + "(") for p in self._errors_by_path
-        )
-
     def __bool__(self) -> bool:
         return bool(self._errors_by_path)
 

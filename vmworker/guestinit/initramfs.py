@@ -23,7 +23,6 @@ import gzip
 import hashlib
 import lzma
 import os
-import shutil
 import stat
 import subprocess
 import tempfile
@@ -285,11 +284,3 @@ def build_initramfs(
         os.chmod(partial, 0o644)
         os.replace(partial, target)  # atomic: a concurrent builder writes the same bytes
     return target
-
-
-def clear_initramfs_cache(cache_dir: Path) -> None:
-    """Removes every cached initramfs (e.g. after a kernel change)."""
-    for entry in Path(cache_dir).glob("initramfs-*.cpio"):
-        entry.unlink(missing_ok=True)
-    for entry in Path(cache_dir).glob(".build-*"):
-        shutil.rmtree(entry, ignore_errors=True)
