@@ -2,7 +2,7 @@
 
 Not a test: prints figures. Uses the dev database (a throw-away tenant, removed at the end),
 the project's Redis, database 2 unless PORTAL_REDIS_DB or PORTAL_REDIS_URL says otherwise, its
-own registry on 127.0.0.1, one compute-host worker (portal + host queue) and daphne, and
+own registry on 127.0.0.1, one compute-host worker (portal + host queue) and daphne (on 127.0.0.2), and
 Debian's chromium (headless).
 
 A HyperVM (TCG) prints ``bench line <n>`` every ``--interval`` seconds. Guest clocks are not
@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -40,7 +39,6 @@ from portal.marathon import parse_app_definition  # noqa: E402
 from portal.models import Instance  # noqa: E402
 from portal.services.apps import app_create  # noqa: E402
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from tests.support.live_stack import free_port  # noqa: E402
 from vmworker.console import GuestLogTail  # noqa: E402
 from vmworker.console_agent import console_group  # noqa: E402
 
@@ -138,9 +136,7 @@ def main() -> None:
 
     with bench_stack("console", "Console benchmark", {"PYTHONUNBUFFERED": "1"}) as stack:
         stack.start_worker(concurrency=4)
-        port = free_port()
-        stack.spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"])
-        base_url = f"http://127.0.0.1:{port}"
+        base_url = stack.start_web()
         stack.claim_placement(180, restore_others=True)
         user, tenant, access, image, host_dir = stack.user, stack.tenant, stack.access, stack.image, stack.host_dir
 

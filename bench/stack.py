@@ -24,9 +24,11 @@ from portal.models import ComputeHost
 from tenants.access import tenant_access_resolve
 from tenants.models import Tenant
 from tenants.services import tenant_create
+from tests.support.live_stack import PORTAL_HOST, free_port
 from tests.support.oci_images import HTTPD, build_and_push
 from tests.support.registry import LocalRegistry, start_registry, stop_registry
 from tests.support.tenant_access import registry_add
+from vmworker import warm_pool
 from vmworker.runtime import HyperVMRuntime, RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +87,15 @@ class BenchStack:
         settings.CELERY_TASK_DEFAULT_QUEUE = self.queue
         celery_app.conf.task_default_queue = self.queue
 
+    def start_web(self) -> str:
+        """daphne on a free port of the portal's own host (never the apps' publish address: they
+        would share its cookies, portal.public_host), with PORTAL_PUBLIC_URL saying so; its URL."""
+        port = free_port(PORTAL_HOST)
+        url = f"http://{PORTAL_HOST}:{port}"
+        self.env = self.env | {"PORTAL_PUBLIC_URL": url}
+        self.spawn([sys.executable, "-m", "daphne", "-b", PORTAL_HOST, "-p", str(port), "portal.asgi:application"])
+        return url
+
     def claim_placement(self, timeout_s: float, *, restore_others: bool) -> None:
         """Waits for the worker's host to register, then marks the other hosts down so that placement
         picks only the bench host. With ``restore_others`` only the hosts that were up are marked
@@ -109,6 +120,7 @@ class BenchStack:
                 leftover = HyperVMRuntime(RuntimeSettings(state_dir=self.scratch / state_dir))
                 for status in leftover.list_instances():
                     leftover.remove(status.instance_id)
+                warm_pool.discard_all(leftover)  # the host worker's pooled VMs outlive it
         Tenant.objects.filter(pk=self.tenant.pk).delete()
         ComputeHost.objects.filter(name=self.name).delete()
         ComputeHost.objects.filter(pk__in=self.others_up).update(state="up")
@@ -144,6 +156,13 @@ def bench_stack(kind: str, tenant_name: str, env: dict[str, str]) -> Iterator[Be
         | env,
         log=open(scratch / "processes.log", "wb"),  # noqa: SIM115
     )
+    # The bench registry is on loopback, which the platform refuses for tenant registries unless
+    # it vouches for it: on its allowlist, here and in the processes started from this stack.
+    from django.conf import settings
+
+    allowlist = [e for e in os.environ.get("PORTAL_REGISTRY_HOST_ALLOWLIST", "").split(",") if e]
+    stack.env = stack.env | {"PORTAL_REGISTRY_HOST_ALLOWLIST": ",".join([*allowlist, registry.host_port])}
+    settings.REGISTRY_HOST_ALLOWLIST = sorted({*settings.REGISTRY_HOST_ALLOWLIST, registry.host_port})
     try:
         authfile = registry.write_authfile(scratch / "auth.json")
         stack.image = build_and_push(

@@ -10,6 +10,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.prod")
 # Static files are few and vendored; the portal serves them itself (no CDN, no extra server).
 django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
 
+from portal.public_host import refuse_to_start_if_shared  # noqa: E402
+
+# daphne runs no management command: the portal's own host is checked here, before it serves.
+refuse_to_start_if_shared()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402

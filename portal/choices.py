@@ -84,3 +84,13 @@ class HostState(models.TextChoices):
 class VirtType(models.TextChoices):
     KVM = "kvm"
     QEMU = "qemu"
+
+
+class VolumeState(models.TextChoices):
+    """A persistent volume's life: ``reserved`` (admitted and claimed, not yet on a host),
+    ``created`` (its host made it), ``destroying`` (wiped or its app deleted: its host deletes
+    it once no live instance holds it; the row and its claim go when the host confirms)."""
+
+    RESERVED = "reserved"
+    CREATED = "created"
+    DESTROYING = "destroying"

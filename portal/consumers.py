@@ -10,7 +10,9 @@ Contract (the browser side is static/js/live.js; routes in portal/routing.py):
   (portal.stream_security, which also holds the rules below). The check is done again every
   STREAM_RECHECK_S (portal.stream_security.StreamGuard, the re-check every stream kind uses): a
   member removed from the tenant, a user deactivated or a session logged out is closed with
-  4403 within that poll.
+  4403 within that poll. A socket may carry an API token instead (``Authorization: Token <key>``
+  on the handshake, for API clients such as portal.exec_client): it acts as the token's user
+  within the token's tenant, and the re-check reads the token again.
 - Each socket holds one of its user's MAX_STREAMS_PER_USER stream leases (shared with
   /v2/events, across web processes): a socket over the cap is accepted and closed at once with
   4429 and the reason, and gets no message.
@@ -35,11 +37,30 @@ Contract (the browser side is static/js/live.js; routes in portal/routing.py):
   ``unavailable`` and the consumer asks again every POLL_S, going ``live`` when it answers;
   ``gone`` only when the Instance row says the instance ended (or has no host). While
   ``waiting``, the row is read every POLL_S and live lines of the instance start it at once.
+- ``/ws/t/<slug>/instances/<uuid>/exec/?rows=&cols=``: a shell in the instance's container, for
+  the developer role and above (portal.services.exec writes its ``exec.shell`` audit entry when
+  it opens). Refusals, each after one ``{"type": "error", "message"}`` saying why: 4403 no
+  access or a role below developer (also when the role is lost while open), 4409 the instance
+  is not running, 4400 a message that is not one of the below, 4429 more than MESSAGES_PER_S
+  messages a second (after a burst of MESSAGES_BURST), 4502 the host could not open or keep
+  the shell; 4404 (no message) an unknown instance or one of another tenant. The client sends
+  ``{"type": "input", "data": text}`` (keystrokes; at most INPUT_MAX_BYTES),
+  ``{"type": "resize", "rows", "cols"}``, ``{"type": "ping"}`` and ``{"type": "ack", "bytes":
+  n}`` (n: the output bytes it has written to its terminal so far, cumulative; sent every
+  ACK_BYTES or so, and soon after output stops); it gets ``{"type": "opened", "session"}``,
+  ``{"type": "output", "data": base64}`` (terminal bytes, in order) and at the end ``{"type":
+  "exit", "exit_code"}`` (then close 1000). Output is acked to the host only as the client acks
+  it (never beyond what was sent to it), so a client that does not read holds the shell back:
+  at most one guest window (SHELL_WINDOW_BYTES) per shell waits in the portal, however the
+  client's socket drains (daphne has no send backpressure). Acks do not count against
+  MESSAGES_PER_S (a fast shell's client sends many) but have their own bound, ACKS_PER_S.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import time
 from urllib.parse import parse_qs
@@ -53,21 +74,36 @@ from portal.choices import INSTANCE_TERMINAL, InstanceStatus
 from portal.events import app_group, instance_group, tenant_group
 from portal.models import App, Instance
 from portal.selectors import EVENT_REPLAY_LIMIT, event_latest_id, event_list_after
+from portal.services.exec import ExecRefused, InstanceNotFound, InstanceNotRunning, exec_shell_start
 from portal.stream_security import (
     CLOSE_TOO_MANY_STREAMS,
     StreamCredentials,
     StreamGuard,
     StreamVerdict,
+    stream_access_now,
     too_many_streams_message,
 )
 from tenants.access import RoleRequired, TenantNotFound, tenant_access_resolve
+from tenants.authentication import token_from_header
 from tenants.choices import TenantRole
+from tenants.models import ApiToken
 from vmworker.console_agent import console_channel, console_group
+from vmworker.exec_agent import exec_channel
+from vmworker.guestinit.protocol import SHELL_DIMENSION_MAX
 
 logger = logging.getLogger("portal.consumers")
 
 CLOSE_REFUSED = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_BAD_MESSAGE = 4400
+CLOSE_NOT_RUNNING = 4409
+CLOSE_SHELL_FAILED = 4502
+INPUT_MAX_BYTES = 64 * 1024
+MESSAGES_PER_S = 50  # what one shell socket may send (keys come one message each; a paste is one)
+MESSAGES_BURST = 200
+ACK_BYTES = 16 * 1024  # client acks reach the shell's host in steps this big (and every poll)
+ACKS_PER_S = 500  # a client's acks (one per ACK_BYTES written, or 50 ms after output stops: 8 MiB/s)
+ACKS_BURST = 1000
 POLL_S = 2.0  # dropped events, a console waiting or unavailable; the access re-check runs in it
 EVENT_HORIZON_MAX_AGE_S = 0.2
 EVENT_CATCH_UP_MAX_BATCHES = 20
@@ -76,11 +112,21 @@ PENDING_MAX_LINES = 5000
 WAITING = frozenset({InstanceStatus.STAGED, InstanceStatus.PULLING, InstanceStatus.PREPARING, InstanceStatus.BOOTING})
 
 
-def _viewer_access(user, slug: str):
+def _scope_identity(scope) -> tuple[object, ApiToken | None]:
+    """Who a socket acts for: the user of the API token in its Authorization header (an API
+    client; a bad token is nobody), else the session's user."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            token = token_from_header(value.decode("latin1"))
+            return (token.user, token) if token is not None else (None, None)
+    return scope.get("user"), None
+
+
+def _viewer_access(user, slug: str, token: ApiToken | None = None):
     if user is None or not user.is_authenticated:
         return None
     try:
-        access = tenant_access_resolve(user=user, slug=slug)
+        access = tenant_access_resolve(user=user, slug=slug, token=token)
         access.require(TenantRole.VIEWER)
     except (TenantNotFound, RoleRequired):
         return None
@@ -99,20 +145,29 @@ class TenantScopedConsumer(AsyncJsonWebsocketConsumer):
     """Resolves the tenant from the URL for the session user, or refuses the socket; checks again
     every POLL_S and calls ``tick()`` while the socket stays allowed."""
 
+    no_access_message = ""  # sent before a 4403 for no access (the event streams send nothing)
+
     async def connect(self):
         kwargs = self.scope["url_route"]["kwargs"]
         self.slug = kwargs["slug"]
         self.refused = False
         self._poller = None
         self.guard = None
-        user = self.scope.get("user")
-        self.access = await database_sync_to_async(_viewer_access)(user, self.slug)
+        user, token = await database_sync_to_async(_scope_identity)(self.scope)
+        self.access = await database_sync_to_async(_viewer_access)(user, self.slug, token)
         await self.accept()
         if self.access is None:
+            if self.no_access_message:
+                await self.send_json({"type": "error", "message": self.no_access_message})
             await self.refuse(CLOSE_REFUSED)
             return
         session_key = getattr(self.scope.get("session"), "session_key", None)
-        credentials = StreamCredentials(user_id=user.pk, slug=self.slug, session_key=session_key)
+        credentials = StreamCredentials(
+            user_id=user.pk,
+            slug=self.slug,
+            session_key=None if token else session_key,
+            token_id=token.pk if token else None,
+        )
         self.guard = await database_sync_to_async(StreamGuard.open)(credentials)
         if self.guard is None:
             await self.refuse(CLOSE_TOO_MANY_STREAMS, reason=too_many_streams_message())
@@ -416,3 +471,182 @@ class ConsoleConsumer(TenantScopedConsumer):
         """The instance changed: start when it runs, settle the end when it stopped."""
         if not self.finished:
             await self.refresh()
+
+
+class ExecConsumer(TenantScopedConsumer):
+    """A shell in one running instance (``/ws/t/<slug>/instances/<uuid>/exec/?rows=&cols=``): see
+    the contract above; the shell itself runs through the host's exec agent (vmworker.exec_agent)."""
+
+    no_access_message = "Sign in (or send an API token) with access to this tenant to open a shell."
+
+    async def open(self, slug: str, instance_id) -> None:
+        self.session_id = None
+        self.ended = False
+        self.received = 0  # the host's output offset passed to the client (cumulative, lost messages too)
+        self.delivered = 0  # output bytes sent to the client
+        self.client_acked = 0  # of those, what the client says it has written to its terminal
+        self.acked = 0  # the offset acked to the host
+        self.opened = False
+        try:
+            instance, self.session_id = await database_sync_to_async(exec_shell_start)(
+                access=self.access, instance_id=instance_id
+            )
+        except ExecRefused as exc:
+            await self.fail(CLOSE_REFUSED, str(exc))
+            return
+        except InstanceNotFound:
+            await self.refuse(CLOSE_NOT_FOUND)
+            return
+        except InstanceNotRunning as exc:
+            await self.fail(CLOSE_NOT_RUNNING, str(exc))
+            return
+        self.agent = exec_channel(instance.host.name)
+        request = {
+            "type": "exec.open",
+            "session": self.session_id,
+            "instance_id": str(instance.pk),
+            "tenant": str(instance.tenant_id),
+            "reply_to": self.channel_name,
+            "rows": _dimension(_query_int(self.scope, "rows"), 24),
+            "cols": _dimension(_query_int(self.scope, "cols"), 80),
+            "tty": True,
+            "command": None,
+            "sent_at": time.time(),
+        }
+        try:
+            await self.channel_layer.send(self.agent, request)
+        except ChannelFull:
+            await self.fail(CLOSE_SHELL_FAILED, "The instance's host does not answer.")
+            return
+        self.open_timeout = asyncio.create_task(self._open_timeout())
+
+    async def fail(self, code: int, message: str) -> None:
+        await self.send_json({"type": "error", "message": message})
+        await self.refuse(code)
+
+    async def _open_timeout(self) -> None:
+        await asyncio.sleep(settings.EXEC_OPEN_TIMEOUT_S)
+        if not self.opened and not self.refused:
+            await self.to_agent({"type": "exec.close"})
+            await self.fail(CLOSE_SHELL_FAILED, "The instance's host did not open a shell in time.")
+
+    async def to_agent(self, message: dict) -> None:
+        try:
+            await self.channel_layer.send(self.agent, message | {"session": self.session_id})
+        except ChannelFull:
+            logger.warning("consumers.exec_agent_full", extra={"session": self.session_id})
+
+    async def disconnect(self, code):
+        await super().disconnect(code)
+        if getattr(self, "open_timeout", None) is not None:
+            self.open_timeout.cancel()
+        if getattr(self, "session_id", None) and getattr(self, "agent", None) and not self.ended:
+            self.ended = True
+            await self.to_agent({"type": "exec.close"})
+
+    async def tick(self) -> None:
+        """The role may have changed (a developer made viewer loses the shell); the agent hears
+        from us every poll, so it knows the client is still there."""
+        if self.ended or self.session_id is None:
+            return
+        access = await database_sync_to_async(stream_access_now)(self.guard.credentials)
+        if access is None or not access.allows(TenantRole.DEVELOPER):
+            await self.fail(CLOSE_REFUSED, "You no longer have the developer role in this tenant.")
+            return
+        await self.ack(force=True)
+
+    async def ack(self, *, force: bool = False) -> None:
+        """Acks to the host what the client has written (bytes lost on the way, never sent to it,
+        count as acked): the output still unread by the client is never more than one window."""
+        offset = self.received - (self.delivered - self.client_acked)
+        if force or offset - self.acked >= ACK_BYTES:
+            self.acked = max(self.acked, offset)
+            await self.to_agent({"type": "exec.ack", "offset": self.acked})
+
+    async def client_ack(self, written) -> None:
+        if isinstance(written, int) and not isinstance(written, bool) and written > self.client_acked:
+            self.client_acked = min(written, self.delivered)
+            await self.ack()
+
+    # -- from the browser or client ---------------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        try:
+            content = json.loads(text_data) if text_data is not None else None
+        except ValueError:
+            content = None
+        if self.refused or self.session_id is None:
+            return
+        if isinstance(content, dict) and content.get("type") == "ack":
+            if not self.within_rate("acks", ACKS_PER_S, ACKS_BURST):
+                await self.fail(CLOSE_TOO_MANY_STREAMS, f"Too many acks: at most {ACKS_PER_S} a second.")
+            elif not self.ended:
+                await self.client_ack(content.get("bytes"))
+            return
+        if not self.within_rate():
+            await self.fail(CLOSE_TOO_MANY_STREAMS, f"Too many messages: at most {MESSAGES_PER_S} a second.")
+            return
+        if not isinstance(content, dict):
+            await self.fail(CLOSE_BAD_MESSAGE, "Messages are JSON objects: input, resize or ping.")
+            return
+        kind = content.get("type")
+        if kind == "input" and isinstance(content.get("data"), str):
+            data = content["data"].encode("utf-8", "surrogatepass")
+            if len(data) > INPUT_MAX_BYTES:
+                await self.fail(CLOSE_BAD_MESSAGE, f"An input message holds at most {INPUT_MAX_BYTES} bytes.")
+                return
+            if data and not self.ended:
+                await self.to_agent({"type": "exec.input", "data": base64.b64encode(data).decode()})
+        elif kind == "resize" and _is_dimension(content.get("rows")) and _is_dimension(content.get("cols")):
+            if not self.ended:
+                await self.to_agent({"type": "exec.resize", "rows": content["rows"], "cols": content["cols"]})
+        elif kind != "ping":
+            await self.fail(CLOSE_BAD_MESSAGE, "Messages are input {data}, resize {rows, cols}, ack {bytes} or ping.")
+
+    # -- from the exec agent ----------------------------------------------------------------------
+
+    def within_rate(self, bucket: str = "messages", per_s: float = MESSAGES_PER_S, burst: int = MESSAGES_BURST) -> bool:
+        """A token bucket per socket: the host's agent channel is shared by every tenant's shells
+        on that host, and one socket's flood must not fill it for the others."""
+        now = time.monotonic()
+        allowance, at = getattr(self, "buckets", {}).get(bucket, (float(burst), now))
+        allowance = min(float(burst), allowance + (now - at) * per_s)
+        self.buckets = getattr(self, "buckets", {}) | {bucket: (allowance - 1, now)}
+        return allowance >= 1
+
+    def _ours(self, message) -> bool:
+        return message.get("session") == self.session_id and not self.ended
+
+    async def exec_opened(self, message):
+        if self._ours(message):
+            self.opened = True
+            await self.send_json({"type": "opened", "session": self.session_id})
+
+    async def exec_output(self, message):
+        if not self._ours(message):
+            return
+        data = message.get("data", "")
+        offset = message.get("offset", 0)
+        size = len(base64.b64decode(data)) if data else 0
+        await self.send_json({"type": "output", "data": data})
+        self.received = max(self.received, offset + size)
+        self.delivered += size
+
+    async def exec_exit(self, message):
+        if self._ours(message):
+            self.ended = True
+            await self.send_json({"type": "exit", "exit_code": message.get("exit_code")})
+            await self.refuse(1000)
+
+    async def exec_error(self, message):
+        if self._ours(message):
+            self.ended = True
+            await self.fail(CLOSE_SHELL_FAILED, str(message.get("message", "The shell ended.")))
+
+
+def _is_dimension(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= SHELL_DIMENSION_MAX
+
+
+def _dimension(value, default: int) -> int:
+    return value if _is_dimension(value) else default

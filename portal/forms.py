@@ -11,17 +11,22 @@ from django import forms
 
 from portal.marathon import MarathonValidationError, parse_app_definition
 from portal.platform_policy import platform_policy
+from tenants.demo_image import DEMO_REFERENCE_PATH, HTTPD_PORT
 from tenants.embedded_registry import EmbeddedRegistry
 from tenants.errors import DomainError
 
 NO_HEALTH_CHECK = ""
 HEALTH_CHECK_CHOICES = [(NO_HEALTH_CHECK, "None"), ("HTTP", "HTTP"), ("TCP", "TCP")]
 FULL_REFERENCE = ""
+DEMO_IMAGE = DEMO_REFERENCE_PATH
+DEMO_REGISTRY_NAME = "local"
+EXAMPLE_REPOSITORY = "team/web:1.0"
 
 # Marathon error path prefix -> the form field that produced it (longest prefix first).
 FIELD_BY_PATH = (
     ("/container/docker/image", "image"),
     ("/container/portMappings", "ports"),
+    ("/container/volumes", "volumes"),
     ("/healthChecks", "health_check"),
     ("/networks", "ports"),
     ("/instances", "instances"),
@@ -37,6 +42,9 @@ PATH_BY_QUOTA_RESOURCE = {
     "memory_mib": "/mem",
     "instances": "/instances",
     "published_ports": "/container/portMappings",
+    "volumes": "/container/volumes",
+    # The form sets no writable layer size (the platform default): volumes are the disk it asks for.
+    "disk_mib": "/container/volumes",
 }
 
 
@@ -58,18 +66,53 @@ def field_for_path(path: str | None) -> str | None:
 
 def registry_label(registry) -> str:
     if isinstance(registry, EmbeddedRegistry):
-        return f"{registry.name} ({registry.host}, the platform's registry, read-only)"
+        return f"{registry.name} (platform registry)"  # its host is in the Image hint: the label stays short
     return f"{registry.name} ({registry.host})"
+
+
+def demo_registry(registries):
+    """Where the demo image is: the platform's embedded registry, else a tenant registry named local."""
+    embedded = next((r for r in registries if isinstance(r, EmbeddedRegistry)), None)
+    return embedded or next((r for r in registries if r.name == DEMO_REGISTRY_NAME), None)
+
+
+def image_hint(registry, *, demo) -> str:
+    """What the Image field expects with this registry chosen (None: no registry, a full reference)."""
+    if registry is None:
+        example = f"{demo.host}/{DEMO_IMAGE}" if demo else f"registry.example.com/{EXAMPLE_REPOSITORY}"
+        return (
+            f"A full reference: registry host, repository and tag, e.g. {example}. "
+            "Without a registry host it names an image on Docker Hub (docker.io)."
+        )
+    if registry is demo:
+        example = f"{DEMO_IMAGE} (the demo web server, port {HTTPD_PORT})"
+    else:
+        example = EXAMPLE_REPOSITORY
+    owner = ", the platform's, pull only" if isinstance(registry, EmbeddedRegistry) else ""
+    return f"repository:tag in {registry.name} ({registry.host}{owner}), e.g. {example}."
+
+
+class HintedSelect(forms.Select):
+    """A select whose options carry the hint of another field (``data-hint``); portal.js shows the
+    chosen option's hint in the element named by ``data-hint-target``, without a round trip."""
+
+    def __init__(self, *args, hints: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hints = hints or {}
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex=subindex, attrs=attrs)
+        if str(value) in self.hints:
+            option["attrs"]["data-hint"] = self.hints[str(value)]
+        return option
 
 
 class DeployForm(forms.Form):
     app_id = forms.CharField(
         label="App id", max_length=255, initial="/hello", help_text="Lowercase path, e.g. /hello or /shop/web."
     )
-    registry = forms.ChoiceField(label="Registry", required=False)
-    image = forms.CharField(
-        label="Image", max_length=512, help_text="repository:tag in that registry, e.g. demo/hello:latest."
-    )
+    registry = forms.ChoiceField(label="Registry", required=False, widget=HintedSelect)
+    image = forms.CharField(label="Image", max_length=512)
     cmd = forms.CharField(label="Command", required=False, help_text="Optional; run with /bin/sh -c.")
     cpus = forms.FloatField(label="vCPUs", initial=0.5)
     mem = forms.IntegerField(label="Memory (MiB)", initial=128)
@@ -80,15 +123,37 @@ class DeployForm(forms.Form):
     env = forms.CharField(
         label="Environment", required=False, widget=forms.Textarea(attrs={"rows": 3}), help_text="KEY=value per line."
     )
+    volumes = forms.CharField(
+        label="Persistent volumes",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="containerPath:size in MiB per line (data:512), mounted at /mnt/mesos/sandbox/<containerPath>. "
+        "Each instance gets its own, kept across restarts and upgrades; counts toward the disk quota.",
+    )
     health_check = forms.ChoiceField(label="Health check", choices=HEALTH_CHECK_CHOICES, required=False)
     health_path = forms.CharField(label="Health check path", required=False, initial="/", help_text="HTTP only.")
 
     def __init__(self, *args, registries=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.registries = {str(r.pk): r for r in registries}
-        self.fields["registry"].choices = [(pk, registry_label(r)) for pk, r in self.registries.items()] + [
+        demo = demo_registry(registries)
+        registry = self.fields["registry"]
+        registry.choices = [(pk, registry_label(r)) for pk, r in self.registries.items()] + [
             (FULL_REFERENCE, "None: the image is a full reference")
         ]
+        # A first deploy: the registry holding the demo image (else the tenant's first), and
+        # what the demo image needs to reach healthy (its port, a check on it).
+        registry.initial = str(demo.pk) if demo else next(iter(self.registries), FULL_REFERENCE)
+        if demo:
+            self.fields["ports"].initial = str(HTTPD_PORT)
+            self.fields["health_check"].initial = "HTTP"
+            self.fields["image"].widget.attrs["placeholder"] = DEMO_IMAGE
+        hints = {pk: image_hint(r, demo=demo) for pk, r in self.registries.items()}
+        hints[FULL_REFERENCE] = image_hint(None, demo=demo)
+        registry.widget.hints = hints
+        # Before self["image"] exists: a bound field copies its field's help text when made.
+        self.fields["image"].help_text = hints.get(str(self["registry"].value() or ""), hints[FULL_REFERENCE])
+        registry.widget.attrs["data-hint-target"] = f"{self['image'].auto_id}_help"
 
     def clean_ports(self) -> list[int]:
         ports = []
@@ -109,6 +174,20 @@ class DeployForm(forms.Form):
                     raise forms.ValidationError(f"Line {number} is not KEY=value.")
                 env[name.strip()] = value
         return env
+
+    def clean_volumes(self) -> list[tuple[str, int]]:
+        volumes = []
+        for number, line in enumerate(self.cleaned_data["volumes"].splitlines(), start=1):
+            if line.strip():
+                path, sep, size = line.strip().rpartition(":")
+                try:
+                    size_mib = int(size)
+                except ValueError:
+                    size_mib = None
+                if not sep or size_mib is None:
+                    raise forms.ValidationError(f"Line {number} is not containerPath:size (data:512).")
+                volumes.append((path.strip(), size_mib))
+        return volumes
 
     def image_reference(self) -> str:
         image = self.cleaned_data["image"].strip()
@@ -131,6 +210,10 @@ class DeployForm(forms.Form):
             definition["cmd"] = data["cmd"].strip()
         if data["ports"]:
             definition["container"]["portMappings"] = [{"containerPort": p, "hostPort": 0} for p in data["ports"]]
+        if data["volumes"]:
+            definition["container"]["volumes"] = [
+                {"containerPath": path, "mode": "RW", "persistent": {"size": size}} for path, size in data["volumes"]
+            ]
         if data["env"]:
             definition["env"] = data["env"]
         if data["health_check"]:

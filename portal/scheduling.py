@@ -34,6 +34,7 @@ class PlacementRequest:
     memory_mib: int
     host_ports: tuple[int, ...]  # one per published port, in order; 0 = allocate one
     constraints: tuple[Constraint, ...]
+    pinned_host_id: int | None = None  # a resident instance runs where its volumes are
 
     @property
     def fixed_host_ports(self) -> set[int]:
@@ -105,6 +106,14 @@ def instance_place(request: PlacementRequest) -> Placement:
         if problem is not None:
             raise NoValidHost(f"The instance cannot be placed: {problem}.")
     hosts = list(hosts_alive().select_for_update().order_by("id"))
+    if request.pinned_host_id is not None:
+        hosts = [host for host in hosts if host.pk == request.pinned_host_id]
+        if not hosts:
+            pinned = ComputeHost.objects.filter(pk=request.pinned_host_id).values_list("name", flat=True).first()
+            raise NoValidHost(
+                f"Waiting for host {pinned}, which holds the instance's volumes: it is down "
+                "(a resident instance is not moved to another host)."
+            )
     if not hosts:
         raise NoValidHost("No compute host is up.")
     ids = [host.id for host in hosts]

@@ -43,6 +43,7 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.http.request import split_domain_port, validate_host
 
+from portal.shared_redis import channel_layer_redis_url, redis_client
 from tenants.access import RoleRequired, TenantAccess, TenantNotFound, tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.models import ApiToken
@@ -51,7 +52,6 @@ logger = logging.getLogger("portal.stream_security")
 
 CLOSE_TOO_MANY_STREAMS = 4429
 LEASE_KEY_PREFIX = "portal:stream-leases:user:"
-REDIS_TIMEOUT_S = 2.0
 
 # KEYS[1] the user's lease set; ARGV: lease id, cap, ttl in ms. 1: held (taken or refreshed), 0:
 # the user holds the cap already. Redis' own clock, so web hosts with skewed clocks agree.
@@ -196,15 +196,12 @@ def stream_access_now(credentials: StreamCredentials) -> TenantAccess | None:
 
 
 def _lease_redis_url() -> str:
-    if settings.STREAM_LEASE_REDIS_URL:
-        return settings.STREAM_LEASE_REDIS_URL
-    host = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
-    return host["address"] if isinstance(host, dict) else host
+    return settings.STREAM_LEASE_REDIS_URL or channel_layer_redis_url()
 
 
 @cache
 def _lease_script(url: str):
-    client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+    client = redis_client(url)
     return client, client.register_script(_LEASE_SCRIPT)
 
 

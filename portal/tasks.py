@@ -1,4 +1,5 @@
-"""Celery entry points of the portal (beat and engine); host tasks live in vmworker.tasks."""
+"""Celery entry points of the portal (beat, engine, and what compute hosts report); host tasks
+live in vmworker.tasks and are sent to them by name."""
 
 from celery import shared_task
 
@@ -15,3 +16,20 @@ def reconcile() -> None:
     from portal.services.hosts import reconcile_all
 
     reconcile_all()
+
+
+@shared_task(name="portal.instance_report", acks_late=True)
+def instance_report(report: dict) -> None:
+    """A compute host's report on one of its instances (portal.services.host_reports)."""
+    from portal.services.host_reports import instance_report_apply
+
+    instance_report_apply(report=report)
+
+
+@shared_task(name="portal.usage_report", acks_late=False)
+def usage_report(host_name: str, samples: list) -> None:
+    """A compute host's usage samples of its instances (portal.services.usage): at most once,
+    a lost batch is the next one's gap."""
+    from portal.services.usage import usage_record
+
+    usage_record(host_name=host_name, samples=samples)

@@ -9,32 +9,31 @@ event arrives on its WebSocket (see LIVE-CONTRACT: the state shown always comes 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
+import redis
+from django.conf import settings
 from django.contrib import messages
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
 from portal import selectors
-from portal.choices import DeploymentStatus
-from portal.forms import DeployForm, MarathonJsonForm, ScaleForm
+from portal.choices import INSTANCE_ACTIVE, INSTANCE_UP, DeploymentStatus
+from portal.forms import DEMO_IMAGE, DeployForm, MarathonJsonForm, ScaleForm, demo_registry
 from portal.phases import instance_phases
 from portal.services import apps as app_services
+from portal.services.hosts import warm_start_rates
+from portal.services.usage import usage_series
 from tenants.choices import TenantRole
-from tenants.embedded_registry import EmbeddedRegistry
 from tenants.errors import DomainError
 from tenants.selectors import registry_list_for_deploy
 from tenants.views import PlatformAdminView, TenantPageView
 
-DEMO_IMAGE = "demo/hello:latest"
-DEMO_REGISTRY_NAME = "local"
+logger = logging.getLogger(__name__)
+
 JSON_MODE = "json"
-
-
-def demo_registry(registries):
-    """Where the demo image is: the platform's embedded registry, else a tenant registry named local."""
-    embedded = next((r for r in registries if isinstance(r, EmbeddedRegistry)), None)
-    return embedded or next((r for r in registries if r.name == DEMO_REGISTRY_NAME), None)
 
 
 class AppPageView(TenantPageView):
@@ -69,9 +68,9 @@ class DeployView(AppPageView):
     def forms(self, data=None):
         mode = (data or self.request.GET).get("mode", "")
         registries = registry_list_for_deploy(tenant=self.tenant)
-        initial = {"registry": self.request.GET.get("registry", ""), "image": self.request.GET.get("image", "")}
-        if self.request.GET.get("demo"):
-            initial |= {"ports": "8080", "health_check": "HTTP"}
+        # The app list's "Deploy the demo image" names the registry and image; the form's own
+        # defaults (portal.forms.DeployForm) do the rest.
+        initial = {name: self.request.GET[name] for name in ("registry", "image") if name in self.request.GET}
         form = DeployForm(data if mode != JSON_MODE else None, registries=registries, initial=initial)
         json_form = MarathonJsonForm(
             data if mode == JSON_MODE else None, initial={"definition_json": self.example_json(registries)}
@@ -146,6 +145,38 @@ class AppDetailView(AppPageView):
             ended=[(i, instance_phases(i, health_checked=checked)) for i in ended],
             console_instance=console_instance,
             scale_form=ScaleForm(initial={"instances": definition.instances}),
+            volumes=list(selectors.volume_list(tenant=self.tenant, app=app)),
+            live_statuses=INSTANCE_ACTIVE,
+            shell_statuses=INSTANCE_UP,
+        )
+
+
+class AppUsageView(AppPageView):
+    """The app's live instances with their last CPU/memory samples, for the page's charts
+    (static/js/usage.js polls it): ``cpu`` in CPUs, ``mem`` in bytes, ``t`` unix time. Without
+    Redis (where samples live) the instances come with no samples and ``samples_available`` false,
+    not a 500 on every poll."""
+
+    def get(self, request, tenant_slug, app_id):
+        app = self.app_or_404(app_id)
+        instances = list(selectors.instance_list(tenant=self.tenant, app=app))
+        try:
+            series, available = usage_series(instance_ids=[i.pk for i in instances]), True
+        except redis.RedisError:
+            logger.warning("views.usage_unavailable", exc_info=True)
+            series, available = {}, False
+        rows = [
+            {
+                "id": str(i.pk),
+                "status": i.status,
+                "vcpus": i.vcpus,
+                "memory_bytes": i.memory_mib * 1024 * 1024,
+                "samples": series.get(str(i.pk), []),
+            }
+            for i in instances
+        ]
+        return JsonResponse(
+            {"interval_s": settings.USAGE_SAMPLE_INTERVAL_S, "samples_available": available, "instances": rows}
         )
 
 
@@ -207,4 +238,8 @@ class AppActionView(AppPageView):
 class HostsView(PlatformAdminView):
     def get(self, request):
         template = "portal/_hosts_live.html" if request.GET.get("fragment") else "portal/hosts.html"
-        return render(request, template, {"hosts": selectors.host_list_with_usage()})
+        hosts = list(selectors.host_list_with_usage())
+        rates = warm_start_rates(hosts)
+        for host in hosts:
+            host.warm_rate = rates[host.pk]
+        return render(request, template, {"hosts": hosts})

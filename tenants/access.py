@@ -5,6 +5,7 @@ tenants leak nothing."""
 
 from dataclasses import dataclass
 
+from django.db.models import OuterRef, Subquery
 from django.http import Http404
 
 from tenants.choices import TenantRole, role_at_least
@@ -43,8 +44,11 @@ class TenantAccess:
 def tenant_access_resolve(*, user, slug: str, token: ApiToken | None = None) -> TenantAccess:
     if token is not None and token.tenant_id is not None and token.tenant.slug != slug:
         raise TenantNotFound("No such tenant.")
-    tenant = Tenant.objects.visible_to(user).filter(slug=slug).first()
+    # One query on every API request: the tenant as the visibility rule gives it, with the
+    # user's role in it (none for a platform admin who is no member).
+    membership_role = Membership.objects.filter(tenant=OuterRef("pk"), user=user).order_by().values("role")[:1]
+    tenant = Tenant.objects.visible_to(user).filter(slug=slug).annotate(_role=Subquery(membership_role)).first()
     if tenant is None:
         raise TenantNotFound("No such tenant.")
-    role = Membership.objects.filter(tenant=tenant, user=user).values_list("role", flat=True).first()
+    role = tenant.__dict__.pop("_role")
     return TenantAccess(tenant=tenant, role=role, is_platform_admin=bool(user.is_staff), actor=user)

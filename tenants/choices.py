@@ -43,3 +43,5 @@ class AuditAction(models.TextChoices):
     REGISTRY_DELETE = "registry.delete"
     TOKEN_CREATE = "token.create"
     TOKEN_REVOKE = "token.revoke"
+    EXEC_SHELL = "exec.shell"
+    EXEC_RUN = "exec.run"

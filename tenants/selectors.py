@@ -32,6 +32,23 @@ def quota_usage(*, tenant: Tenant) -> dict[str, int]:
     return {resource: value or 0 for resource, value in totals.items()}
 
 
+# What holds disk, by claim owner kind (written by the portal's services: an instance's writable
+# layer, an image in use, a persistent volume).
+DISK_HOLDERS = (("volume", "persistent volumes"), ("instance", "writable layers"), ("image", "images"))
+
+
+def quota_disk_breakdown(*, tenant: Tenant) -> list[tuple[str, int]]:
+    """(label, MiB) of the tenant's disk_mib usage per kind of holder, largest first, zeros left out."""
+    totals = dict(
+        ResourceClaim.objects.for_tenant(tenant)
+        .values("owner_kind")
+        .annotate(disk=Sum("disk_mib"))
+        .values_list("owner_kind", "disk")
+    )
+    parts = [(label, totals.get(kind) or 0) for kind, label in DISK_HOLDERS]
+    return sorted((part for part in parts if part[1]), key=lambda part: -part[1])
+
+
 def quota_report(*, tenant: Tenant) -> list[QuotaLine]:
     quota = Quota.objects.get(tenant=tenant)
     usage = quota_usage(tenant=tenant)

@@ -13,6 +13,7 @@ urlpatterns = [
         name="tenant-member-edit",
     ),
     path("t/<str:tenant_slug>/registries/", views.TenantRegistriesView.as_view(), name="tenant-registries"),
+    path("t/<str:tenant_slug>/audit/", views.TenantAuditView.as_view(), name="tenant-audit"),
     path(
         "t/<str:tenant_slug>/registries/<int:registry_id>/",
         views.TenantRegistryEditView.as_view(),

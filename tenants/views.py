@@ -17,7 +17,7 @@ from tenants.context_processors import SESSION_TENANT_KEY
 from tenants.embedded_registry import embedded_registry
 from tenants.errors import DomainError
 from tenants.forms import MemberAddForm, MemberRoleForm, QuotaForm, RegistryForm, TenantCreateForm, TokenCreateForm
-from tenants.models import ApiToken, ImageRegistry, Membership, Tenant
+from tenants.models import ApiToken, AuditEntry, ImageRegistry, Membership, Tenant
 from tenants.tasks import check_registry
 
 
@@ -77,8 +77,10 @@ class TenantOverviewView(TenantPageView):
         return self.render(
             "tenants/overview.html",
             quota_lines=selectors.quota_report(tenant=self.tenant),
+            disk_breakdown=selectors.quota_disk_breakdown(tenant=self.tenant),
             member_count=selectors.membership_list(tenant=self.tenant).count(),
             registry_count=selectors.registry_list(tenant=self.tenant).count(),
+            platform_registry=embedded_registry(),
         )
 
 
@@ -102,6 +104,17 @@ class TenantMembersView(TenantPageView):
                 messages.success(request, f"Added {form.cleaned_data['username']}.")
                 return redirect("tenant-members", tenant_slug=tenant_slug)
         return self.get(request, tenant_slug, form=form)
+
+
+class TenantAuditView(TenantPageView):
+    """The tenant's audit log (admins and owners), newest first."""
+
+    read_role = TenantRole.ADMIN
+    page_size = 200
+
+    def get(self, request, tenant_slug):
+        entries = AuditEntry.objects.for_tenant(self.tenant).select_related("actor").order_by("-created_at", "-id")
+        return self.render("tenants/audit.html", entries=entries[: self.page_size])
 
 
 class TenantMemberEditView(TenantPageView):

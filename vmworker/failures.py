@@ -24,7 +24,8 @@ RETRY_CAP_S = 30.0
 
 
 def failure_is_transient(error: BaseException) -> bool:
-    return isinstance(error, TRANSIENT_FAILURES)
+    """Also a failure class that says so itself (``transient = True``: the runtime's VolumeBusy)."""
+    return isinstance(error, TRANSIENT_FAILURES) or getattr(type(error), "transient", False) is True
 
 
 def retry_countdown_s(retries_done: int, *, jitter: Callable[[], float] = random.random) -> float:

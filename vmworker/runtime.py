@@ -43,7 +43,9 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   could not run to its end (no /bin/sh in the image, timeout, the VM unreachable, a stop).
   QEMU serves the control socket to one client at a time, and a stop must never queue behind
   a long check: ``stop`` first leaves ``stop.requested`` in the instance folder (seen by any
-  process), and a check gives the channel up within EXEC_STOP_POLL_S once it is there.
+  process), and a check gives the channel up within EXEC_STOP_POLL_S once it is there. While
+  the exec agent holds the port for shells, both go through its relay socket instead
+  (vmworker.control_relay), so neither waits for a shell to end.
 
 No Django here: plain dataclasses in and out.
 """
@@ -66,8 +68,10 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vmworker.control_relay import relay_socket_path
+from vmworker.driver.config import DiskConfig
 from vmworker.driver.errors import DriverError
-from vmworker.driver.guest import STOPPED_STATES, GuestState
+from vmworker.driver.guest import STOPPED_STATES, Guest, GuestState, GuestStats
 from vmworker.driver.kernel import pvh_kernel_for
 from vmworker.driver.probe import find_guest_kernel, probe_virt_type
 from vmworker.driver.spec import ChannelSpec, DiskSpec, DomainSpec, InterfaceSpec, PortForward
@@ -76,6 +80,7 @@ from vmworker.guestinit.config import (
     GuestConfig,
     GuestNetwork,
     GuestTenantInterface,
+    GuestVolume,
     write_config_disk,
 )
 from vmworker.guestinit.initramfs import build_initramfs
@@ -103,11 +108,15 @@ from vmworker.images.store import ImageStore, PreparedImage
 from vmworker.log_files import FileStart, LogPosition, first_position, log_files, log_read
 from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 from vmworker.private_files import write_private
+from vmworker.storage.pool import MIB, StoragePool, StorageVolume, VolumeFormatError, is_formatted, volume_format
 
 logger = logging.getLogger("vmworker.runtime")
 
 ROOTFS_SERIAL = "hvm-rootfs"
+VOLUME_SERIAL_PREFIX = "hvm-vol"  # + the volume's index in the spec: "hvm-vol0"
+VOLUMES_DIR = "volumes"  # the host's dir storage pool, under the state dir
 USER_NET_GUEST = GuestNetwork(ip_cidr="10.0.2.15/24", gateway="10.0.2.2")
+BOOTING_DIR = "booting"
 INSTANCE_FILE = "instance.json"
 GUEST_LOG = "guest.log"
 CONSOLE_LOG = "console.log"
@@ -186,6 +195,15 @@ def _host_port_busy(ports) -> HostPortBusy:
     return HostPortBusy(f"host port {listed} is in use by a program outside the platform", ports=tuple(ports))
 
 
+class VolumeBusy(RuntimeFailure):
+    """A volume is still attached to another VM of this host (an ended instance's VM that its
+    host has not destroyed yet, e.g. one marked lost while its host was cut off): two VMs never
+    mount one volume. Transient: that VM goes (the reconcile removes it as an orphan), so the
+    boot is tried again before it fails."""
+
+    transient = True
+
+
 class ExecCheckFailed(RuntimeFailure):
     """A command could not run to its end in the guest; the message says why."""
 
@@ -209,6 +227,21 @@ class RuntimeSettings:
     # Unix socket paths are limited to 107 bytes, which a state dir of any length can
     # exceed: control sockets live under this short root instead (see control_socket()).
     socket_root: Path = Path("/run/hypervm")
+    # Fast start (vmworker.warm_pool): claim a paused blank VM of the boot's shape when there
+    # is one. The pool's target sizes are the host worker's (HYPERVM_WARM_POOL).
+    warm_pool: bool = False
+
+
+@dataclass(frozen=True)
+class VolumeAttachment:
+    """A persistent volume of the instance: made in ``pool_name`` at its first boot (ext4, once),
+    found again at every later one, attached writable and mounted at MESOS_SANDBOX/``container_path``."""
+
+    volume_id: str
+    pool_name: str
+    volume_name: str
+    size_mib: int
+    container_path: str
 
 
 @dataclass(frozen=True)
@@ -239,6 +272,7 @@ class InstanceSpec:
     # platform's, except for the images the tenant holds already (charged once, see ImageStore).
     disk_quota_left_bytes: int | None = None
     disk_quota_held_digests: frozenset[str] = frozenset()
+    volumes: tuple[VolumeAttachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -251,6 +285,7 @@ class BootResult:
     timings_s: dict[str, float]
     ports: tuple[PortForward, ...]
     reused: bool  # the instance existed already (a re-delivered boot)
+    start: str = "cold"  # "warm": claimed a pooled blank VM (vmworker.warm_pool)
 
 
 @dataclass(frozen=True)
@@ -487,6 +522,26 @@ class HyperVMRuntime:
     def control_socket(self, instance_id: str) -> Path:
         return self.socket_dir / f"{uuid.UUID(instance_id)}.sock"
 
+    def _control_connect(self, instance_id: str, *, timeout_s: float) -> socket.socket:
+        """A connection to the guest's control port: through the exec agent's relay while it
+        holds the port for open shells (vmworker.control_relay), else QEMU's socket itself."""
+        control_socket = self.control_socket(instance_id)
+        for path in (relay_socket_path(control_socket), control_socket):
+            control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            control.settimeout(timeout_s)
+            try:
+                control.connect(str(path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                control.close()
+                if path == control_socket:
+                    raise
+                continue  # no relay (none, or a stale one): QEMU's socket
+            except BaseException:
+                control.close()
+                raise
+            return control
+        raise AssertionError("unreachable")
+
     def _qemu_account(self) -> pwd.struct_passwd | None:
         try:
             return pwd.getpwnam(self.settings.qemu_user)
@@ -535,13 +590,26 @@ class HyperVMRuntime:
         *,
         on_phase: Callable[[str], None] | None = None,
         on_image: Callable[[PreparedImage], None] | None = None,
+        volume_holder_ended: Callable[[str], bool] | None = None,
     ) -> BootResult:
         """``on_image`` sees the prepared image before anything of the instance is made (the
-        portal charges its unpacked size there); an exception from it ends the boot."""
+        portal charges its unpacked size there); an exception from it ends the boot.
+        ``volume_holder_ended`` (see volumes_prepare) tells whether another VM that still has
+        one of the volumes attached belongs to an instance that has ended."""
         instance_id = str(uuid.UUID(spec.instance_id))
         directory = self.instance_dir(instance_id)
         if (directory / INSTANCE_FILE).exists():
             return self._resume_boot(instance_id)
+        # While it exists, the warm pool boots no blank VM (vmworker.warm_pool.boots_in_progress).
+        marker = self.state_dir / BOOTING_DIR / instance_id
+        marker.parent.mkdir(mode=0o700, exist_ok=True)
+        marker.touch()
+        try:
+            return self._boot(spec, instance_id, directory, on_phase, on_image, volume_holder_ended)
+        finally:
+            marker.unlink(missing_ok=True)
+
+    def _boot(self, spec, instance_id, directory, on_phase, on_image, volume_holder_ended) -> BootResult:
         if spec.memory_mib < self.settings.min_memory_mib:
             raise InvalidSpec(f"memory must be at least {self.settings.min_memory_mib} MiB for the guest kernel")
         if spec.vcpus < 1:
@@ -571,63 +639,31 @@ class HyperVMRuntime:
         virt_type = self.virt_type()
         timings["initramfs"] = round(self._clock() - started, 4)
 
+        holder_ended = volume_holder_ended
+        if self.settings.warm_pool and not directory.exists():
+            from vmworker.warm_pool import claim_and_start
+
+            warm = claim_and_start(self, spec, instance_id, prepared, argv, virt_type, timings, notify, holder_ended)
+            if warm is not None:
+                return warm
+            timings.pop("claim", None)
         self._qemu_traversed_dir(directory)  # a crashed earlier attempt may have made it
         try:
-            return self._start(spec, instance_id, directory, prepared, argv, kernel, initrd, virt_type, timings, notify)
+            return self._start(
+                spec, instance_id, directory, prepared, argv, kernel, initrd, virt_type, timings, notify, holder_ended
+            )
         except BaseException:
             self.remove(instance_id)  # the reason and the console tail travel in the exception
             raise
 
     def _start(
-        self, spec, instance_id, directory, prepared: PreparedImage, argv, kernel, initrd, virt_type, timings, notify
+        self, spec, instance_id, directory, prepared, argv, kernel, initrd, virt_type, timings, notify, holder_ended
     ) -> BootResult:
+        """``prepared``: the PreparedImage; ``holder_ended``: boot's ``volume_holder_ended``."""
         name = spec.name or f"hvm-{instance_id[:8]}"
-        hostname = spec.hostname or name.replace("_", "-")[:63].strip("-") or "hypervm"
-        guest_config = GuestConfig(
-            hostname=hostname,
-            argv=argv,
-            env=merge_env(prepared.config.env, spec.env),
-            working_dir=spec.working_dir or prepared.config.working_dir or "/",
-            user=spec.user or prepared.config.user or "0:0",
-            rootfs_serial=ROOTFS_SERIAL,
-            rootfs_type=prepared.fs_type,
-            overlay_size_mib=spec.overlay_size_mib or self.settings.overlay_size_mib,
-            stop_grace_s=spec.stop_grace_s if spec.stop_grace_s is not None else self.settings.stop_grace_s,
-            # Both NICs carry fixed MACs: the init picks each by its MAC, never by eth0/eth1 order.
-            network=dataclasses.replace(USER_NET_GUEST, mac=instance_mac(instance_id, "user")) if spec.ports else None,
-            tenant_interface=GuestTenantInterface(mac=spec.network.mac, ip_cidr=spec.network.ip_cidr)
-            if spec.network
-            else None,
-        )
-        config_disk = directory / "config.img"
-        write_config_disk(guest_config, config_disk)
-        self._qemu_readable_file(config_disk)  # it holds the app's environment (its secrets)
-        Path(self.settings.socket_root).mkdir(mode=0o755, parents=True, exist_ok=True)
-        self._qemu_writable_dir(self.socket_dir)
-        (directory / GUEST_LOG).touch(mode=QEMU_READ_FILE_MODE)
-        self._qemu_readable_file(directory / GUEST_LOG)
-        _atomic_write_json(
-            directory / INSTANCE_FILE,
-            {
-                "instance_id": instance_id,
-                "name": name,
-                "image": spec.image,
-                "image_digest": prepared.manifest_digest,
-                "argv": list(argv),
-                "vcpus": spec.vcpus,
-                "memory_mib": spec.memory_mib,
-                "ports": [asdict(port) for port in spec.ports],
-                "virt_type": virt_type,
-                "created_at": time.time(),
-                "metadata": dict(spec.metadata),
-                "network": {
-                    "network_id": spec.network.network.network_id,
-                    "mac": spec.network.mac,
-                    "ip_cidr": spec.network.ip_cidr,
-                }
-                if spec.network
-                else None,
-            },
+        volume_disks = self.volumes_prepare(spec.volumes, instance_id=instance_id, holder_ended=holder_ended)
+        config_disk = self._write_instance_files(
+            spec, instance_id, directory, prepared, argv, virt_type, volume_disks, instance_mac(instance_id, "user")
         )
         domain = DomainSpec(
             instance_id=instance_id,
@@ -642,6 +678,7 @@ class HyperVMRuntime:
             disks=(
                 DiskSpec(path=prepared.fs_path, serial=ROOTFS_SERIAL, readonly=True),
                 DiskSpec(path=config_disk, serial=CONFIG_DISK_SERIAL, readonly=True),
+                *volume_disks,
             ),
             channels=(
                 ChannelSpec(name=LOG_PORT_NAME, path=directory / GUEST_LOG, kind="file"),
@@ -652,7 +689,7 @@ class HyperVMRuntime:
             interfaces=(InterfaceSpec(network=spec.network.network.libvirt_name, mac=spec.network.mac),)
             if spec.network
             else (),
-            metadata={"name": name, **{k: v for k, v in spec.metadata.items() if k != "instance"}},
+            metadata=self._domain_metadata(spec, name),
         )
         notify("booting")
         busy = busy_host_ports(spec.ports)
@@ -679,6 +716,72 @@ class HyperVMRuntime:
             reused=False,
         )
 
+    @staticmethod
+    def _domain_metadata(spec: InstanceSpec, name: str) -> dict[str, str]:
+        return {"name": name, **{k: v for k, v in spec.metadata.items() if k != "instance"}}
+
+    def _write_instance_files(
+        self, spec, instance_id, directory, prepared, argv, virt_type, volume_disks, user_mac, *, extra=None
+    ) -> Path:
+        """The config disk, the empty guest log and instance.json in ``directory``; returns the
+        config disk. ``user_mac``: the published-ports NIC's MAC (the init finds it by it)."""
+        name = spec.name or f"hvm-{instance_id[:8]}"
+        hostname = spec.hostname or name.replace("_", "-")[:63].strip("-") or "hypervm"
+        guest_config = GuestConfig(
+            hostname=hostname,
+            argv=argv,
+            env=merge_env(prepared.config.env, spec.env),
+            working_dir=spec.working_dir or prepared.config.working_dir or "/",
+            user=spec.user or prepared.config.user or "0:0",
+            rootfs_serial=ROOTFS_SERIAL,
+            rootfs_type=prepared.fs_type,
+            overlay_size_mib=spec.overlay_size_mib or self.settings.overlay_size_mib,
+            stop_grace_s=spec.stop_grace_s if spec.stop_grace_s is not None else self.settings.stop_grace_s,
+            # Both NICs carry fixed MACs: the init picks each by its MAC, never by eth0/eth1 order.
+            network=dataclasses.replace(USER_NET_GUEST, mac=user_mac) if spec.ports else None,
+            tenant_interface=GuestTenantInterface(mac=spec.network.mac, ip_cidr=spec.network.ip_cidr)
+            if spec.network
+            else None,
+            volumes=tuple(
+                GuestVolume(serial=disk.serial, name=volume.container_path)
+                for disk, volume in zip(volume_disks, spec.volumes, strict=True)
+            ),
+        )
+        config_disk = directory / "config.img"
+        write_config_disk(guest_config, config_disk)
+        self._qemu_readable_file(config_disk)  # it holds the app's environment (its secrets)
+        Path(self.settings.socket_root).mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._qemu_writable_dir(self.socket_dir)
+        if not (directory / GUEST_LOG).exists():
+            (directory / GUEST_LOG).touch(mode=QEMU_READ_FILE_MODE)
+            self._qemu_readable_file(directory / GUEST_LOG)
+        _atomic_write_json(
+            directory / INSTANCE_FILE,
+            {
+                "instance_id": instance_id,
+                "name": name,
+                "image": spec.image,
+                "image_digest": prepared.manifest_digest,
+                "argv": list(argv),
+                "vcpus": spec.vcpus,
+                "memory_mib": spec.memory_mib,
+                "ports": [asdict(port) for port in spec.ports],
+                "virt_type": virt_type,
+                "created_at": time.time(),
+                "metadata": dict(spec.metadata),
+                "network": {
+                    "network_id": spec.network.network.network_id,
+                    "mac": spec.network.mac,
+                    "ip_cidr": spec.network.ip_cidr,
+                }
+                if spec.network
+                else None,
+                "volumes": [asdict(volume) for volume in spec.volumes],
+                **(extra or {}),
+            },
+        )
+        return config_disk
+
     def _define_and_start(self, domain: DomainSpec, network: NetworkAttachment | None) -> None:
         if network is None:
             self.host.define_and_start(domain)
@@ -703,6 +806,84 @@ class HyperVMRuntime:
     @property
     def networks_dir(self) -> Path:
         return self.state_dir / "networks"
+
+    # --- persistent volumes (vmworker.storage) ----------------------------------------------
+
+    def volume_pool(self, pool_name: str) -> StoragePool:
+        """The host's dir pool, made (folder and libvirt pool) when first needed."""
+        pool = StoragePool(name=pool_name, path=self.state_dir / VOLUMES_DIR)
+        self._qemu_traversed_dir(pool.path)
+        self.host.pool_ensure(pool)
+        return pool
+
+    def volumes_prepare(
+        self,
+        volumes: tuple[VolumeAttachment, ...],
+        *,
+        instance_id: str,
+        holder_ended: Callable[[str], bool] | None = None,
+    ) -> tuple[DiskSpec, ...]:
+        """Each volume made through the pool API (a fresh sparse file: no earlier volume's blocks)
+        and formatted once, or found again (one found without its file system is made afresh,
+        never formatted in place); writable disks the guest finds by serial. Another VM
+        of this host that still has one of them attached is destroyed first when
+        ``holder_ended(its instance id)`` says its instance has ended (one marked lost while its
+        host was cut off, not yet removed by the reconcile); otherwise the boot is refused
+        (VolumeBusy): two VMs never mount one volume."""
+        if not volumes:
+            return ()
+        attached = self._attached_disks(exclude_instance_id=instance_id)
+        disks = []
+        for index, volume in enumerate(volumes):
+            self.volume_pool(volume.pool_name)
+            storage = StorageVolume(name=volume.volume_name, capacity_bytes=volume.size_mib * MIB)
+            path, created = self.host.volume_create(volume.pool_name, storage)
+            holder = attached.get(path)
+            if holder is not None:
+                if holder_ended is None or not holder_ended(holder.instance_id):
+                    raise VolumeBusy(
+                        f"volume {volume.container_path} is still attached to VM {holder.name}, "
+                        "which has not been destroyed yet"
+                    )
+                logger.warning(
+                    "runtime.volume_holder_removed",
+                    extra={"instance_id": instance_id, "holder_instance_id": holder.instance_id},
+                )
+                self.remove(holder.instance_id)
+                attached = {key: guest for key, guest in attached.items() if guest.instance_id != holder.instance_id}
+            if not created and not is_formatted(Path(path)):
+                # Half-made by an earlier boot, or its superblock overwritten from inside: made
+                # again as a fresh file, so the guest's bytes never reach mkfs's probes here.
+                self.host.volume_delete(volume.pool_name, volume.volume_name)
+                path, created = self.host.volume_create(volume.pool_name, storage)
+            try:
+                volume_format(Path(path))
+            except (VolumeFormatError, OSError) as exc:
+                if created:
+                    self.host.volume_delete(volume.pool_name, volume.volume_name)
+                raise BootFailed(f"volume {volume.container_path}: {exc}") from exc
+            disks.append(DiskSpec(path=Path(path), serial=f"{VOLUME_SERIAL_PREFIX}{index}", readonly=False))
+        return tuple(disks)
+
+    def _attached_disks(self, *, exclude_instance_id: str) -> dict[str, Guest]:
+        """Disk path -> the guest that has it, of this libvirtd's running (or paused) VMs but one."""
+        attached = {}
+        for guest in self.host.list_guests():
+            if guest.instance_id == exclude_instance_id or guest.state not in (GuestState.RUNNING, GuestState.PAUSED):
+                continue
+            try:
+                disks = guest.config().devices_of(DiskConfig)
+            except DriverError:
+                continue  # gone while we looked
+            attached.update({disk.source_path: guest for disk in disks})
+        return attached
+
+    def volume_delete(self, pool_name: str, volume_name: str) -> bool:
+        """Through the pool API; True when it is gone (or was never made)."""
+        return self.host.volume_delete(pool_name, volume_name)
+
+    def volume_used_bytes(self, pool_name: str, volume_name: str) -> int | None:
+        return self.host.volume_allocation(pool_name, volume_name)
 
     def _wait_for_start(self, instance_id: str, directory: Path, created_at: float, timings: dict) -> None:
         """Until the init reports ``started``; records boot-to-init and init-to-exec."""
@@ -805,9 +986,7 @@ class HyperVMRuntime:
             tmp.unlink(missing_ok=True)
         if self._guest_state(instance_id) not in STOPPED_STATES:
             try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
-                    control.settimeout(STOP_CHANNEL_TIMEOUT_S)
-                    control.connect(str(self.control_socket(instance_id)))
+                with self._control_connect(instance_id, timeout_s=STOP_CHANNEL_TIMEOUT_S) as control:
                     control.sendall(STOP_COMMAND)
             except OSError:
                 # The deadline still holds: the VM is destroyed when it passes.
@@ -883,7 +1062,14 @@ class HyperVMRuntime:
 
     def _remove_files(self, instance_id: str) -> None:
         self.control_socket(instance_id).unlink(missing_ok=True)
-        shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
+        relay_socket_path(self.control_socket(instance_id)).unlink(missing_ok=True)
+        directory = self.instance_dir(instance_id)
+        if directory.is_symlink():  # started in a pooled VM: its files live in the pool's folder
+            pool_directory = directory.resolve()
+            directory.unlink()
+            self.control_socket(pool_directory.name).unlink(missing_ok=True)
+            shutil.rmtree(pool_directory, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
         self._log_progress.pop(str(uuid.UUID(instance_id)), None)
 
     def _release_network(self, info: dict) -> None:
@@ -929,6 +1115,15 @@ class HyperVMRuntime:
         """Instances of this state dir whose domain exists: one libvirt listing, no log reads."""
         domains = {guest.instance_id for guest in self.host.list_guests()}
         return {path.name for path in self.instances_dir.iterdir() if path.name in domains}
+
+    def guest_usage(self) -> dict[str, GuestStats]:
+        """CPU and memory figures of this state dir's running instances (one bulk stats call):
+        several hosts may share one libvirtd, and each measures only its own."""
+        return {
+            instance_id: stats
+            for instance_id, stats in self.host.guest_stats().items()
+            if (self.instances_dir / instance_id).is_dir()
+        }
 
     def prune_ended(self, *, retention_s: float, keep: Collection[str] = ()) -> list[str]:
         """Deletes the folders of instances that ended more than ``retention_s`` ago (their
@@ -1098,9 +1293,7 @@ class HyperVMRuntime:
         wait_s = timeout_s + EXEC_REPLY_MARGIN_S
         deadline = self._clock() + wait_s
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
-                control.settimeout(EXEC_REPLY_MARGIN_S)
-                control.connect(str(self.control_socket(instance_id)))
+            with self._control_connect(instance_id, timeout_s=EXEC_REPLY_MARGIN_S) as control:
                 control.sendall(request)
                 pending = b""
                 while (remaining := deadline - self._clock()) > 0:

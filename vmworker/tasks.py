@@ -4,68 +4,86 @@ A host's worker consumes its own queue (``host.<name>``) and is configured by en
 ``HYPERVM_HOST_NAME`` (this host), ``HYPERVM_STATE_DIR``, ``HYPERVM_LIBVIRT_URI``,
 ``HYPERVM_VIRT_TYPE`` (force kvm/qemu; default: boot probe). At start it registers the host
 (capacity, virt type), heartbeats from a thread and starts the console agent (a thread that streams
-the guest logs of this host's instances, vmworker.console_agent). Tasks take ids, load rows, call the runtime
-and move the instance through its state machine by compare-and-swap: a re-delivered task
-finds the row already moved on (or the runtime finds the domain it made) and does no harm.
+the guest logs of this host's instances, vmworker.console_agent), the exec agent (shells into
+them, vmworker.exec_agent) and the usage sampler (a thread
+that measures them and sends the samples to portal.services.usage, vmworker.usage). A boot task
+gets the instance's whole spec from the portal (portal.services.instance_specs). What the host
+sees of an instance (its boot phases, running, failed, lost, stopped, a retry) goes back as an
+instance report, a task on the portal's queue (portal.services.host_reports) that applies it by
+compare-and-swap: a re-delivered task or a repeated report does no harm. Issue 12 moves the
+reads and writes still here (health, volumes, heartbeats, stuck boots) to messages too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-import socket
-import ssl
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from datetime import datetime
 from functools import cache
 from pathlib import Path
 
-from celery import shared_task
+from celery import current_app, shared_task
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 from django.conf import settings
 from django.utils import timezone
 
-from portal.choices import INSTANCE_ACTIVE, INSTANCE_UP, InstanceStatus
+from portal.choices import INSTANCE_ACTIVE, INSTANCE_UP, InstanceStatus, VolumeState
 from portal.marathon import AppDefinition
-from portal.marathon.app_definition import HealthCheckProbe, NetworkMode
 from portal.models import Instance
-from portal.selectors import image_pull_allowance
-from portal.services.deployments import app_record_launch_success, instance_disk_mib
-from portal.services.hosts import host_heartbeat, host_ports_block, host_queue, host_register
+from portal.services.hosts import host_heartbeat, host_queue, host_register
 from portal.services.images import instance_image_claim
-from portal.services.instances import instance_transition
+from portal.services.volumes import volume_destroyed
 from tenants.embedded_registry import platform_registry_hosts
 from tenants.errors import QuotaExceeded
 from tenants.registry_address import AddressRefused, check_image_registry
-from tenants.selectors import registry_for_image
+from vmworker import warm_pool
 from vmworker.console_agent import ConsoleAgent
 from vmworker.driver.errors import DriverError
-from vmworker.driver.spec import PortForward
+from vmworker.exec_agent import ExecAgent
 from vmworker.failures import MAX_RETRIES, failure_is_transient, retry_countdown_s
-from vmworker.images.credentials import RegistryCredentials
+from vmworker.health_probes import HealthProbe, run_probe
 from vmworker.images.errors import ImageError, ImageUnpacksTooLarge
 from vmworker.images.unpack import LIMIT_TENANT_QUOTA
-from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 from vmworker.runtime import (
     HostPortBusy,
     HyperVMRuntime,
     InstanceNotFound,
-    InstanceSpec,
+    InvalidSpec,
     RuntimeFailure,
     RuntimeSettings,
 )
+from vmworker.spec_message import spec_from_message
+from vmworker.usage import UsageSample, UsageSampler
 
 logger = logging.getLogger(__name__)
+# When this worker started: the module is imported by the main process before it forks its pool,
+# so every pool process sees the main process's time. A boot phase entered before it was run by
+# an earlier worker of this host (see _retry_if_stuck).
+WORKER_STARTED_AT = time.time()
 _heartbeat_stop = threading.Event()
-_console_agents: list = []  # the running ConsoleAgent, for the shutdown signal
+_console_agents: list = []  # the running ConsoleAgent and ExecAgent, for the shutdown signal
+_usage_samplers: list = []  # the running UsageSampler, for the shutdown signal
+_warm_pool_threads: list[threading.Thread] = []  # the warm pool's refill loop, for the shutdown signal
 
 
 def host_name() -> str | None:
     return os.environ.get("HYPERVM_HOST_NAME")
+
+
+@cache
+def warm_pool_target() -> warm_pool.PoolTarget:
+    """HYPERVM_WARM_POOL ("<vcpus>x<MiB>:<count>,...", empty: no pool) and
+    HYPERVM_WARM_POOL_BUDGET_MIB (default: what the counts add up to)."""
+    value = os.environ.get("HYPERVM_WARM_POOL", "")
+    target = warm_pool.parse_pool_setting(value, 0)
+    budget = os.environ.get("HYPERVM_WARM_POOL_BUDGET_MIB")
+    total = sum(shape.memory_mib * count for shape, count in target.sizes.items())
+    return warm_pool.parse_pool_setting(value, int(budget) if budget else total)
 
 
 @cache
@@ -79,6 +97,7 @@ def runtime() -> HyperVMRuntime:
             virt_type=os.environ.get("HYPERVM_VIRT_TYPE") or None,
             publish_host_ip=os.environ.get("HYPERVM_PUBLISH_HOST_IP", "127.0.0.1"),
             max_unpacked_bytes=settings.IMAGE_MAX_UNPACKED_MIB * 1024 * 1024,
+            warm_pool=bool(warm_pool_target().sizes),
         )
     )
 
@@ -106,7 +125,12 @@ def register_this_host(sender=None, **kwargs) -> None:
     _register(name)
     thread = threading.Thread(target=_heartbeat_loop, args=(name,), name="host-heartbeat", daemon=True)
     thread.start()
+    if warm_pool_target().sizes:
+        pool_thread = threading.Thread(target=_warm_pool_loop, args=(name,), name="warm-pool", daemon=True)
+        pool_thread.start()
+        _warm_pool_threads.append(pool_thread)
     _start_console_agent(name)
+    _start_usage_sampler(name)
 
 
 @worker_process_init.connect
@@ -128,8 +152,26 @@ def fresh_runtime_per_process(**kwargs) -> None:
 @worker_shutting_down.connect
 def stop_heartbeat(**kwargs) -> None:
     _heartbeat_stop.set()
-    if _console_agents:
+    while _console_agents:
         _console_agents.pop().stop()
+    if _usage_samplers:
+        _usage_samplers.pop().stop()
+    while _warm_pool_threads:
+        _stop_warm_pool(_warm_pool_threads.pop())
+
+
+def _stop_warm_pool(thread: threading.Thread) -> None:
+    """A stopping host worker's paused blank VMs go with it. A refill under way (one blank boot,
+    2.7-4.1 s under TCG, measured) ends first; past WARM_POOL_STOP_WAIT_S its half-made VM is
+    discarded here too (boot_blank's own clean-up then finds it gone)."""
+    thread.join(timeout=WARM_POOL_STOP_WAIT_S)
+    try:
+        removed = warm_pool.discard_unclaimed(runtime())
+    except Exception:
+        logger.warning("host.warm_pool_discard_failed", exc_info=True)
+        return
+    if removed:
+        logger.info("host.warm_pool_discarded", extra={"pool_ids": removed})
 
 
 def _start_console_agent(name: str) -> None:
@@ -146,6 +188,60 @@ def _start_console_agent(name: str) -> None:
     )
     agent.start()
     _console_agents.append(agent)
+    # Shells into this host's instances (vmworker.exec_agent): its own layer too.
+    shells = ExecAgent(
+        host_name=name,
+        control_socket=runtime().control_socket,
+        max_sessions_per_tenant=settings.EXEC_MAX_SESSIONS_PER_TENANT_PER_HOST,
+        layer_factory=lambda: channel_layers.make_backend(DEFAULT_CHANNEL_LAYER),
+    )
+    shells.start()
+    _console_agents.append(shells)
+
+
+def _start_usage_sampler(name: str) -> None:
+    """Measures this host's guests and sends the samples to the portal's queue (see vmworker.usage;
+    the portal keeps only its samples of this host's instances, portal.services.usage)."""
+
+    def publish(samples: list[UsageSample]) -> None:
+        samples_sent = [sample.as_message() for sample in samples]
+        current_app.send_task(USAGE_REPORT_TASK, args=[name, samples_sent], expires=USAGE_REPORT_EXPIRES_S)
+
+    sampler = UsageSampler(
+        read_stats=runtime().guest_usage, publish=publish, interval_s=settings.USAGE_SAMPLE_INTERVAL_S
+    )
+    sampler.start()
+    _usage_samplers.append(sampler)
+
+
+WARM_POOL_INTERVAL_S = 1.0
+WARM_POOL_STOP_WAIT_S = 20.0  # within ./scripts/run's Ctrl-C (tests allow 60 s for the whole stop)
+
+
+def _warm_pool_loop(name: str) -> None:
+    """Keeps this host's pool of paused blank VMs at its target (vmworker.warm_pool): discards
+    dead ones, then boots one blank VM at a time, and only while no boot of this host is in
+    progress, so a refill never takes the CPU from a real boot."""
+    from django.db import close_old_connections
+
+    while not _heartbeat_stop.wait(WARM_POOL_INTERVAL_S):
+        try:
+            warm_pool.sweep(runtime())
+            if warm_pool.boots_in_progress(runtime()):
+                continue
+            warm_pool.refill_one(runtime(), warm_pool_target())
+        except Exception:
+            logger.warning("host.warm_pool_failed", extra={"host": name}, exc_info=True)
+        finally:
+            close_old_connections()
+
+
+def warm_pool_report() -> dict:
+    """For the heartbeat: per shape, the paused blank VMs ready and the target."""
+    ready = warm_pool.ready_counts(runtime())
+    return {
+        shape.label: {"ready": ready.get(shape, 0), "target": size} for shape, size in warm_pool_target().sizes.items()
+    }
 
 
 def _heartbeat_loop(name: str) -> None:
@@ -153,7 +249,7 @@ def _heartbeat_loop(name: str) -> None:
 
     while not _heartbeat_stop.wait(settings.HOST_HEARTBEAT_INTERVAL_S):
         try:
-            if not host_heartbeat(name=name):
+            if not host_heartbeat(name=name, warm_pool=warm_pool_report()):
                 _register(name)
         except Exception:
             logger.warning("host.heartbeat_failed", extra={"host": name}, exc_info=True)
@@ -161,78 +257,9 @@ def _heartbeat_loop(name: str) -> None:
             close_old_connections()
 
 
-def _credentials(instance: Instance, image: str) -> tuple[RegistryCredentials | None, bool]:
-    """The tenant's registry for the image's host, else the platform's embedded one: credentials
-    read here, in the worker (they never travel through the broker), and whether TLS is verified."""
-    registry = registry_for_image(tenant=instance.tenant, image=image)
-    if registry is None:
-        return None, True
-    password = registry.pull_password()
-    credentials = RegistryCredentials(registry.username, password) if registry.username else None
-    return credentials, not registry.insecure
-
-
-def guest_ports(definition: AppDefinition, host_ports: list[int]) -> tuple[list[PortForward], dict[str, str]]:
-    """Host forwards and the $PORTi environment, Marathon style: host networking gives the app
-    its host ports to bind ($PORT0...); bridge mappings forward to the container port."""
-    ip = runtime().settings.publish_host_ip
-    env: dict[str, str] = {}
-    if definition.network_mode is NetworkMode.HOST:
-        guest = list(host_ports)
-    else:
-        mappings = [
-            m for m in (definition.container.port_mappings if definition.container else ()) if m.host_port is not None
-        ]
-        guest = [mapping.container_port or host_port for mapping, host_port in zip(mappings, host_ports, strict=True)]
-    for index, port in enumerate(guest):
-        env[f"PORT{index}"] = str(port)
-    if guest:
-        env["PORT"] = str(guest[0])
-        env["PORTS"] = ",".join(str(port) for port in guest)
-    forwards = [
-        PortForward(host_ip=ip, host_port=host_port, guest_port=guest_port)
-        for host_port, guest_port in zip(host_ports, guest, strict=True)
-    ]
-    return forwards, env
-
-
-def instance_spec(instance: Instance) -> InstanceSpec:
-    definition = AppDefinition.from_stored(instance.version.definition)
-    image = definition.container.docker.image
-    credentials, tls_verify = _credentials(instance, image)
-    forwards, port_env = guest_ports(definition, instance.host_ports)
-    allowance = image_pull_allowance(tenant=instance.tenant)
-    return InstanceSpec(
-        image=image,
-        instance_id=str(instance.pk),
-        name=f"{instance.app.marathon_id.strip('/').replace('/', '-')}-{str(instance.pk)[:8]}",
-        credentials=credentials,
-        tls_verify=tls_verify,
-        shell_command=definition.cmd,
-        command=tuple(definition.args) if definition.args else None,
-        env={
-            **port_env,
-            "MARATHON_APP_ID": instance.app.marathon_id,
-            "MARATHON_APP_VERSION": instance.version.version,
-            "MESOS_TASK_ID": instance.task_id,
-            **dict(definition.env),
-        },
-        user=definition.user,
-        vcpus=instance.vcpus,
-        memory_mib=instance.memory_mib,
-        # Marathon's cpus are shares, not a cap (as in Mesos by default): a hard CFS quota of 0.1
-        # CPU would make a TCG boot ten times slower. HYPERVM_ENFORCE_CPU_QUOTA=1 caps it.
-        cpu_quota_pct=max(1, round(definition.cpus * 100 / instance.vcpus))
-        if os.environ.get("HYPERVM_ENFORCE_CPU_QUOTA") == "1" and definition.cpus < instance.vcpus
-        else None,
-        ports=tuple(forwards),
-        metadata={"tenant": instance.tenant.slug, "app": instance.app.marathon_id, "host": host_name() or ""},
-        stop_grace_s=_kill_grace_s(definition),
-        network=network_attachment(instance),
-        overlay_size_mib=instance_disk_mib(definition),
-        disk_quota_left_bytes=allowance.disk_left_bytes,
-        disk_quota_held_digests=allowance.held_digests,
-    )
+def instance_ended(instance_id: str) -> bool:
+    """Whether the database says this instance has ended (or never was): its VM may go."""
+    return not Instance.objects.filter(pk=instance_id, status__in=INSTANCE_ACTIVE).exists()
 
 
 def _charge_image(instance_id: str, prepared) -> None:
@@ -247,102 +274,102 @@ def _charge_image(instance_id: str, prepared) -> None:
         raise ImageUnpacksTooLarge(prepared.reference, limit_bytes=left_bytes, limit_source=LIMIT_TENANT_QUOTA) from exc
 
 
-def network_attachment(instance: Instance) -> NetworkAttachment | None:
-    """The instance's NIC on its tenant network, from the address the portal allocated at placement."""
-    from portal.services.networks import network_attachment_of
-
-    found = network_attachment_of(instance)
-    if found is None:
-        return None
-    network, allocation = found
-    prefix = network.subnet.rsplit("/", 1)[1]
-    return NetworkAttachment(
-        network=TenantNetwork.for_network_id(str(network.pk)),
-        mac=instance_mac(str(instance.pk), "tenant"),
-        ip_cidr=f"{allocation.address}/{prefix}",
-    )
+INSTANCE_REPORT_TASK = "portal.instance_report"
+USAGE_REPORT_TASK = "portal.usage_report"
+USAGE_REPORT_EXPIRES_S = 30  # a late batch is worth less than none: the next one comes
+BOOT_STEPS = (InstanceStatus.STAGED, InstanceStatus.PULLING, InstanceStatus.PREPARING, InstanceStatus.BOOTING)
 
 
-TRANSITIONAL = (
-    InstanceStatus.STAGED,
-    InstanceStatus.PULLING,
-    InstanceStatus.PREPARING,
-    InstanceStatus.BOOTING,
-    InstanceStatus.STOPPING,
-)
-RESEND_BOOT_S = 60
+def send_report(report: dict) -> None:
+    """To the portal's queue (the Celery app's default one): the portal writes, never the host."""
+    current_app.send_task(INSTANCE_REPORT_TASK, args=[report])
+
+
+def report_instance(instance_id, state: str | None, **fields) -> None:
+    """What this host observes of one of its instances now (portal.services.host_reports): a
+    state (pulling, preparing, booting, running, failed, lost, stopped) or None (a note only)."""
+    send_report({"instance_id": str(instance_id), "host": host_name() or "", "state": state, **fields})
+
+
 PHASE_TO_STATUS = {"preparing": InstanceStatus.PREPARING, "booting": InstanceStatus.BOOTING}
 
 
 @shared_task(name="vmworker.boot_instance", acks_late=True, bind=True, max_retries=MAX_RETRIES)
-def boot_instance(self, instance_id: str) -> None:
+def boot_instance(self, instance_id: str, spec_message: dict) -> None:
+    """Boots the instance the portal's spec describes (portal.services.instance_specs)."""
     instance = Instance.objects.select_related("app", "version", "tenant", "host").filter(pk=instance_id).first()
     if instance is None:
         return
-    if instance_transition(instance_id=instance_id, to=InstanceStatus.PULLING) is None and instance.status not in (
-        InstanceStatus.PULLING,
-        InstanceStatus.PREPARING,
-        InstanceStatus.BOOTING,
-    ):
+    if instance.status not in BOOT_STEPS:
         return  # already running, stopped or failed: a re-delivered task does nothing
-    refused = _registry_refused(instance)
+    phase = ["pulling"]  # the last phase reported: a retry's report repeats it (level-triggered)
+    report_instance(instance_id, "pulling")
+    refused = _registry_refused(spec_message)
     if refused:
-        instance_transition(
-            instance_id=instance_id, to=InstanceStatus.FAILED, launch_failed=True, failure_reason=refused[:1000]
-        )
+        report_instance(instance_id, "failed", launch_failed=True, error=refused)
         return
+
+    def on_phase(name: str) -> None:
+        if name in PHASE_TO_STATUS:
+            phase[0] = name
+            report_instance(instance_id, name)
+
     try:
+        spec = spec_from_message(
+            spec_message, publish_host_ip=runtime().settings.publish_host_ip, host_name=host_name() or ""
+        )
+        if spec.instance_id != str(instance_id):
+            raise InvalidSpec("the spec is another instance's")
         result = runtime().boot(
-            instance_spec(instance),
-            on_phase=lambda phase: (
-                phase in PHASE_TO_STATUS and instance_transition(instance_id=instance_id, to=PHASE_TO_STATUS[phase])
-            ),
+            spec,
+            on_phase=on_phase,
             on_image=lambda prepared: _charge_image(instance_id, prepared),
+            volume_holder_ended=instance_ended,
         )
     except HostPortBusy as exc:
         # Not the app's fault: the port goes on the host's blocked list and the replacement
         # placed by the engine gets another one (a fixed hostPort waits until it is free).
-        host_ports_block(name=host_name(), ports=[port.host_port for port in exc.ports])
-        instance_transition(instance_id=instance_id, to=InstanceStatus.FAILED, failure_reason=str(exc)[:1000])
+        report_instance(
+            instance_id, "failed", error=str(exc), host_ports_blocked=[port.host_port for port in exc.ports]
+        )
         return
     except (ImageError, RuntimeFailure, DriverError) as exc:
         if failure_is_transient(exc) and self.request.retries < self.max_retries:
-            _retry_later(self, instance_id, exc)
+            _retry_later(self, instance_id, exc, state=phase[0])
         tail = getattr(exc, "console_tail", "") or ""
         logger.warning("instance.boot_failed", extra={"instance_id": instance_id, "reason": str(exc)})
-        instance_transition(
-            instance_id=instance_id,
-            to=InstanceStatus.FAILED,
+        report_instance(
+            instance_id,
+            "failed",
             launch_failed=True,
-            failure_reason=str(exc)[:1000],
+            error=str(exc),
             console_tail=tail[-4000:],
             exit_code=getattr(exc, "exit_code", None),
         )
         return
-    instance_transition(instance_id=instance_id, to=InstanceStatus.BOOTING)  # when resumed from PULLING
-    if not Instance.objects.filter(pk=instance_id, status=InstanceStatus.BOOTING).exists():
+    volume_used_bytes = {
+        volume.volume_id: runtime().volume_used_bytes(volume.pool_name, volume.volume_name) or 0
+        for volume in spec.volumes
+    }
+    if not Instance.objects.filter(pk=instance_id, status__in=BOOT_STEPS).exists():
+        report_instance(instance_id, None, volume_used_bytes=volume_used_bytes)  # made, whatever comes next
         runtime().remove(instance_id)  # stopped (or failed) while it booted: its quota is gone, so is the VM
         return
-    if (
-        instance_transition(
-            instance_id=instance_id,
-            to=InstanceStatus.RUNNING,
-            timings_s=result.timings_s,
-            # The tenant-network address from placement; without one, the user-net NIC's.
-            ip_address=instance.ip_address or ("10.0.2.15" if result.ports else ""),
-            failure_reason="",  # a retry's or a placement wait's note is over
-        )
-        is not None
-    ):
-        app_record_launch_success(app_id=instance.app_id)
+    report_instance(
+        instance_id,
+        "running",
+        timings_s=result.timings_s,
+        user_net=bool(result.ports),
+        volume_used_bytes=volume_used_bytes,
+    )
 
 
-def _registry_refused(instance: Instance) -> str:
+def _registry_refused(spec_message: dict) -> str:
     """Checked again here, where the pull happens, against this host's DNS: the registry of the
     image must not be one of the platform's own addresses (a name may resolve elsewhere than it
-    did at admission). The reason, or "" when the pull may go ahead."""
-    definition = AppDefinition.from_stored(instance.version.definition)
-    registry_host = definition.container.docker.image_reference.registry_host
+    did at admission), nor outside this host's own allowlist. The reason, or "" when the pull
+    may go ahead."""
+    registry_host = str(spec_message.get("registry_host", ""))
     try:
         check_image_registry(registry_host, allowed=platform_registry_hosts())
     except AddressRefused as refused:
@@ -367,19 +394,70 @@ def stop_instance(self, instance_id: str) -> None:
         _retry_later(self, instance_id, exc)
 
 
-def _kill_grace_s(definition: AppDefinition) -> int | None:
-    """The app's taskKillGracePeriodSeconds (None: the runtime's default), never above today's
-    platform cap: a version stored before the cap (a day-long grace) is relaunched and stopped
-    with the cap."""
-    grace_s = definition.task_kill_grace_period_s
-    if grace_s is None:
-        return None
-    return min(grace_s, settings.APP_DEFINITION_LIMITS["max_task_kill_grace_period_s"])
+@shared_task(name="vmworker.destroy_volume", acks_late=True, bind=True, max_retries=MAX_RETRIES)
+def destroy_volume(self, volume_id: str, pool_name: str, volume_name: str) -> None:
+    """Deletes a wiped (or deleted app's) volume through the pool API, then its row and quota
+    claim go. Sent again, it finds the volume gone and only confirms."""
+    try:
+        runtime().volume_delete(pool_name, volume_name)
+    except DriverError as exc:
+        if failure_is_transient(exc) and self.request.retries < self.max_retries:
+            raise self.retry(
+                countdown=retry_countdown_s(self.request.retries), exc=exc, queue=host_queue(host_name())
+            ) from exc
+        raise  # left destroying: this host's reconcile sends it again
+    volume_destroyed(volume_id=volume_id)
+
+
+def _volumes_round(name: str) -> None:
+    """This host's volumes: the blocks each holds now (the app page's "used"), and the destroying
+    ones no live instance holds deleted (a destroy task lost or failed)."""
+    from portal.models import Volume
+
+    for volume in Volume.objects.select_related("instance").filter(host__name=name):
+        try:
+            if volume.state != VolumeState.DESTROYING:
+                used_bytes = runtime().volume_used_bytes(volume.pool_name, volume.volume_name)
+                if used_bytes is not None and used_bytes != volume.used_bytes:
+                    Volume.objects.filter(pk=volume.pk).update(used_bytes=used_bytes)
+            elif volume.instance is None or volume.instance.status not in INSTANCE_ACTIVE:
+                runtime().volume_delete(volume.pool_name, volume.volume_name)
+                volume_destroyed(volume_id=volume.pk)
+        except Exception:
+            logger.warning("host.volume_round_failed", extra={"volume_id": str(volume.pk)}, exc_info=True)
+    _delete_unknown_volumes(name)
+
+
+def _delete_unknown_volumes(name: str) -> None:
+    """Volume files in this host's pool that no row names are left over (a row goes only after
+    its file, and is made before it: e.g. a tenant deleted by an operator): their data goes.
+    The pool is listed before the rows are read, so a volume being made is never taken for one."""
+    from portal.models import Volume
+    from portal.models.volume import VOLUME_NAME_PREFIX
+    from portal.services.volumes import POOL_NAME_PREFIX
+
+    pool_name = f"{POOL_NAME_PREFIX}{name}"
+    found = {}
+    for volume_name in runtime().host.list_volumes(pool_name):
+        try:
+            if volume_name.startswith(VOLUME_NAME_PREFIX):
+                found[uuid.UUID(volume_name.removeprefix(VOLUME_NAME_PREFIX))] = volume_name
+        except ValueError:
+            continue  # not a name the platform gives: not ours to delete
+    if not found:
+        return
+    known = set(Volume.objects.filter(pk__in=list(found)).values_list("pk", flat=True))
+    for volume_id, volume_name in found.items():
+        if volume_id not in known:
+            logger.warning("host.volume_unknown_deleted", extra={"host": name, "volume": volume_name})
+            runtime().volume_delete(pool_name, volume_name)
 
 
 def _stop_grace_s(instance: Instance) -> int | None:
     """The grace its guest was given."""
-    return _kill_grace_s(AppDefinition.from_stored(instance.version.definition))
+    from portal.services.instance_specs import kill_grace_s
+
+    return kill_grace_s(AppDefinition.from_stored(instance.version.definition))
 
 
 def _stop_step(instance: Instance) -> None:
@@ -392,32 +470,34 @@ def _stop_step(instance: Instance) -> None:
             runtime().request_stop(instance_id, grace_s=_stop_grace_s(instance))
         status = runtime().stop_progress(instance_id)
     except InstanceNotFound:
-        instance_transition(instance_id=instance_id, to=InstanceStatus.STOPPED)  # never booted on this host
+        report_instance(instance_id, "stopped")  # never booted on this host
         return
     if status is not None:
-        instance_transition(instance_id=instance_id, to=InstanceStatus.STOPPED, exit_code=status.exit_code)
+        report_instance(instance_id, "stopped", exit_code=status.exit_code)
 
 
-def _retry_later(task, instance_id: str, exc: BaseException) -> None:
+def _retry_later(task, instance_id: str, exc: BaseException, *, state: str | None = None) -> None:
     """Raises celery's Retry: the same task again on this host's queue after a backoff. The
-    instance keeps its state (a retried boot resumes from it); the reason shows meanwhile."""
+    instance keeps its state (a retried boot resumes from it); the reason, the attempt and the
+    time of the next one show meanwhile (``instance_retry_note``)."""
     countdown = retry_countdown_s(task.request.retries)
-    reason = f"retry {task.request.retries + 1} of {task.max_retries} in {countdown:.0f} s: {exc}"
     logger.warning(
         "instance.task_retry", extra={"instance_id": instance_id, "task": task.name, "countdown_s": countdown}
     )
-    Instance.objects.filter(pk=instance_id).update(failure_reason=reason[:1000])
+    retry = {"attempt": task.request.retries + 1, "attempts": task.max_retries + 1, "retry_in_s": countdown}
+    report_instance(instance_id, state, retry=retry | {"error": str(exc)})
     raise task.retry(countdown=countdown, exc=exc, queue=host_queue(host_name()))
 
 
 @shared_task(name="vmworker.reconcile_host", acks_late=True)
-def reconcile_host(name: str) -> None:
-    """What libvirt and the instance files say, against what the database says; then health.
+def reconcile_host(name: str, probes: list | None = None) -> None:
+    """What libvirt and the instance files say, against what the database says; then the health
+    probes the portal sent (portal.services.health) of the instances that still run.
     One instance whose files or VM misbehave (garbage records, a failing release) is logged
     with its id and skipped: the host's work for the others goes on."""
     if name != host_name():
         return
-    healthy_candidates = []
+    running = set()
     for instance in Instance.objects.select_related("app", "version").filter(
         host__name=name, status__in=(*INSTANCE_UP, InstanceStatus.STOPPING)
     ):
@@ -425,14 +505,15 @@ def reconcile_host(name: str) -> None:
             if instance.status == InstanceStatus.STOPPING:
                 _stop_step(instance)
             elif _reconcile_up(instance):
-                healthy_candidates.append(instance)
+                running.add(str(instance.pk))
         except Exception:
             logger.warning("host.reconcile_instance_failed", extra={"instance_id": str(instance.pk)}, exc_info=True)
     stages = (
-        ("health", lambda: _health_round(healthy_candidates)),
+        ("health", lambda: _health_round([p for p in probes or () if str(p.get("instance_id")) in running])),
         ("orphans", lambda: _destroy_orphans(name)),
         ("stuck", lambda: _retry_stuck(name)),
         ("sweep", lambda: _sweep_host(name)),
+        ("volumes", lambda: _volumes_round(name)),
     )
     for stage, run in stages:
         try:
@@ -449,24 +530,19 @@ def _reconcile_up(instance: Instance) -> bool:
         status = None
     if status is None or status.state == "lost":
         reason = "the VM disappeared (its QEMU process ended without an exit report)"
-        instance_transition(
-            instance_id=instance.pk,
-            to=InstanceStatus.LOST,
+        report_instance(
+            instance.pk,
+            "lost",
             launch_failed=True,
-            failure_reason=reason,
+            error=reason,
             console_tail=runtime().console_tail(str(instance.pk))[-4000:],
         )
         _release(instance)
         return False
     if status.state == "exited":
         reason = f"the app exited with code {status.exit_code}" + (" (OOM)" if status.oom else "")
-        instance_transition(
-            instance_id=instance.pk,
-            to=InstanceStatus.FAILED,
-            launch_failed=True,
-            failure_reason=reason,
-            exit_code=status.exit_code,
-            oom_killed=status.oom,
+        report_instance(
+            instance.pk, "failed", launch_failed=True, error=reason, exit_code=status.exit_code, oom=status.oom
         )
         _release(instance)
         return False
@@ -484,31 +560,36 @@ _probing: set[str] = set()
 _probing_lock = threading.Lock()
 
 
-def _health_round(instances: list[Instance]) -> None:
+def _health_round(probes: list[dict]) -> None:
     global _probe_pool
     futures = []
     with _probing_lock:
-        if instances and _probe_pool is None:
+        if probes and _probe_pool is None:
             _probe_pool = ThreadPoolExecutor(max_workers=HEALTH_PROBE_THREADS, thread_name_prefix="health-probe")
-        for instance in instances:
-            if str(instance.pk) in _probing:
+        for probe in probes:
+            instance_id = str(probe["instance_id"])
+            if instance_id in _probing:
                 continue
-            _probing.add(str(instance.pk))
-            futures.append(_probe_pool.submit(_check_health_in_pool, instance))
+            _probing.add(instance_id)
+            futures.append(_probe_pool.submit(_probe_in_pool, instance_id, probe))
     futures_wait(futures, timeout=HEALTH_ROUND_S)
 
 
-def _check_health_in_pool(instance: Instance) -> None:
-    from django.db import connection
-
+def _probe_in_pool(instance_id: str, message: dict) -> None:
+    """Runs one probe the portal sent and reports its result; the portal judges it."""
     try:
-        _check_health(instance)
+        alive, cause = run_probe(
+            HealthProbe.from_message(message["check"]),
+            host_ports=[int(port) for port in message["host_ports"]],
+            publish_ip=runtime().settings.publish_host_ip,
+            exec_check=lambda command, timeout_s: runtime().exec_check(instance_id, command, timeout_s),
+        )
+        report_instance(instance_id, None, health={"alive": alive, "cause": cause})
     except Exception:
-        logger.warning("instance.health_check_failed", extra={"instance_id": str(instance.pk)}, exc_info=True)
+        logger.warning("instance.health_check_failed", extra={"instance_id": instance_id}, exc_info=True)
     finally:
         with _probing_lock:
-            _probing.discard(str(instance.pk))
-        connection.close()  # this thread's own connection: a pool thread must not keep one open
+            _probing.discard(instance_id)
 
 
 def _release(instance: Instance) -> None:
@@ -552,12 +633,15 @@ def _destroy_orphans(name: str) -> None:
 
 
 def _retry_stuck(name: str) -> None:
-    """Instances whose boot task died (a worker crash, a lost message): a boot stuck past the
-    boot timeout fails (and is replaced); a boot never run is sent again. STOPPING ones are not
-    stuck: the reconcile ends each stop itself at its deadline (``_stop_step``)."""
+    """Instances whose boot task died (a worker crash): a boot stuck past the boot timeout fails
+    (and is replaced). A boot never run is the portal's to send again
+    (portal.services.instance_specs.instance_boots_resend). STOPPING ones are not stuck: the
+    reconcile ends each stop itself at its deadline (``_stop_step``)."""
     now = timezone.now()
     boot_limit_s = runtime().settings.boot_timeout_s * 3
-    for instance in Instance.objects.select_related("host").filter(host__name=name, status__in=TRANSITIONAL):
+    for instance in Instance.objects.filter(host__name=name, status__in=BOOT_STEPS).exclude(
+        status=InstanceStatus.STAGED
+    ):
         try:
             _retry_if_stuck(instance, now, boot_limit_s)
         except Exception:
@@ -566,148 +650,20 @@ def _retry_stuck(name: str) -> None:
 
 def _retry_if_stuck(instance: Instance, now, boot_limit_s: float) -> None:
     entered = instance.phase_times.get(instance.status)
-    age_s = (now - datetime.fromisoformat(entered)).total_seconds() if entered else 0
-    if instance.status == InstanceStatus.STAGED:
-        if age_s > RESEND_BOOT_S:  # placed, but its boot message never ran
-            _restart_clock(instance, now)
-            boot_instance.apply_async(args=[str(instance.pk)], queue=instance.host.queue)
-    elif instance.status != InstanceStatus.STOPPING and age_s > boot_limit_s:
-        runtime().remove(str(instance.pk))
-        instance_transition(
-            instance_id=instance.pk,
-            to=InstanceStatus.FAILED,
-            launch_failed=True,
-            failure_reason=f"the boot did not finish within {boot_limit_s:.0f} s",
-        )
+    entered_at = datetime.fromisoformat(entered) if entered else now
+    age_s = (now - entered_at).total_seconds()
+    if entered_at.timestamp() < WORKER_STARTED_AT:
+        # Its boot task ran in this host's previous worker, which died (SIGKILL, a crash): with
+        # acks_late on Redis the message comes back only after the visibility timeout (an
+        # hour), so the half-made instance goes now and the engine places a replacement.
+        _fail_stuck(instance, "the host's worker restarted during the boot", launch_failed=False)
+    elif age_s > boot_limit_s:
+        _fail_stuck(instance, f"the boot did not finish within {boot_limit_s:.0f} s", launch_failed=True)
 
 
-def _restart_clock(instance: Instance, now) -> None:
-    """A message was sent again: wait a full period before the next resend (no flooding)."""
-    Instance.objects.filter(pk=instance.pk, status=instance.status).update(
-        phase_times={**instance.phase_times, instance.status: now.isoformat()}
-    )
-
-
-# What an HTTP probe reads of an answer: its status line only (a 3xx is a result, never followed).
-HTTP_PROBE_READ_BYTES = 4096
-HTTP_STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})(?: |\r|\n|$)")
-
-
-def _probe(check, instance: Instance) -> tuple[bool, str]:
-    """(healthy, cause). COMMAND runs inside the guest (exit 0 = healthy); HTTP/HTTPS/TCP go to
-    one of the instance's own published ports on the host's publish address, and nowhere else:
-    a stored check naming another port (a row older than the API's policy) fails without a
-    connection, so a health check is never a port scanner or an HTTP client for the host."""
-    if check.probe is HealthCheckProbe.COMMAND:
-        try:
-            code = runtime().exec_check(str(instance.pk), check.command, check.timeout_s)
-        except RuntimeFailure as exc:
-            return False, f"command check failed: {exc}"
-        return code == 0, f"command exited with code {code}"
-    host_port, refusal = probe_port(check, instance.host_ports)
-    if host_port is None:
-        return False, refusal
-    address = (runtime().settings.publish_host_ip, host_port)
-    if check.probe is HealthCheckProbe.TCP:
-        try:
-            with socket.create_connection(address, timeout=check.timeout_s):
-                return True, ""
-        except OSError as exc:
-            return False, f"TCP connect failed: {exc}"
+def _fail_stuck(instance: Instance, reason: str, *, launch_failed: bool) -> None:
     try:
-        code = http_probe_status(
-            address, check.path or "/", tls=check.probe is HealthCheckProbe.HTTPS, timeout_s=check.timeout_s
-        )
-    except (OSError, ValueError) as exc:
-        return False, f"HTTP request failed: {exc}"
-    return 200 <= code < 400, f"HTTP {code}"
-
-
-def probe_port(check, host_ports: list[int]) -> tuple[int | None, str]:
-    """The host port a check may probe (None and why not): Marathon's ``port`` only when it is
-    one of the instance's own published ports, else the one at ``portIndex``."""
-    own = [int(port) for port in host_ports]
-    if check.port is not None:
-        if check.port not in own:
-            return None, f"port {check.port} is not one of the instance's published ports {own}: not probed"
-        return check.port, ""
-    index = check.port_index or 0
-    if not 0 <= index < len(own):
-        return None, "the health check has no port to probe"
-    return own[index], ""
-
-
-def http_probe_status(address: tuple[str, int], path: str, *, tls: bool, timeout_s: float) -> int:
-    """GET ``path`` and the answer's status code, within ``timeout_s`` in all (an app that
-    answers a byte at a time cannot hold a probe thread longer). Redirects are results, never
-    followed; at most HTTP_PROBE_READ_BYTES are read. HTTPS is not verified (as Marathon: the
-    app's certificate is its own business; the address is the instance's port)."""
-    if not path.startswith("/") or any(c in path for c in "\r\n "):
-        raise ValueError(f"bad path {path!r}")
-    deadline = time.monotonic() + timeout_s
-    request = f"GET {path} HTTP/1.0\r\nHost: {address[0]}:{address[1]}\r\nUser-Agent: hypervm-health\r\n"
-    with socket.create_connection(address, timeout=timeout_s) as raw:
-        connection = raw
-        if tls:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            raw.settimeout(max(0.01, deadline - time.monotonic()))
-            connection = context.wrap_socket(raw, server_hostname=None)
-        connection.sendall(f"{request}Connection: close\r\n\r\n".encode("ascii", "strict"))
-        answer = b""
-        while b"\n" not in answer and len(answer) < HTTP_PROBE_READ_BYTES:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no status line within the timeout")
-            connection.settimeout(remaining)
-            chunk = connection.recv(HTTP_PROBE_READ_BYTES - len(answer))
-            if not chunk:
-                break
-            answer += chunk
-    match = HTTP_STATUS_LINE.match(answer)
-    if match is None:
-        raise ValueError("the answer is not HTTP")
-    return int(match.group(1))
-
-
-def _check_health(instance: Instance) -> None:
-    definition = AppDefinition.from_stored(instance.version.definition)
-    if not definition.health_checks:
-        return
-    now = timezone.now()
-    health = dict(instance.health)
-    last = health.get("lastCheckAt")
-    check = definition.health_checks[0]
-    if last and (now - datetime.fromisoformat(last)).total_seconds() < check.interval_s:
-        return
-    stamp = now.isoformat()
-    health["lastCheckAt"] = stamp
-    # Claim this round first (compare-and-swap on the health record): two reconcile tasks
-    # running at once on this host must not both probe, nor both count a failure.
-    if not Instance.objects.filter(pk=instance.pk, health=instance.health).update(health=health):
-        return
-    alive, cause = _probe(check, instance)
-    health["alive"] = alive
-    if alive:
-        health.setdefault("firstSuccess", stamp)
-        health["lastSuccess"] = stamp
-        health["consecutiveFailures"] = 0
-    else:
-        health["lastFailure"] = stamp
-        health["lastFailureCause"] = cause
-        running_since = datetime.fromisoformat(instance.phase_times.get(InstanceStatus.RUNNING, stamp))
-        in_grace = "firstSuccess" not in health and (now - running_since).total_seconds() < check.grace_period_s
-        if not in_grace:
-            health["consecutiveFailures"] = health.get("consecutiveFailures", 0) + 1
-    Instance.objects.filter(pk=instance.pk).update(health=health)
-    if alive:
-        instance_transition(instance_id=instance.pk, to=InstanceStatus.HEALTHY, health=health)
-    elif health.get("consecutiveFailures", 0):
-        instance_transition(instance_id=instance.pk, to=InstanceStatus.UNHEALTHY, health=health)
-        limit = check.max_consecutive_failures
-        if limit and health["consecutiveFailures"] >= limit:
-            from portal.services.deployments import instance_stop
-
-            instance.refresh_from_db()
-            instance_stop(instance, reason=f"unhealthy: {cause}")
+        runtime().remove(str(instance.pk))
+    except InstanceNotFound:
+        pass  # the boot died before it made the instance's folder (e.g. while pulling)
+    report_instance(instance.pk, "failed", launch_failed=launch_failed, error=reason)

@@ -2,8 +2,9 @@
 
 from rest_framework import serializers
 
-from portal.models import App, AppVersion, Deployment, Instance, Network
+from portal.models import App, AppVersion, Deployment, Instance, Network, Volume
 from portal.selectors import app_counts, app_definition
+from tenants.api.serializers import StrictSerializer
 
 
 class InstanceSerializer(serializers.ModelSerializer):
@@ -43,6 +44,29 @@ class NetworkSerializer(serializers.ModelSerializer):
     class Meta:
         model = Network
         fields = ["id", "name", "subnet", "addresses_in_use", "created_at"]
+        read_only_fields = fields
+
+
+class VolumeSerializer(serializers.ModelSerializer):
+    app = serializers.CharField(source="app_marathon_id", read_only=True)
+    host = serializers.CharField(source="host.name", read_only=True, default=None)
+    persistence_id = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Volume
+        fields = [
+            "id",
+            "app",
+            "slot",
+            "container_path",
+            "size_mib",
+            "used_bytes",
+            "host",
+            "instance",
+            "state",
+            "persistence_id",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -101,3 +125,19 @@ class DeploymentSerializer(serializers.ModelSerializer):
 class ScaleSerializer(serializers.Serializer):
     instances = serializers.IntegerField(min_value=0, max_value=10000)
     force = serializers.BooleanField(required=False, default=False)
+
+
+class ExecRequestSerializer(StrictSerializer):
+    """Shape only; the caps (arguments, bytes, timeout) are checked by portal.services.exec."""
+
+    command = serializers.ListField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False), allow_empty=False
+    )
+    timeout = serializers.FloatField(required=False, help_text="seconds (default and cap: settings)")
+
+
+class ExecResultSerializer(serializers.Serializer):
+    output = serializers.CharField(help_text="stdout and stderr together, UTF-8 (invalid bytes replaced)")
+    exit_code = serializers.IntegerField(allow_null=True, help_text="null when the command timed out or was cut")
+    timed_out = serializers.BooleanField()
+    truncated = serializers.BooleanField(help_text="the output passed the cap: the command was ended there")

@@ -7,23 +7,27 @@ from django.db.models import Count
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import NotFound, ParseError, PermissionDenied
 from rest_framework.response import Response
 
 from portal.api.serializers import (
     AppSerializer,
     AppVersionSerializer,
     DeploymentSerializer,
+    ExecRequestSerializer,
+    ExecResultSerializer,
     InstanceSerializer,
     NetworkSerializer,
     ScaleSerializer,
+    VolumeSerializer,
 )
 from portal.choices import DeploymentStatus
 from portal.marathon import MarathonValidationError, merge_app_definition, parse_app_definition
-from portal.models import App, Deployment, Instance, Network
+from portal.models import App, Deployment, Instance, Network, Volume
 from portal.platform_policy import platform_policy
 from portal.selectors import app_definition
 from portal.services import apps as app_services
+from portal.services import exec as exec_services
 from tenants.api.base import TenantScopedViewSet
 from tenants.choices import TenantRole
 
@@ -114,6 +118,44 @@ class InstanceViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.Retriev
     queryset = Instance.objects.select_related("app", "host", "version").order_by("-created_at")
     serializer_class = InstanceSerializer
     filterset_fields = {"app__marathon_id": ["exact"], "status": ["exact"]}
+    required_roles = {"exec": WRITE}
+
+    @extend_schema(request=ExecRequestSerializer, responses={200: ExecResultSerializer})
+    @action(detail=True, methods=["post"], url_path="exec")
+    def exec(self, request, tenant_slug, pk=None):
+        """Runs one command in the instance's container (``/bin/sh -c`` of the quoted arguments, as
+        the app's user with its env) and answers its output (stdout and stderr together) and exit
+        code; see portal.services.exec for the caps. Every call is in the audit log."""
+        body = ExecRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            result = exec_services.exec_run(
+                access=self.access,
+                instance_id=pk,
+                command=body.validated_data["command"],
+                timeout=body.validated_data.get("timeout"),
+            )
+        except exec_services.ExecCommandInvalid as exc:
+            field = "timeout" if str(exc).startswith("timeout") else "command"
+            return Response({field: [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+        except exec_services.ExecRefused as exc:
+            raise PermissionDenied(str(exc)) from None
+        except exec_services.InstanceNotFound as exc:
+            raise NotFound(str(exc)) from None
+        except exec_services.InstanceNotRunning as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except exec_services.ExecUnavailable as exc:
+            return Response(
+                {"detail": str(exc) or "The instance's host did not answer."}, status=status.HTTP_502_BAD_GATEWAY
+            )
+        return Response(
+            {
+                "output": result.output.decode("utf-8", "replace"),
+                "exit_code": result.exit_code,
+                "timed_out": result.timed_out,
+                "truncated": result.truncated,
+            }
+        )
 
 
 class NetworkViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
@@ -122,6 +164,16 @@ class NetworkViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.Retrieve
     queryset = Network.objects.annotate(addresses_in_use=Count("allocations")).order_by("name")
     serializer_class = NetworkSerializer
     filterset_fields = ["name"]
+
+
+class VolumeViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    """The tenant's persistent volumes (read-only: made with their app's instances, destroyed by a
+    wipe or the app's deletion). A deleted app's volumes stay listed, ``destroying``, until their
+    host has deleted them."""
+
+    queryset = Volume.objects.select_related("host").order_by("app_marathon_id", "slot", "container_path")
+    serializer_class = VolumeSerializer
+    filterset_fields = {"app_marathon_id": ["exact"], "state": ["exact"]}
 
 
 class DeploymentViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):

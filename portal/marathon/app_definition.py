@@ -21,7 +21,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from portal.marathon.image_reference import ImageReference, parse_image_reference
+from vmworker.image_reference import ImageReference, parse_image_reference
 
 STORED_FORMAT_VERSION = 1
 

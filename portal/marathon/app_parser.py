@@ -57,9 +57,9 @@ from portal.marathon.app_definition import (
 )
 from portal.marathon.errors import ROOT_PATH, ValidationErrorCollector, json_path_join
 from portal.marathon.field_policy import UnsupportedField
-from portal.marathon.image_reference import InvalidImageReference, parse_image_reference
 from portal.marathon.path_ids import ROOT_GROUP, InvalidPathId, canonical_group_id, canonical_path_id
 from portal.marathon.platform_policy import PlatformPolicy
+from vmworker.image_reference import InvalidImageReference, parse_image_reference
 
 MINIMUM_CPUS = 0.001
 MAXIMUM_PORT = 65535

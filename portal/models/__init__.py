@@ -4,5 +4,16 @@ from portal.models.event import Event
 from portal.models.host import ComputeHost
 from portal.models.instance import Instance
 from portal.models.network import Network, NetworkAllocation
+from portal.models.volume import Volume
 
-__all__ = ["App", "AppVersion", "ComputeHost", "Deployment", "Event", "Instance", "Network", "NetworkAllocation"]
+__all__ = [
+    "App",
+    "AppVersion",
+    "ComputeHost",
+    "Deployment",
+    "Event",
+    "Instance",
+    "Network",
+    "NetworkAllocation",
+    "Volume",
+]

@@ -23,6 +23,9 @@ class ComputeHost(models.Model):
     # Ports of publish_ip that a program outside the platform held when a boot tried them:
     # {"20000": unix time until which placement skips it}. Written by the host's worker.
     blocked_ports = models.JSONField(default=dict, blank=True)
+    # Paused blank VMs per shape (vmworker.warm_pool), from the heartbeat:
+    # {"1x128": {"ready": 1, "target": 2}}. Empty: the host keeps no pool.
+    warm_pool = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["name"]

@@ -33,8 +33,10 @@ class Instance(models.Model):
     timings_s = models.JSONField(default=dict)  # pull, unpack, fs_image, initramfs, define, boot, exec
     health = models.JSONField(default=dict)  # alive, consecutiveFailures, firstSuccess, lastSuccess...
     restart_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, related_name="+")
+    # A host task that met a transient failure: the attempt that failed and when the next one
+    # starts (portal.services.instances.instance_retry_note); failure_reason says why meanwhile.
     launch_attempt = models.PositiveIntegerField(default=0)
-    not_before = models.DateTimeField(null=True)  # backoff: do not boot before this
+    not_before = models.DateTimeField(null=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

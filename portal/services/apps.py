@@ -30,6 +30,13 @@ from portal.services.deployments import (
 )
 from portal.services.instances import CLAIM_KIND
 from portal.services.networks import network_ensure, network_name_for
+from portal.services.volumes import (
+    VOLUME_CLAIM_KIND,
+    live_slot_count,
+    slot_request,
+    volume_admission_check,
+    volumes_destroy,
+)
 from tenants.choices import QuotaResource, TenantRole
 from tenants.embedded_registry import platform_registry_hosts
 from tenants.errors import Conflict, DomainError, InvalidInput, QuotaExceeded
@@ -79,8 +86,7 @@ def _admission_check(definition: AppDefinition) -> None:
     """What the platform cannot run yet, refused by path before anything is stored."""
     if definition.container is None or definition.container.docker is None:
         raise InvalidInput("An image is required: set container.docker.image.", field="/container/docker/image")
-    if definition.container.volumes:
-        raise InvalidInput("Volumes are not supported yet.", field="/container/volumes(0)")
+    volume_admission_check(definition)
     if definition.disk_mib > WRITABLE_LAYER_MAX_MIB:
         raise InvalidInput(f"At most {WRITABLE_LAYER_MAX_MIB} MiB.", field="/disk")
 
@@ -104,7 +110,8 @@ def _policy_check(definition: AppDefinition) -> None:
 
 
 def _quota_check(app: App | None, tenant, definition: AppDefinition) -> None:
-    """The target state must fit: other apps' usage plus n instances of this definition."""
+    """The target state must fit: other apps' usage plus n instances of this definition, and for
+    a resident app its volume slots (n, or more when scaled-down slots stay reserved)."""
     vcpus, memory_mib = instance_resources(definition, 0)
     per_instance = {
         "vcpus": vcpus,
@@ -113,20 +120,26 @@ def _quota_check(app: App | None, tenant, definition: AppDefinition) -> None:
         "instances": 1,
         "published_ports": len(requested_host_ports(definition)),
     }
+    wanted = {resource: amount * definition.instances for resource, amount in per_instance.items()}
+    slot = slot_request(definition)
+    slots = max(definition.instances, live_slot_count(app) if app is not None else 0)
+    wanted["volumes"] = slot.volumes * slots
+    wanted["disk_mib"] += slot.disk_mib * slots
     quota = Quota.objects.get(tenant=tenant)
     usage = quota_usage(tenant=tenant)
-    own = {}
+    own: dict[str, int] = {}
     if app is not None:
-        owned_ids = [str(pk) for pk in Instance.objects.filter(app=app).values_list("pk", flat=True)]
-        for claim in ResourceClaim.objects.filter(tenant=tenant, owner_kind=CLAIM_KIND, owner_id__in=owned_ids):
-            for resource in per_instance:
-                own[resource] = own.get(resource, 0) + getattr(claim, resource)
-    for resource, amount in per_instance.items():
-        wanted = amount * definition.instances
+        owned = {(CLAIM_KIND, str(pk)) for pk in Instance.objects.filter(app=app).values_list("pk", flat=True)}
+        owned |= {(VOLUME_CLAIM_KIND, str(pk)) for pk in app.volumes.values_list("pk", flat=True)}
+        for claim in ResourceClaim.objects.filter(tenant=tenant, owner_id__in=[owner_id for _, owner_id in owned]):
+            if (claim.owner_kind, claim.owner_id) in owned:
+                for resource in wanted:
+                    own[resource] = own.get(resource, 0) + getattr(claim, resource)
+    for resource, amount in wanted.items():
         others = usage[resource] - own.get(resource, 0)
         limit = getattr(quota, resource)
-        if wanted and others + wanted > limit:
-            raise QuotaExceeded(resource=QuotaResource(resource).value, limit=limit, used=others, requested=wanted)
+        if amount and others + amount > limit:
+            raise QuotaExceeded(resource=QuotaResource(resource).value, limit=limit, used=others, requested=amount)
 
 
 def _next_version(app: App | None) -> str:
@@ -233,6 +246,7 @@ def app_update(
             raise AppNotFound(f"App '{app.marathon_id}' does not exist")
         current = app_definition(app)
         definition = dataclasses.replace(definition, id=app.marathon_id)
+        volume_admission_check(definition, current)
         # Scaling down or stopping an app stored under an older policy stays possible: it starts nothing.
         if not (_only_instances_differ(current, definition) and definition.instances <= current.instances):
             _policy_check(definition)
@@ -290,9 +304,14 @@ def app_delete(*, access, app: App, force: bool = False) -> Deployment:
         )
 
 
-def instance_kill(*, access, instances: list[Instance], scale: bool = False, force: bool = False) -> Deployment | None:
-    """Stop these instances: replaced by the engine, or (scale=True) the app's count lowered."""
+def instance_kill(
+    *, access, instances: list[Instance], scale: bool = False, force: bool = False, wipe: bool = False
+) -> Deployment | None:
+    """Stop these instances: replaced by the engine, or (scale=True) the app's count lowered.
+    wipe=True also destroys their volumes: the replacement starts on a fresh slot."""
     access.require(TenantRole.DEVELOPER)
+    if scale and wipe:
+        raise InvalidInput("scale and wipe cannot be combined.", field="wipe")
     deployment = None
     with transaction.atomic():
         by_app: dict[int, list[Instance]] = {}
@@ -311,7 +330,9 @@ def instance_kill(*, access, instances: list[Instance], scale: bool = False, for
                 )
             for instance in app_instances:
                 instance.refresh_from_db()
-                instance_stop(instance, reason="killed through the API")
+                if wipe:
+                    volumes_destroy(volumes=instance.volumes.all())
+                instance_stop(instance, reason="wiped through the API" if wipe else "killed through the API")
             if not scale:
                 app_id = app.pk
                 transaction.on_commit(lambda app_id=app_id: _converge_later(app_id))

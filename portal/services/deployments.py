@@ -3,10 +3,11 @@
 ``app_converge`` is idempotent and cheap; it runs under the app row's lock after every
 instance change, after every API change and from the reconciler. It follows Marathon's
 TaskReplaceActor: with n target instances, ``minHealthy = ceil(n * minimumHealthCapacity)``
-healthy instances (old and new together) stay up at every moment and old + new never exceed
-``maxCapacity = floor(n * (1 + maximumOverCapacity))``; old instances go as new ones become
-healthy. A scale only changes the count (killSelection picks the victims). Failed launches
-are retried with Marathon's backoff (backoffSeconds * backoffFactor^k, capped)."""
+healthy instances (old and new together) stay up at every moment and old + new (stopping ones
+included, until they have ended) never exceed ``maxCapacity = floor(n * (1 +
+maximumOverCapacity))``; old instances go as new ones become healthy. A scale only changes the
+count (killSelection picks the victims). Failed launches are retried with Marathon's backoff
+(backoffSeconds * backoffFactor^k, capped)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import logging
 import math
 from datetime import timedelta
 
+from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
-from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, InstanceStatus
+from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, InstanceStatus, VolumeState
 from portal.events import event_publish, marathon_timestamp
 from portal.marathon import AppDefinition
 from portal.models import App, Deployment, Instance
@@ -29,10 +31,19 @@ from portal.services.networks import (
     network_name_for,
     network_remove_unused,
 )
+from portal.services.volumes import (
+    NoFreeVolumeSlot,
+    persistent_volumes,
+    volume_pinned_host,
+    volume_slot_place,
+    volume_slot_take,
+    volumes_destroy,
+)
 from tenants.errors import DomainError, QuotaExceeded
 from tenants.services import ResourceRequest, quota_reserve
 
 logger = logging.getLogger(__name__)
+STOP_TASK = "vmworker.stop_instance"  # sent by name: the portal imports nothing of the host side
 
 
 def instance_resources(definition: AppDefinition, min_memory_mib: int) -> tuple[int, int]:
@@ -88,10 +99,8 @@ def instance_stop(instance: Instance, *, reason: str = "") -> None:
         instance_transition(instance_id=instance.pk, to=InstanceStatus.STOPPED, failure_reason=reason)
         return
     if instance_transition(instance_id=instance.pk, to=InstanceStatus.STOPPING) is not None:
-        from vmworker.tasks import stop_instance
-
         queue = instance.host.queue
-        transaction.on_commit(lambda: stop_instance.apply_async(args=[str(instance.pk)], queue=queue))
+        transaction.on_commit(lambda: current_app.send_task(STOP_TASK, args=[str(instance.pk)], queue=queue))
 
 
 def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
@@ -107,6 +116,7 @@ def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
         with transaction.atomic():
             network = network_ensure(tenant=instance.tenant, name=network_name_for(definition))
             allocation = network_address_allocate(instance=instance, network=network)
+            pinned = volume_pinned_host(instance)
             placement = instance_place(
                 PlacementRequest(
                     app_id=instance.app_id,
@@ -114,8 +124,10 @@ def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
                     memory_mib=instance.memory_mib,
                     host_ports=requested_host_ports(definition),
                     constraints=definition.constraints,
+                    pinned_host_id=pinned.pk if pinned is not None else None,
                 )
             )
+            volume_slot_place(instance=instance, host=placement.host)
             instance.host = placement.host
             instance.host_ports = list(placement.host_ports)
             instance.ip_address = allocation.address
@@ -124,16 +136,16 @@ def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:
         if instance.failure_reason != exc.message:
             Instance.objects.filter(pk=instance.pk).update(failure_reason=exc.message)
         return False
-    from vmworker.tasks import boot_instance
+    from portal.services.instance_specs import instance_boot_send
 
-    queue = placement.host.queue
-    transaction.on_commit(lambda: boot_instance.apply_async(args=[str(instance.pk)], queue=queue))
+    transaction.on_commit(lambda: instance_boot_send(instance_id=instance.pk))
     return True
 
 
 def instance_create(*, app: App, definition: AppDefinition, deployment: Deployment | None) -> Instance:
-    """A new staged instance with its quota claim, placed and its boot queued when a host fits.
-    Raises QuotaExceeded (nothing written)."""
+    """A new staged instance with its quota claim (and, for a resident app, its volume slot),
+    placed and its boot queued when a host fits. Raises QuotaExceeded or NoFreeVolumeSlot
+    (nothing written)."""
     vcpus, memory_mib = instance_resources(definition, 0)
     with transaction.atomic():
         instance = Instance.objects.create(
@@ -157,6 +169,7 @@ def instance_create(*, app: App, definition: AppDefinition, deployment: Deployme
                 published_ports=len(requested_host_ports(definition)),
             ),
         )
+        volume_slot_take(app=app, instance=instance, definition=definition)
     _place_and_boot(instance, definition)
     return instance
 
@@ -226,11 +239,31 @@ def app_converge(*, app_id: int) -> None:
             _place_and_boot(waiting, definition)
 
         # Start new instances while capacity allows (and the launch backoff has passed).
-        room = max_capacity - (len(old) + len(new))
+        # An instance that is stopping still holds its VM (and, for a resident app, its volume)
+        # until its host reports it ended: it counts against maxCapacity as Marathon counts an
+        # old task until it is terminal.
+        stopping = sum(i.status == InstanceStatus.STOPPING for i in active) + len(asked_to_stop)
+        room = max_capacity - (len(old) + len(new) + stopping)
         missing = n - len(new)
-        if missing > 0 and room <= 0 and min_healthy >= max_capacity and all(_is_healthy(i, has_checks) for i in new):
-            room = 1  # Marathon's special case: one extra so a full {1, 0} strategy can progress
+        if (
+            missing > 0
+            and room <= 0
+            and not stopping
+            and min_healthy >= max_capacity
+            and all(_is_healthy(i, has_checks) for i in new)
+        ):
+            if persistent_volumes(definition):
+                # Resident: an extra instance would have no volume; one old instance goes instead.
+                for victim in _kill_order(old, definition.kill_selection, has_checks)[:1]:
+                    instance_stop(victim, reason="replaced by a new version")
+                    old.remove(victim)
+                    asked_to_stop.append(victim)
+                    stopping += 1
+            else:
+                room = 1  # Marathon's special case: one extra so a full {1, 0} strategy can progress
         progress_note = ""
+        if missing > 0 and room <= 0 and stopping and persistent_volumes(definition):
+            progress_note = "waiting for its volume: the old instance stops before the new one mounts it"
         if missing > 0 and app.next_launch_at and timezone.now() < app.next_launch_at:
             progress_note = f"launch backoff until {marathon_timestamp(app.next_launch_at)}"
         else:
@@ -240,10 +273,12 @@ def app_converge(*, app_id: int) -> None:
                 except QuotaExceeded as exc:
                     progress_note = f"waiting for quota: {exc.message}"
                     break
+                except NoFreeVolumeSlot as exc:
+                    progress_note = exc.message
+                    break
 
         if deployment is not None:
             # Done when the old instances have really stopped, not just been asked to.
-            stopping = sum(i.status == InstanceStatus.STOPPING for i in active) + len(asked_to_stop)
             has_checks |= _version_has_checks([i for i in new if i.version_id not in has_checks])
             new_healthy = sum(_is_healthy(i, has_checks) for i in new)
             done = not old and not stopping and len(new) == n and new_healthy == n
@@ -264,6 +299,7 @@ def app_converge(*, app_id: int) -> None:
 
 
 def _converge_deleting(app: App, deployment: Deployment | None, active: list[Instance]) -> None:
+    volumes_destroy(volumes=app.volumes.exclude(state=VolumeState.DESTROYING))
     for instance in active:
         if instance.status != InstanceStatus.STOPPING:
             instance_stop(instance, reason="app deleted")

@@ -4,7 +4,9 @@ periodic reconcile (from beat)."""
 from __future__ import annotations
 
 import logging
+import re
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -15,6 +17,7 @@ from django.utils import timezone
 
 from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, HostState, InstanceStatus
 from portal.models import App, ComputeHost, Deployment, Instance
+from portal.public_host import public_host_conflict, public_url_parse
 from portal.scheduling import hosts_alive
 from portal.services.instances import instance_transition
 
@@ -23,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 def host_queue(name: str) -> str:
     return f"host.{name}"
+
+
+class PublishAddressRefused(Exception):
+    """A compute host would publish apps on the portal's own host (portal.public_host)."""
 
 
 def host_register(
@@ -35,6 +42,10 @@ def host_register(
     probe_s: float | None,
     publish_ip: str = "127.0.0.1",
 ) -> ComputeHost:
+    public = public_url_parse(settings.PUBLIC_URL)  # the web server refuses to start on a bad one
+    if conflict := public_host_conflict(public, publish_ip):
+        logger.error("host.publish_address_refused", extra={"host": name, "publish_ip": publish_ip})
+        raise PublishAddressRefused(f"Compute host {name} is not registered. {conflict}")
     host, _ = ComputeHost.objects.update_or_create(
         name=name,
         defaults={
@@ -53,9 +64,33 @@ def host_register(
     return host
 
 
-def host_heartbeat(*, name: str) -> bool:
-    """False when the host's row is gone (e.g. removed by an admin): the worker registers again."""
-    return bool(ComputeHost.objects.filter(name=name).update(last_heartbeat_at=timezone.now(), state=HostState.UP))
+def host_heartbeat(*, name: str, warm_pool: dict | None = None) -> bool:
+    """False when the host's row is gone (e.g. removed by an admin): the worker registers again.
+    ``warm_pool``: {"<vcpus>x<MiB>": {"ready": n, "target": m}} (vmworker.warm_pool)."""
+    fields = {"last_heartbeat_at": timezone.now(), "state": HostState.UP}
+    if warm_pool is not None:
+        fields["warm_pool"] = {
+            shape: {"ready": int(counts["ready"]), "target": int(counts["target"])}
+            for shape, counts in list(warm_pool.items())[:16]
+            if _SHAPE_LABEL.match(str(shape))
+        }
+    return bool(ComputeHost.objects.filter(name=name).update(**fields))
+
+
+_SHAPE_LABEL = re.compile(r"^\d{1,3}x\d{2,6}$")
+
+
+def warm_start_rates(hosts) -> dict[int, dict]:
+    """Per host pk: the starts of the last hour that claimed a pooled VM (their timings have
+    ``claim``) and all starts (those with ``boot_to_exec``)."""
+    since = timezone.now() - timedelta(hours=1)
+    rates = {}
+    for host in hosts:
+        started = Instance.objects.filter(host=host, created_at__gte=since, timings_s__has_key="boot_to_exec")
+        total = started.count()
+        warm = started.filter(timings_s__has_key="claim").count()
+        rates[host.pk] = {"warm": warm, "total": total, "rate_pct": round(100 * warm / total) if total else None}
+    return rates
 
 
 def host_ports_block(*, name: str, ports: list[int]) -> None:
@@ -124,11 +159,19 @@ def apps_needing_converge() -> list[int]:
 
 
 def reconcile_all() -> None:
+    from celery import current_app
+
     from portal.services.deployments import app_converge
-    from vmworker.tasks import reconcile_host
+    from portal.services.health import health_probes_claim
+    from portal.services.instance_specs import instance_boots_resend
 
     hosts_expire()
     for app_id in apps_needing_converge():
         app_converge(app_id=app_id)
-    for host in hosts_alive():
-        reconcile_host.apply_async(args=[host.name], queue=host.queue, expires=30)
+    alive = list(hosts_alive())
+    instance_boots_resend(host_names=[host.name for host in alive])
+    for host in alive:
+        probes = health_probes_claim(host_name=host.name)
+        current_app.send_task(
+            "vmworker.reconcile_host", args=[host.name], kwargs={"probes": probes}, queue=host.queue, expires=30
+        )

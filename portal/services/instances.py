@@ -4,6 +4,7 @@ quota claim released when an instance ends, an event for every change (after com
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -22,6 +23,16 @@ ENGINE_RELEVANT = frozenset(
 )
 
 
+def _instance_locked(instance_id, statuses) -> Instance | None:
+    """The instance, its row locked, when its status is one of ``statuses`` (compare-and-swap)."""
+    return (
+        Instance.objects.select_for_update(of=("self",))
+        .select_related("app", "tenant", "host", "version")
+        .filter(pk=instance_id, status__in=statuses)
+        .first()
+    )
+
+
 def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **fields) -> Instance | None:
     """Move the instance to ``to`` if its current status allows it; None (and nothing
     written) when it does not: a re-delivered task or a late report is a no-op.
@@ -35,12 +46,7 @@ def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **
 
             app_id = Instance.objects.filter(pk=instance_id).values_list("app_id", flat=True).first()
             list(App.objects.select_for_update().filter(pk=app_id).values_list("pk", flat=True))
-        instance = (
-            Instance.objects.select_for_update(of=("self",))
-            .select_related("app", "tenant", "host", "version")
-            .filter(pk=instance_id, status__in=allowed)
-            .first()
-        )
+        instance = _instance_locked(instance_id, allowed)
         if instance is None:
             return None
         now = timezone.now()
@@ -57,6 +63,9 @@ def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **
             from portal.services.networks import network_address_release
 
             network_address_release(instance_id=instance.pk)
+            from portal.services.volumes import volume_destroy_after_instance
+
+            volume_destroy_after_instance(instance=instance)
         if launch_failed:
             from portal.services.deployments import app_record_launch_failure
 
@@ -65,6 +74,35 @@ def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **
         if to in ENGINE_RELEVANT:
             transaction.on_commit(lambda: _after_change(instance.app_id))
     logger.info("instance.transition", extra={"instance_id": str(instance_id), "status": to})
+    return instance
+
+
+# What a host task was doing when it met a transient failure, by the status the instance kept.
+RETRIED_STEP = {
+    InstanceStatus.STAGED: "boot",
+    InstanceStatus.PULLING: "pull",
+    InstanceStatus.PREPARING: "image preparation",
+    InstanceStatus.BOOTING: "boot",
+    InstanceStatus.STOPPING: "stop",
+}
+
+
+def instance_retry_note(*, instance_id, attempt: int, attempts: int, retry_in_s: float, error: str) -> Instance | None:
+    """A host task met a transient failure (portal side of ``vmworker.failures``) and runs again
+    in ``retry_in_s``: the instance keeps its status and says why, which attempt failed
+    (``launch_attempt``) and when the next one starts (``not_before``), with an event so open
+    pages show it. None when the instance is gone or over."""
+    with transaction.atomic():
+        instance = _instance_locked(instance_id, RETRIED_STEP)
+        if instance is None:
+            return None
+        step = RETRIED_STEP[instance.status]
+        instance.failure_reason = f"{step} failed: {error} (attempt {attempt} of {attempts})"[:1000]
+        instance.launch_attempt = attempt
+        instance.not_before = timezone.now() + timedelta(seconds=retry_in_s)
+        instance.save(update_fields=["failure_reason", "launch_attempt", "not_before", "updated_at"])
+        _publish_status(instance, message=instance.failure_reason)
+    logger.info("instance.retry_noted", extra={"instance_id": str(instance_id), "attempt": attempt})
     return instance
 
 

@@ -4,6 +4,7 @@ environment (``PORTAL_*``) or from a file whose path comes from the environment.
 import os
 from pathlib import Path
 
+from portal import public_host as _public_host
 from portal.secrets import read_or_create_secret, read_secret, redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -18,7 +19,19 @@ SECRET_KEY = os.environ.get("PORTAL_SECRET_KEY") or read_or_create_secret(
     Path(os.environ.get("PORTAL_SECRET_KEY_FILE", STATE_DIR / "secrets" / "django-secret-key"))
 )
 DEBUG = False
-ALLOWED_HOSTS = [h for h in os.environ.get("PORTAL_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+# The portal's own address, as browsers reach it. Never the host tenants' apps are published on
+# (cookies are scoped by host, not port): portal.public_host holds that rule and the start check.
+PUBLIC_URL = os.environ.get("PORTAL_PUBLIC_URL", _public_host.DEFAULT_PUBLIC_URL)
+try:
+    _public = _public_host.public_url_parse(PUBLIC_URL)
+except ValueError:  # the system check (portal.E003) says what is wrong, at start
+    _public = None
+PUBLIC_ORIGIN = _public.origin if _public else None
+# Where host workers publish apps (vmworker.tasks reads the same variable).
+APP_PUBLISH_HOST_IP = os.environ.get("HYPERVM_PUBLISH_HOST_IP", _public_host.DEFAULT_APP_PUBLISH_HOST_IP)
+ALLOWED_HOSTS = [
+    h for h in os.environ.get("PORTAL_ALLOWED_HOSTS", _public.host_header if _public else "").split(",") if h
+]
 
 INSTALLED_APPS = [
     "daphne",
@@ -230,7 +243,7 @@ def cache_for(url: str) -> dict:
     or database put in that URL applies here too."""
     return {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "portal.shared_redis.ProcessRedisCache",
             "LOCATION": url,
             # Several portals (or test stacks) may share one Redis database.
             "KEY_PREFIX": os.environ.get("PORTAL_CACHE_KEY_PREFIX", "portal"),
@@ -282,6 +295,7 @@ RESERVED_HOST_PORTS = frozenset(
         int(DATABASES["default"]["PORT"] or 5432),
         _urlsplit(REDIS_URL).port or 6379,
     }
+    | ({_public.port} if _public else set())
 )
 # Every cap of an app definition is a setting PORTAL_APP_<NAME> (e.g. PORTAL_APP_MAX_TASK_KILL_GRACE_PERIOD_S);
 # the defaults live once, in PlatformPolicy. The id's length is the database column's, not a setting.
@@ -304,7 +318,19 @@ HTTPS = env_bool("PORTAL_HTTPS", True)
 # Origins besides the portal's own that a browser may use the session from, exactly
 # "scheme://host[:port]": Django's CSRF check of session POSTs and the stream origin check
 # (portal.stream_security) read this one list.
-CSRF_TRUSTED_ORIGINS = [origin for origin in os.environ.get("PORTAL_TRUSTED_ORIGINS", "").split(",") if origin]
+# The public origin is trusted too: behind a proxy the Host the portal sees may be another.
+CSRF_TRUSTED_ORIGINS = [
+    *([PUBLIC_ORIGIN] if PUBLIC_ORIGIN else []),
+    *(origin for origin in os.environ.get("PORTAL_TRUSTED_ORIGINS", "").split(",") if origin),
+]
+# Cookies stay on the portal's own host: host-only (no Domain, so never sent to another host or
+# a subdomain), SameSite=Lax (not sent on other sites' subrequests or POSTs), the session cookie out
+# of reach of scripts. The __Host- names (prod, over https) also stop any other host setting them.
+SESSION_COOKIE_DOMAIN = None
+CSRF_COOKIE_DOMAIN = None
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_HTTPONLY = True
 # Open WebSockets + /v2/events streams of one user, across every web process (Redis leases).
 MAX_STREAMS_PER_USER = int(os.environ.get("PORTAL_MAX_STREAMS_PER_USER", "16"))
 # Every open stream checks its session or token, membership and user again this often.
@@ -321,3 +347,30 @@ IMAGE_MAX_UNPACKED_MIB = int(os.environ.get("PORTAL_IMAGE_MAX_UNPACKED_MIB", "40
 # An instance's writable layer when its app definition's `disk` is 0 (Marathon's default): the
 # size of the guest's overlay, claimed of the tenant's disk_mib quota per instance.
 INSTANCE_DEFAULT_DISK_MIB = int(os.environ.get("PORTAL_INSTANCE_DEFAULT_DISK_MIB", "256"))
+# Marathon's cpus as a hard CFS cap in the boot spec (off: shares only, as Mesos by default).
+INSTANCE_ENFORCE_CPU_QUOTA = os.environ.get("HYPERVM_ENFORCE_CPU_QUOTA") == "1"
+# --- issue 13: metrics (usage samples of instances, the Prometheus /metrics endpoint)
+# The Redis keeping each live instance's last CPU/memory samples; empty: the channel layer's.
+USAGE_REDIS_URL = os.environ.get("PORTAL_USAGE_REDIS_URL", "")
+# How often a host worker measures its guests (vmworker.usage).
+USAGE_SAMPLE_INTERVAL_S = float(os.environ.get("PORTAL_USAGE_SAMPLE_INTERVAL_S", "3"))
+# /metrics: platform admins' sessions, or this Bearer token (a Prometheus scrape job's
+# bearer_token / bearer_token_file). From the environment or a 0600 file; none: sessions only.
+METRICS_SCRAPE_TOKEN = os.environ.get("PORTAL_METRICS_SCRAPE_TOKEN", "") or (
+    read_secret(Path(os.environ["PORTAL_METRICS_SCRAPE_TOKEN_FILE"]), made_by="the operator")
+    if os.environ.get("PORTAL_METRICS_SCRAPE_TOKEN_FILE")
+    else ""
+)
+# Counts API requests (/api/v1/, /v2/) for /metrics; outermost, so throttled and failed ones count.
+MIDDLEWARE.insert(0, "portal.metrics.requests.ApiRequestMetricsMiddleware")
+# --- issue 13: exec (shells and one-shot commands in a running instance, portal.services.exec)
+# One-shot exec (POST .../instances/<id>/exec/): the longest timeout a request may ask for, the one
+# it gets when it names none, and the most output returned (the rest is dropped, "truncated": true).
+EXEC_MAX_TIMEOUT_S = float(os.environ.get("PORTAL_EXEC_MAX_TIMEOUT_S", "300"))
+EXEC_DEFAULT_TIMEOUT_S = float(os.environ.get("PORTAL_EXEC_DEFAULT_TIMEOUT_S", "30"))
+# Shells and one-shot commands one tenant may have open on one host (of its 64): the rest stay
+# free for the other tenants (vmworker.exec_agent).
+EXEC_MAX_SESSIONS_PER_TENANT_PER_HOST = int(os.environ.get("PORTAL_EXEC_MAX_SESSIONS_PER_TENANT_PER_HOST", "16"))
+EXEC_MAX_OUTPUT_BYTES = int(os.environ.get("PORTAL_EXEC_MAX_OUTPUT_BYTES", str(1024 * 1024)))
+# How long the instance's host may take to open a shell before the client is told it is unavailable.
+EXEC_OPEN_TIMEOUT_S = float(os.environ.get("PORTAL_EXEC_OPEN_TIMEOUT_S", "30"))

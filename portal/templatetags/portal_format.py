@@ -25,3 +25,12 @@ def age(moment) -> str:
     if moment is None:
         return "never"
     return f"{duration_until(moment, timezone.now())} ago"
+
+
+@register.filter
+def seconds_until(moment) -> str:
+    """``{{ i.not_before|seconds_until }}`` -> "3 s", "1 min 5 s" (as portal.js counts it down)."""
+    if moment is None:
+        return ""
+    seconds = max(0.0, (moment - timezone.now()).total_seconds())
+    return f"{seconds:.0f} s" if seconds < 60 else f"{int(seconds // 60)} min {int(seconds % 60)} s"

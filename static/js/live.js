@@ -20,7 +20,8 @@
  *         "exited" | "gone"  no more lines will come (the only states that stop reconnecting)
  *         "refused"      the socket was closed with 4403/4404
  *       element.dataset.consoleState mirrors the state; the portal's own notes ("[exited ...]",
- *       the reason a console is gone or unavailable) go to a .console-note element beside the
+ *       the reason a console is waiting, gone or unavailable, a live one whose app printed
+ *       nothing yet) go to a .console-note element beside the
  *       output, never into it, so app output cannot fake them. Guest text reaches the terminal
  *       through terminalText(): only SGR (colour/style) sequences are kept; cursor moves,
  *       screen clears, OSC (titles, OSC 8 links) and other control characters are dropped, and
@@ -34,6 +35,7 @@
  *   HyperLive.terminalText(text)  guest text as written to the terminal (see above).
  *
  *   HyperLive.attachConsoles(root)  attaches a console to every [data-console-url] in root
+ *   HyperLive.loadXterm()  -> Promise<bool>: the vendored xterm.js loaded (static/js/shell.js)
  *       (once per element; element.hyperLiveConsole is its handle) and closes those whose
  *       element left the page; runs on DOMContentLoaded for the document. Call it after
  *       swapping a fragment in.
@@ -259,6 +261,10 @@
           handle.lastSeq = line.seq;
           shown.push(line);
         });
+        if (shown.length && handle.silentNote) {
+          handle.silentNote = false;
+          view.note("");
+        }
         if (shown.length) {
           element.dispatchEvent(new CustomEvent("hyperlive:lines", { detail: { lines: shown } }));
           if (options.onLines) options.onLines(shown);
@@ -280,7 +286,11 @@
         } else if (message.state === "unavailable") {
           view.note("[" + (message.message || "the host does not answer; retrying") + "]");
         } else if (message.state === "live") {
-          view.note("");
+          // A first user's app may print nothing (the demo web server): say so, not a blank box.
+          handle.silentNote = handle.lastSeq < 0;
+          view.note(handle.silentNote ? "[live: the app has printed nothing yet]" : "");
+        } else if (message.state === "waiting") {
+          view.note("[" + (message.message || "waiting for the instance to run") + "]");
         }
         onStatus(message);
       }
@@ -344,6 +354,7 @@
     console: consoleStream,
     attachConsoles: attachConsoles,
     terminalText: terminalText,
+    loadXterm: loadXterm,
   };
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", function () {

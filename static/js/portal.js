@@ -4,6 +4,29 @@ document.addEventListener("change", (event) => {
   if (el.matches("select[data-autosubmit]")) el.form.submit();
 });
 
+// A select whose options carry data-hint (the Deploy form's registry) shows the chosen one's
+// hint in the element named by data-hint-target (the Image field's help).
+document.addEventListener("change", (event) => {
+  const el = event.target;
+  if (!el.matches("select[data-hint-target]")) return;
+  const hint = document.getElementById(el.dataset.hintTarget);
+  const chosen = el.selectedOptions[0];
+  if (hint && chosen && chosen.dataset.hint) hint.textContent = chosen.dataset.hint;
+});
+
+// The app page's Instances field follows the app's target (scaled elsewhere: the API, another
+// tab) until the user types in it; the summary fragment is where the target comes from.
+document.addEventListener("input", (event) => {
+  if (event.target.matches("#actions-form input[name=instances]")) event.target.dataset.edited = "1";
+});
+document.addEventListener("portal:refreshed", () => {
+  const field = document.querySelector("#actions-form input[name=instances]");
+  const target = document.querySelector('[data-fragment="summary"] [data-count="target"]');
+  if (field && target && !field.dataset.edited && document.activeElement !== field) {
+    field.value = target.textContent.trim();
+  }
+});
+
 document.addEventListener("submit", (event) => {
   const message = event.target.dataset.confirm;
   if (message && !window.confirm(message)) event.preventDefault();

@@ -3,7 +3,7 @@
 from rest_framework import serializers
 
 from tenants.choices import QuotaResource, TenantRole
-from tenants.models import ApiToken, ImageRegistry, Membership, Tenant
+from tenants.models import ApiToken, AuditEntry, ImageRegistry, Membership, Tenant
 from tenants.models.quota import QUOTA_MAXIMUM
 
 
@@ -132,4 +132,13 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
 
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor.username", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = AuditEntry
+        fields = ["id", "created_at", "actor", "action", "target", "data"]
         read_only_fields = fields

@@ -11,7 +11,7 @@ from tenants.api import serializers as s
 from tenants.api.base import TenantScopedAPIView, TenantScopedViewSet
 from tenants.choices import TenantRole
 from tenants.filtersets import ImageRegistryFilterSet, MembershipFilterSet, TenantFilterSet
-from tenants.models import ApiToken, ImageRegistry, Membership, Tenant
+from tenants.models import ApiToken, AuditEntry, ImageRegistry, Membership, Tenant
 from tenants.tasks import check_registry
 
 
@@ -52,6 +52,17 @@ class TenantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
                 raise ValidationError({"owner": [f"No active user '{data['owner']}'."]})
         tenant = services.tenant_create(actor=request.user, slug=data["slug"], name=data["name"], owner=owner)
         return Response(self.get_serializer(tenant).data, status=status.HTTP_201_CREATED)
+
+
+class AuditEntryViewSet(TenantScopedViewSet, mixins.ListModelMixin):
+    """The tenant's audit log, newest first (admins and owners): membership, registry, token and
+    quota changes, every shell (``exec.shell``) and one-shot command (``exec.run``) in its
+    instances. Filter by ``action``."""
+
+    queryset = AuditEntry.objects.select_related("actor").order_by("-created_at", "-id")
+    serializer_class = s.AuditEntrySerializer
+    filterset_fields = ["action"]
+    default_read_role = TenantRole.ADMIN
 
 
 class MembershipViewSet(TenantScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):

@@ -55,14 +55,6 @@ def acme(registry, test_images):
     return tenant
 
 
-@pytest.fixture
-def one_host(compute_hosts):
-    compute_hosts.kill_all_but("h1")
-    worker = compute_hosts.start("h1")
-    db_wait("host h1 registered", lambda: ComputeHost.objects.filter(name=worker.name).exists(), 60)
-    return worker
-
-
 def log_in(page, url: str, username: str) -> None:
     page.goto(url + "/login/")
     page.fill("#id_username", username)
@@ -113,7 +105,7 @@ def test_deploy_by_click_watch_it_boot_scale_stop_and_delete(live_stack, one_hos
     page.goto(live_stack.url + "/t/acme/apps/")
     assert "No apps yet" in page.locator("[data-fragment=apps]").inner_text()
     page.click("#deploy-demo")
-    page.wait_for_url(re.compile(r".*/apps/deploy/\?demo=1.*"))
+    page.wait_for_url(re.compile(r".*/apps/deploy/\?registry=.*"))
     assert page.input_value("#id_image") == "demo/hello:latest"
     assert page.input_value("#id_ports") == str(HTTPD_PORT)
     page.fill("#id_app_id", "/hello")
@@ -329,9 +321,10 @@ def test_a_tenant_without_registries_deploys_from_the_embedded_registry_then_res
     log_in(page, live_stack.url, "bob")
     page.goto(live_stack.url + "/t/beta/apps/")
     page.click("#deploy-demo")
-    page.wait_for_url(re.compile(r".*/apps/deploy/\?demo=1.*"))
+    page.wait_for_url(re.compile(r".*/apps/deploy/\?registry=.*"))
     assert page.input_value("#id_registry") == "platform"
-    assert f"local ({registry.host_port}, the platform" in page.locator("#id_registry option:checked").inner_text()
+    assert page.locator("#id_registry option:checked").inner_text() == "local (platform registry)"
+    assert f"in local ({registry.host_port}, the platform's" in page.locator("#id_image_help").inner_text()
     page.fill("#id_app_id", "/from-local")
     page.click("#deploy-form button[type=submit]")
     page.wait_for_url(re.compile(r".*/t/beta/apps/\d+/$"))

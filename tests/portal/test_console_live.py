@@ -14,7 +14,7 @@ from portal.models import Instance
 from portal.services.apps import app_create
 from tests.portal.test_console_browser import OPEN_CONSOLE, SEEN_AT_LEAST
 from tests.portal.test_consumers import Socket, lines_of, run, session_cookie
-from tests.portal.test_pipeline import access, one_host, wait_until  # noqa: F401 (fixtures)
+from tests.portal.test_pipeline import access, wait_until  # noqa: F401 (fixtures)
 from tests.support.browser import screenshot
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]

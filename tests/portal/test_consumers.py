@@ -61,11 +61,11 @@ def session_cookie(user) -> bytes | None:
 
 
 class Socket:
-    """A WebSocket client of the real ASGI app, as a browser on a page of the portal at
-    http://127.0.0.1 would open it (``origin`` another page's)."""
+    """A WebSocket client of the real ASGI app, as a browser on a page of the portal at its
+    public URL (the settings' default, http://127.0.0.2:8000) would open it (``origin`` another page's)."""
 
-    def __init__(self, cookie: bytes | None, path: str, origin: bytes | None = b"http://127.0.0.1"):
-        headers = [(b"host", b"127.0.0.1")]
+    def __init__(self, cookie: bytes | None, path: str, origin: bytes | None = b"http://127.0.0.2:8000"):
+        headers = [(b"host", b"127.0.0.2:8000")]
         if origin is not None:
             headers.append((b"origin", origin))
         if cookie is not None:
@@ -299,10 +299,10 @@ def test_another_tenants_slug_is_refused_even_for_its_own_app(tenant, other_tena
 @pytest.mark.parametrize(
     "origin",
     [
-        b"http://127.0.0.1:20001",  # a tenant's published app on the portal's host
-        b"https://127.0.0.1",  # another scheme
-        b"http://127.0.0.1:8000",  # another port (the handshake's Host has none)
-        b"http://localhost",  # another host name of the same machine
+        b"http://127.0.0.1:20001",  # a tenant's published app
+        b"http://127.0.0.2:20001",  # the portal's host, another port
+        b"https://127.0.0.2:8000",  # another scheme
+        b"http://localhost:8000",  # another host name of the same machine
         b"null",
         None,  # no Origin, with the session cookie
     ],

@@ -19,7 +19,7 @@ from portal.marathon import parse_app_definition
 from portal.models import App, Instance, Network
 from portal.services.apps import app_create, app_delete
 from tenants.selectors import quota_usage
-from tests.portal.test_pipeline import access, marathon, one_host, wait_until  # noqa: F401 (fixtures)
+from tests.portal.test_pipeline import access, marathon, wait_until  # noqa: F401 (fixtures)
 from tests.support.network_probe import NOT_REACHED, REACHED, probe_results, probe_script
 from tests.support.tenant_access import owner_access_with_registry
 from vmworker.guestinit.protocol import OutputLine
@@ -150,6 +150,13 @@ def libvirt_networks(runtime: HyperVMRuntime) -> dict[str, bool]:
 
     connection = libvirt.open(runtime.settings.libvirt_uri)
     try:
-        return {network.name(): bool(network.isActive()) for network in connection.listAllNetworks(0)}
+        found = {}
+        for network in connection.listAllNetworks(0):
+            try:
+                found[network.name()] = bool(network.isActive())
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                    raise  # else: another host's sweep removed it between the listing and this look
+        return found
     finally:
         connection.close()

@@ -13,7 +13,7 @@ from portal.choices import InstanceStatus
 from portal.marathon import parse_app_definition
 from portal.models import App, ComputeHost, Instance
 from portal.services.apps import app_create, app_delete
-from tests.portal.test_pipeline import access, http_app, one_host, wait_until  # noqa: F401 (fixtures)
+from tests.portal.test_pipeline import access, http_app, wait_until  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -3,6 +3,7 @@ the environment the case gives (a settings module is read once per process)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,55 @@ def test_dev_settings_stay_for_developers_who_ask(environment):
     loaded = load("portal.settings.dev", environment, "DEBUG")
 
     assert loaded["DEBUG"] is True
+
+
+def test_the_portal_serves_on_a_host_of_its_own_by_default(environment):
+    loaded = load("portal.settings.base", environment, "PUBLIC_URL", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS")
+
+    assert loaded == {
+        "PUBLIC_URL": "http://127.0.0.2:8000",
+        "ALLOWED_HOSTS": ["127.0.0.2"],
+        "CSRF_TRUSTED_ORIGINS": ["http://127.0.0.2:8000"],
+    }
+
+
+def test_hosts_origins_and_reserved_ports_follow_the_public_url(environment):
+    names = ("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "RESERVED_HOST_PORTS")
+    loaded = load("portal.settings.base", environment | {"PORTAL_PUBLIC_URL": "https://Portal.Example.test/"}, *names)
+
+    assert loaded["ALLOWED_HOSTS"] == ["portal.example.test"]
+    assert loaded["CSRF_TRUSTED_ORIGINS"] == ["https://portal.example.test"]
+    assert re.search(r"\b443\b", loaded["RESERVED_HOST_PORTS"]), loaded["RESERVED_HOST_PORTS"]
+
+
+def test_cookies_are_host_only_lax_and_named_host_over_https(environment):
+    names = ("SESSION_COOKIE_NAME", "CSRF_COOKIE_NAME", "SESSION_COOKIE_DOMAIN", "CSRF_COOKIE_DOMAIN")
+    names += ("SESSION_COOKIE_SAMESITE", "CSRF_COOKIE_SAMESITE", "SESSION_COOKIE_HTTPONLY")
+    over_https = load("portal.settings.prod", environment, *names)
+    over_http = load("portal.settings.prod", environment | {"PORTAL_HTTPS": "0"}, *names)
+
+    common = {"SESSION_COOKIE_DOMAIN": None, "CSRF_COOKIE_DOMAIN": None, "SESSION_COOKIE_HTTPONLY": True}
+    common |= {"SESSION_COOKIE_SAMESITE": "Lax", "CSRF_COOKIE_SAMESITE": "Lax"}
+    assert over_https == common | {"SESSION_COOKIE_NAME": "__Host-sessionid", "CSRF_COOKIE_NAME": "__Host-csrftoken"}
+    # A __Host- cookie must be Secure: over plain http the browser would drop it.
+    assert over_http == common | {"SESSION_COOKIE_NAME": "sessionid", "CSRF_COOKIE_NAME": "csrftoken"}
+
+
+def test_the_metrics_scrape_token_comes_from_the_environment_or_a_private_file(environment, tmp_path):
+    token_file = tmp_path / "scrape-token"
+    token_file.write_text("from-the-file\n")
+    token_file.chmod(0o600)
+
+    none = load("portal.settings.base", environment, "METRICS_SCRAPE_TOKEN")
+    given = load("portal.settings.base", environment | {"PORTAL_METRICS_SCRAPE_TOKEN": "given"}, "METRICS_SCRAPE_TOKEN")
+    from_file = environment | {"PORTAL_METRICS_SCRAPE_TOKEN_FILE": str(token_file)}
+    read = load("portal.settings.base", from_file, "METRICS_SCRAPE_TOKEN")
+    token_file.chmod(0o644)
+    with pytest.raises(RuntimeError, match="readable by other users"):
+        load("portal.settings.base", from_file, "METRICS_SCRAPE_TOKEN")
+
+    assert (none, given, read) == (
+        {"METRICS_SCRAPE_TOKEN": ""},
+        {"METRICS_SCRAPE_TOKEN": "given"},
+        {"METRICS_SCRAPE_TOKEN": "from-the-file"},
+    )

@@ -24,7 +24,14 @@ from tenants.services import api_token_create, api_token_revoke
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def handshake(*, scheme: str = "ws", host: str = "127.0.0.1:8000", origin: str | None, cookie: bool = True, **extra):
+@pytest.fixture(autouse=True)
+def _only_the_handshakes_own_origin(settings):
+    """The rule for the origin a handshake reached the portal at; trusted origins have tests of
+    their own below (the public URL's is one: tests/portal/test_settings.py)."""
+    settings.CSRF_TRUSTED_ORIGINS = []
+
+
+def handshake(*, scheme: str = "ws", host: str = "127.0.0.2:8000", origin: str | None, cookie: bool = True, **extra):
     headers = [(b"host", host.encode())]
     if origin is not None:
         headers.append((b"origin", origin.encode()))
@@ -37,13 +44,13 @@ def handshake(*, scheme: str = "ws", host: str = "127.0.0.1:8000", origin: str |
 @pytest.mark.parametrize(
     ("scope", "allowed"),
     [
-        (handshake(origin="http://127.0.0.1:8000"), True),
-        (handshake(origin="HTTP://127.0.0.1:8000"), True),  # scheme and host are case-insensitive
-        (handshake(scheme="wss", origin="https://127.0.0.1:8000"), True),
-        (handshake(scheme="wss", origin="http://127.0.0.1:8000"), False),
-        (handshake(origin="https://127.0.0.1:8000"), False),
+        (handshake(origin="http://127.0.0.2:8000"), True),
+        (handshake(origin="HTTP://127.0.0.2:8000"), True),  # scheme and host are case-insensitive
+        (handshake(scheme="wss", origin="https://127.0.0.2:8000"), True),
+        (handshake(scheme="wss", origin="http://127.0.0.2:8000"), False),
+        (handshake(origin="https://127.0.0.2:8000"), False),
         (handshake(origin="http://127.0.0.1:20001"), False),
-        (handshake(origin="http://127.0.0.1"), False),
+        (handshake(origin="http://127.0.0.2"), False),
         (handshake(origin="http://localhost:8000"), False),
         (handshake(origin="null"), False),
         (handshake(origin=None), False),
@@ -58,9 +65,9 @@ def test_websocket_origin_must_be_the_portals_exact_origin(scope, allowed):
 def test_behind_a_tls_proxy_the_origin_is_https(settings):
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     forwarded = {"x-forwarded-proto": "https"}
-    assert websocket_origin_allowed(handshake(origin="https://127.0.0.1:8000", **forwarded))
-    assert not websocket_origin_allowed(handshake(origin="http://127.0.0.1:8000", **forwarded))
-    assert not websocket_origin_allowed(handshake(origin="https://127.0.0.1:8000"))  # the proxy did not say so
+    assert websocket_origin_allowed(handshake(origin="https://127.0.0.2:8000", **forwarded))
+    assert not websocket_origin_allowed(handshake(origin="http://127.0.0.2:8000", **forwarded))
+    assert not websocket_origin_allowed(handshake(origin="https://127.0.0.2:8000"))  # the proxy did not say so
 
 
 def test_trusted_origins_are_exact(settings):

@@ -2,6 +2,7 @@
 mapped from the Marathon parser's paths, nothing created on bad input."""
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from django.utils import timezone
 from portal.choices import DeploymentStatus, InstanceStatus, VirtType
 from portal.forms import field_for_path
 from portal.marathon import parse_app_definition
-from portal.models import App, AppVersion, Deployment, Instance
+from portal.models import App, AppVersion, Deployment, Event, Instance
 from portal.services.apps import app_create
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
@@ -265,9 +266,7 @@ def test_empty_app_list_points_to_the_demo_image(tenant, developer, member_of, l
     registry = ImageRegistry.objects.create(tenant=tenant, name="local", url="http://127.0.0.1:5000", insecure=True)
     page = login(developer).get(f"/t/{tenant.slug}/apps/").content.decode()
     assert "No apps yet" in page and f"registry={registry.pk}" in page and "Deploy the demo image" in page
-    deploy = login(developer).get(
-        f"/t/{tenant.slug}/apps/deploy/?demo=1&registry={registry.pk}&image=demo/hello:latest"
-    )
+    deploy = login(developer).get(f"/t/{tenant.slug}/apps/deploy/?registry={registry.pk}&image=demo/hello:latest")
     assert deploy.context["form"]["image"].value() == "demo/hello:latest"
     viewer_page = login(member_of(tenant, TenantRole.VIEWER)).get(f"/t/{tenant.slug}/apps/").content.decode()
     assert "ask a developer" in viewer_page
@@ -278,6 +277,20 @@ def test_hosts_page_is_for_platform_admins(tenant, developer, developer_app_host
     page = login(UserFactory(is_staff=True)).get("/platform/hosts/").content.decode()
     assert 'data-host="h1"' in page and "TCG (qemu)" in page
     assert "0.5 / 4" not in page and "1 / 4" in page and "128 / 2048 MiB" in page
+
+
+def test_hosts_page_shows_the_warm_pool_from_the_heartbeat_and_the_warm_start_rate(
+    tenant, developer, developer_app_host, login
+):
+    from portal.services.hosts import host_heartbeat
+
+    host_heartbeat(name="h1", warm_pool={"1x128": {"ready": 1, "target": 2}, "not a shape": {"ready": 9, "target": 9}})
+    instances = list(Instance.objects.filter(host=developer_app_host))
+    Instance.objects.filter(pk=instances[0].pk).update(timings_s={"claim": 0.05, "boot_to_exec": 0.3})
+    Instance.objects.filter(pk__in=[i.pk for i in instances[1:]]).update(timings_s={"boot_to_exec": 2.0})
+    page = login(UserFactory(is_staff=True)).get("/platform/hosts/").content.decode()
+    assert "1x128 MiB: 1 / 2 ready" in page and "not a shape" not in page
+    assert f"1 of {len(instances)} starts warm" in page
 
 
 @pytest.fixture
@@ -329,3 +342,95 @@ def test_app_list_counts_come_from_one_query_whatever_the_number_of_apps(
     assert page.count('<tr data-app="/more-') == 6
     assert page.count('<span data-count="running">2</span> / <span data-count="target">2</span> running') == 6
     assert page.count('<span class="badge good">running</span>') == 6
+
+
+@pytest.fixture
+def platform_registry(settings):
+    settings.EMBEDDED_REGISTRY_URL = "http://127.0.0.1:5000"
+    settings.EMBEDDED_REGISTRY_USERNAME = "demo"
+    settings.EMBEDDED_REGISTRY_PASSWORD_FILE = ""
+
+
+def test_the_deploy_form_starts_from_the_platform_registry_and_what_the_demo_image_needs(
+    tenant, developer, login, platform_registry
+):
+    response = login(developer).get(f"/t/{tenant.slug}/apps/deploy/")
+    form, page = response.context["form"], response.content.decode()
+    assert form["registry"].value() == "platform"
+    assert form["ports"].value() == "8080" and form["health_check"].value() == "HTTP"
+    hint = (
+        "repository:tag in local (127.0.0.1:5000, the platform&#x27;s, pull only), "
+        "e.g. demo/hello:latest (the demo web server, port 8080)."
+    )
+    assert f'<small id="id_image_help">{hint}</small>' in page
+    assert 'data-hint-target="id_image_help"' in page
+    full = "A full reference: registry host, repository and tag, e.g. 127.0.0.1:5000/demo/hello:latest."
+    assert f'<option value="" data-hint="{full} Without a registry host it names an image on Docker Hub' in page
+
+
+def test_the_image_hint_follows_the_registry_chosen(tenant, developer, login, platform_registry):
+    own = ImageRegistry.objects.create(tenant=tenant, name="team", url="https://registry.example.com", insecure=False)
+    client = login(developer)
+    chosen = client.get(f"/t/{tenant.slug}/apps/deploy/?registry={own.pk}").context["form"]
+    assert chosen["image"].help_text == "repository:tag in team (registry.example.com), e.g. team/web:1.0."
+    resent = client.post(f"/t/{tenant.slug}/apps/deploy/", FORM | {"registry": "", "cpus": "x"}).context["form"]
+    assert resent["image"].help_text.startswith("A full reference: registry host, repository and tag")
+
+
+def test_without_any_registry_the_form_asks_for_a_full_reference(tenant, developer, login, settings):
+    settings.EMBEDDED_REGISTRY_URL = ""
+    form = login(developer).get(f"/t/{tenant.slug}/apps/deploy/").context["form"]
+    assert form["registry"].value() == "" and form["ports"].value() in (None, "")
+    assert "e.g. registry.example.com/team/web:1.0" in form["image"].help_text
+
+
+def test_an_instance_retrying_shows_why_which_attempt_and_when_escaped(tenant, developer, login):
+    from portal.services.instances import instance_retry_note
+
+    app = deployed(tenant, developer)
+    instance = Instance.objects.get(app=app)
+    Instance.objects.filter(pk=instance.pk).update(status=InstanceStatus.PULLING)
+    error = 'cannot reach registry <img src=x onerror="alert(1)">'
+    noted = instance_retry_note(instance_id=instance.pk, attempt=2, attempts=4, retry_in_s=30, error=error)
+    assert noted.status == InstanceStatus.PULLING and noted.launch_attempt == 2
+    page = login(developer).get(f"/t/{tenant.slug}/apps/{app.pk}/?fragment=1").content.decode()
+    assert "<img src=x" not in page
+    escaped = "pull failed: cannot reach registry &lt;img src=x onerror=&quot;alert(1)&quot;&gt; (attempt 2 of 4)"
+    assert f'<p class="warn instance-note" data-attempt="2">{escaped} · next try in <span data-until=' in page
+    assert "s</span></p>" in page
+    event = Event.objects.filter(instance=instance).latest("pk")  # open pages re-fetch on it
+    assert event.data["status"] == "pulling" and event.data["message"].startswith("pull failed: cannot reach")
+
+
+def test_a_retry_note_for_an_instance_that_ended_changes_nothing(tenant, developer):
+    from portal.services.instances import instance_retry_note
+
+    instance = Instance.objects.get(app=deployed(tenant, developer))
+    Instance.objects.filter(pk=instance.pk).update(status=InstanceStatus.FAILED, failure_reason="image not found")
+    assert instance_retry_note(instance_id=instance.pk, attempt=1, attempts=4, retry_in_s=2, error="x") is None
+    assert Instance.objects.get(pk=instance.pk).failure_reason == "image not found"
+
+
+def test_the_site_icon_is_served_where_browsers_ask_for_it(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response["Content-Type"] == "image/x-icon"
+    assert b"".join(response.streaming_content)[:4] == b"\x00\x00\x01\x00"  # an ICO header
+    assert "max-age=86400" in response["Cache-Control"]
+
+
+def test_a_deployment_started_seconds_ago_says_so(tenant, developer, login):
+    app = deployed(tenant, developer)
+    page = login(developer).get(f"/t/{tenant.slug}/apps/{app.pk}/?fragment=1").content.decode()
+    assert re.search(r"started \d+\.\d s ago", page), "the running deployment's age in seconds"
+    assert "0 minutes ago" not in page
+
+
+def test_an_instance_row_says_whether_it_started_warm_or_cold(tenant, developer, login):
+    app = deployed(tenant, developer)
+    instance = Instance.objects.filter(app=app).first()
+    Instance.objects.filter(pk=instance.pk).update(timings_s={"claim": 0.05, "boot_to_exec": 0.3})
+    page = login(developer).get(f"/t/{tenant.slug}/apps/{app.pk}/").content.decode()
+    assert "<span data-start>warm start</span>" in page
+    Instance.objects.filter(pk=instance.pk).update(timings_s={"define": 0.1, "boot_to_exec": 2.0})
+    page = login(developer).get(f"/t/{tenant.slug}/apps/{app.pk}/").content.decode()
+    assert "<span data-start>cold start</span>" in page

@@ -19,7 +19,7 @@ from portal.marathon import parse_app_definition
 from portal.models import Instance
 from portal.services.apps import app_create
 from tests.portal.test_consumers import Socket, lines_of, run, session_cookie
-from tests.portal.test_pipeline import access, command_app, one_host, wait_until  # noqa: F401 (fixtures)
+from tests.portal.test_pipeline import access, command_app, wait_until  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -23,6 +23,8 @@ from portal.marathon import parse_app_definition
 from portal.models import App, AppVersion, Instance
 from portal.selectors import app_definition
 from portal.services import apps as app_services
+from portal.services.host_reports import instance_report_apply
+from portal.services.instance_specs import instance_spec_build
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.errors import InvalidInput
@@ -120,7 +122,10 @@ def test_the_host_refuses_to_pull_from_a_platform_address_a_stored_row_names(ten
     version.definition["app"]["container"]["docker"]["image"] = f"127.0.0.1:{port}/steal/it:1"
     version.save(update_fields=["definition"])
 
-    tasks.boot_instance(str(instance.pk))
+    # The host's reports go to the portal's queue; here the portal applies them at once.
+    monkeypatch.setattr(tasks, "send_report", lambda report: instance_report_apply(report=report))
+
+    tasks.boot_instance(str(instance.pk), instance_spec_build(Instance.objects.get(pk=instance.pk)))
 
     instance.refresh_from_db()
     assert instance.status == InstanceStatus.FAILED

@@ -5,6 +5,7 @@ over plain http, private files, a Redis that wants its password, the demo app bo
 no secret on any process's command line (QEMU's included), and Ctrl-C leaving no process
 behind."""
 
+import base64
 import http.cookiejar
 import json
 import os
@@ -25,7 +26,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from tests.support.live_stack import free_port
+from tests.support.live_stack import PORTAL_HOST, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 420  # a fresh database is migrated and the demo images are built and pushed
@@ -113,7 +114,8 @@ def _run_env(state_dir: Path, host_state_dir: Path) -> dict[str, str]:
         if name != "DJANGO_SETTINGS_MODULE" and not name.startswith(("PORTAL_", "HYPERVM_", "PYTEST_"))
     }
     return inherited | {
-        "PORTAL_PORT": str(free_port()),
+        # The portal's own host, as by default (apps are published on 127.0.0.1).
+        "PORTAL_PUBLIC_URL": f"http://{PORTAL_HOST}:{free_port(PORTAL_HOST)}",
         "PORTAL_REGISTRY_PORT": str(free_port()),
         "PORTAL_STATE_DIR": str(state_dir),
         "PORTAL_DB_NAME": f"hypervm_run_{unique}",
@@ -163,6 +165,7 @@ def _file_mode_problems(state_dir: Path) -> list[str]:
     problems = [f"{path.name}/ is missing" for path in private_dirs if not path.is_dir()]
     problems += [f"{path.name}/ is {_mode(path)}" for path in private_dirs if path.is_dir() and _mode(path) != "0o700"]
     must_exist = ["log/bootstrap.txt", "secrets/django-secret-key", "secrets/demo-admin-password"]
+    must_exist += ["secrets/metrics-scrape-token"]
     must_exist += ["registry/password", "registry/auth.json", "registry/htpasswd"]
     problems += [f"{name} is missing" for name in must_exist if not (state_dir / name).exists()]
     files = [*state_dir.glob("log/*"), *state_dir.glob("secrets/*"), *state_dir.glob("registry/*")]
@@ -215,6 +218,7 @@ def _known_secrets(state_dir: Path) -> dict[str, str]:
         "registry password": state_dir / "registry" / "password",
         "admin password": state_dir / "secrets" / "demo-admin-password",
         "Django secret key": state_dir / "secrets" / "django-secret-key",
+        "metrics scrape token": state_dir / "secrets" / "metrics-scrape-token",
     }
     return {name: path.read_text().strip() for name, path in files.items() if path.exists()}
 
@@ -226,7 +230,7 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
     host_state_dir = Path(tempfile.mkdtemp(prefix="hypervm-run-", dir="/var/tmp"))
     host_state_dir.chmod(0o755)
     env = _run_env(state_dir, host_state_dir)
-    url = f"http://127.0.0.1:{env['PORTAL_PORT']}"
+    url = env["PORTAL_PUBLIC_URL"]
     output = tmp_path / "run.out"
     problems: list[str] = []
     stack: dict[int, str] = {}
@@ -238,6 +242,8 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
         with CommandLineRecorder(process.pid, marker=str(host_state_dir)) as recorder:
             username, password = _wait_until_ready(process, output, url).split(" ", 1)
             stack.update(_descendants(process.pid))
+            if f"HyperVM portal: {url}/" not in output.read_text(errors="replace"):
+                problems.append(f"the printed URL is not {url}/: {output.read_text(errors='replace')[-500:]}")
 
             # DEBUG off: a 404 is the plain page, not the URLconf listing.
             status, _, body = _http(urllib.request.build_opener(), f"{url}/no-such-page-{uuid.uuid4().hex}/")
@@ -261,12 +267,14 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
             if status != 200 or landed.endswith("/login/") or username not in page:
                 problems.append(f"the printed login did not log in over http (answered {status} at {landed})")
 
+            problems += _registry_catalog_problems(env["PORTAL_REGISTRY_PORT"], state_dir)
             problems += _file_mode_problems(state_dir)
             problems += _redis_problems()
             problems += _worker_problems(state_dir / "log" / "worker.log")
             # The demo app boots as a VM (its QEMU's command line is sampled too) and goes.
             problems += _demo_app_problems(browser, cookies, url, env["PORTAL_REGISTRY_PORT"], state_dir)
-            problems += _wait_for_no_vm_resources(host_state_dir)
+            problems += _metrics_problems(browser, url, state_dir)  # the host has registered by now
+            problems += _wait_for_no_vm_resources(host_state_dir, pooled=False, after="the deleted app")
         secrets_by_name = _known_secrets(state_dir)
         for log in sorted((state_dir / "log").glob("*")):
             for name, secret in secrets_by_name.items():
@@ -291,6 +299,8 @@ def test_scripts_run_serves_production_settings_with_private_secrets_and_stops_c
         left = _still_running(stack)
         if left:
             problems.append(f"processes left after Ctrl-C: {[(pid, _cmdline(pid)) for pid in left]}")
+        # The warm pool's paused blank VMs go with the host worker.
+        problems += _wait_for_no_vm_resources(host_state_dir, pooled=True, after="Ctrl-C")
         assert problems == [], "\n".join(problems)
     finally:
         if process.poll() is None:
@@ -317,6 +327,35 @@ def _api(browser, cookies, url: str, method: str, path: str, body: dict | None =
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
+
+
+def _metrics_problems(admin_browser, url: str, state_dir: Path) -> list[str]:
+    """/metrics answers the token in the run's 0600 file and the admin's session, nobody else."""
+    token = (state_dir / "secrets" / "metrics-scrape-token").read_text().strip()
+    scraper = urllib.request.build_opener()
+    scraper.addheaders = [("Authorization", f"Bearer {token}")]
+    problems = []
+    for who, opener, expected in (
+        ("anonymous", urllib.request.build_opener(), 401),
+        ("the scrape token", scraper, 200),
+        ("the admin's session", admin_browser, 200),
+    ):
+        status, _, body = _http(opener, url + "/metrics")
+        if status != expected or (expected == 200 and "hypervm_host_up{" not in body):
+            problems.append(f"/metrics answered {who} with {status}: {body[:200]}")
+    return problems
+
+
+def _registry_catalog_problems(registry_port: str, state_dir: Path) -> list[str]:
+    """The run command pushes the demo image and nothing else (no test images)."""
+    password = (state_dir / "registry" / "password").read_text().strip()
+    token = base64.b64encode(f"demo:{password}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{registry_port}/v2/_catalog", headers={"Authorization": f"Basic {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        repositories = json.loads(response.read())["repositories"]
+    return [] if repositories == ["demo/hello"] else [f"the run command's registry holds {repositories}"]
 
 
 def _demo_app_problems(browser, cookies, url: str, registry_port: str, state_dir: Path) -> list[str]:
@@ -354,13 +393,19 @@ def _demo_app_problems(browser, cookies, url: str, registry_port: str, state_dir
     return [*problems, f"the demo app could not be deleted: {status} {answer}"]
 
 
-def _vm_resources(host_state_dir: Path) -> tuple[list, list]:
-    """The libvirt domains and tenant networks of the run's host state dir."""
+def _vm_resources(host_state_dir: Path, *, pooled: bool = True) -> tuple[list, list]:
+    """The libvirt domains and tenant networks of the run's host state dir; ``pooled=False``
+    leaves out the warm pool's blank VMs (the run command keeps one: they belong to no app)."""
     import libvirt
 
+    pool_folder = f"{host_state_dir}/pool/"
     connection = libvirt.open("qemu:///system")
     try:
-        domains = [domain.name() for domain in connection.listAllDomains() if str(host_state_dir) in _xml(domain)]
+        domains = [
+            domain.name()
+            for domain in connection.listAllDomains()
+            if str(host_state_dir) in (xml := _xml(domain)) and (pooled or pool_folder not in xml)
+        ]
         markers = {marker.name for marker in (host_state_dir / "networks").glob("*")}
         networks = [name for name in connection.listNetworks() if any(marker in name for marker in markers)]
         return domains, networks
@@ -377,12 +422,12 @@ def _xml(domain) -> str:
         return ""  # another session's VM, gone since the listing
 
 
-def _wait_for_no_vm_resources(host_state_dir: Path) -> list[str]:
+def _wait_for_no_vm_resources(host_state_dir: Path, *, pooled: bool, after: str) -> list[str]:
     deadline = time.monotonic() + APP_GONE_TIMEOUT_S
-    while time.monotonic() < deadline and any(_vm_resources(host_state_dir)):
+    while time.monotonic() < deadline and any(_vm_resources(host_state_dir, pooled=pooled)):
         time.sleep(1)
-    domains, networks = _vm_resources(host_state_dir)
-    return [f"the deleted app left domains {domains} and networks {networks}"] if domains or networks else []
+    domains, networks = _vm_resources(host_state_dir, pooled=pooled)
+    return [f"{after} left domains {domains} and networks {networks}"] if domains or networks else []
 
 
 def _remove_vm_resources(host_state_dir: Path) -> None:
@@ -393,13 +438,21 @@ def _remove_vm_resources(host_state_dir: Path) -> None:
     connection = libvirt.open("qemu:///system")
     try:
         # Domains and networks answer the same four calls.
-        found = [connection.lookupByName(name) for name in domains]
-        found += [connection.networkLookupByName(name) for name in networks]
+        found = []
+        for lookup, names in ((connection.lookupByName, domains), (connection.networkLookupByName, networks)):
+            for name in names:
+                try:
+                    found.append(lookup(name))
+                except libvirt.libvirtError:
+                    pass  # gone since the listing
         for resource in found:
-            if resource.isActive():
-                resource.destroy()
-            if resource.isPersistent():
-                resource.undefine()
+            try:
+                if resource.isActive():
+                    resource.destroy()
+                if resource.isPersistent():
+                    resource.undefine()
+            except libvirt.libvirtError:
+                pass  # gone since the listing (a stopping worker's own clean-up)
     finally:
         connection.close()
 

@@ -6,9 +6,6 @@ refusals happen before anything is placed."""
 
 import http.client
 import json
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 
@@ -17,7 +14,7 @@ import pytest
 from portal.models import App
 from tenants import services as tenant_services
 from tenants.choices import TenantRole
-from tests.support.live_stack import ROOT, START_TIMEOUT_S, _stop, free_port
+from tests.support.live_stack import web_server
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -93,32 +90,11 @@ def wide_range_web(live_stack, tmp_path_factory):
     """A second daphne of the same stack whose host port range covers every port, so the ports
     the platform itself listens on (this daphne's and the embedded registry's) fall inside it:
     they must still be refused as reserved."""
-    port = free_port()
     registry_port = urllib.parse.urlsplit(live_stack.env["PORTAL_EMBEDDED_REGISTRY_URL"]).port
     log_path = tmp_path_factory.mktemp("wide-range-web") / "web.log"
-    env = live_stack.env | {"PORTAL_HOST_PORT_MIN": "1024", "PORTAL_HOST_PORT_MAX": "65535", "PORTAL_PORT": str(port)}
-    with open(log_path, "wb") as log:
-        web = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                urllib.request.urlopen(url + "/login/", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or web.poll() is not None:
-                    raise RuntimeError(f"web server did not start: {log_path.read_text()[-2000:]}") from None
-                time.sleep(0.2)
-        yield url, port, registry_port
-    finally:
-        _stop(web)
+    env = live_stack.env | {"PORTAL_HOST_PORT_MIN": "1024", "PORTAL_HOST_PORT_MAX": "65535"}
+    with web_server(env=env, log_path=log_path) as (url, _env):
+        yield url, urllib.parse.urlsplit(url).port, registry_port
 
 
 def test_a_fixed_host_port_outside_the_platform_range_is_refused_and_nothing_stored(live_stack, token):

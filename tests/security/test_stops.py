@@ -250,9 +250,9 @@ def platform_service():
     server.server_close()
 
 
-def rewrite_check(app_id: str, **fields) -> datetime:
+def rewrite_check(app_id: str, **fields) -> tuple[int, datetime]:
     """Writes the stored definition's health check directly (an old row from before the API's
-    policy), and lets the next round probe at once; returns when."""
+    policy), and lets the next round probe at once; returns the instance's pk and when."""
     from django.utils import timezone
 
     instance = up_instance(app_id)
@@ -260,17 +260,22 @@ def rewrite_check(app_id: str, **fields) -> datetime:
     version.definition["app"]["health_checks"][0].update(fields)
     version.save(update_fields=["definition"])
     Instance.objects.filter(pk=instance.pk).update(health={})
-    return timezone.now()
+    return instance.pk, timezone.now()
 
 
-def wait_checked(app_id: str, *, after: datetime | None = None) -> dict:
-    """The instance's health record once a round has probed it (after ``after``)."""
+def wait_checked(instance_pk: int, *, after: datetime) -> dict:
+    """The instance's health record once a round claimed after ``after`` has been judged. Read by pk, not
+    as "the app's instance that is up": a failing check may have had it replaced by the time a
+    loaded machine polls again (the round's record stays on the row it judged)."""
     return wait_until(
-        f"a health round of {app_id}",
+        f"a health round of instance {instance_pk}",
         lambda: (
-            (health := up_instance(app_id).health)
+            (health := Instance.objects.get(pk=instance_pk).health)
             and "lastCheckAt" in health
-            and (after is None or datetime.fromisoformat(health["lastCheckAt"]) > after)
+            and datetime.fromisoformat(health["lastCheckAt"]) > after
+            # judged: the portal claims a round (lastCheckAt) before the probe runs, and stamps
+            # the round's result with that time
+            and health["lastCheckAt"] in (health.get("lastFailure"), health.get("lastSuccess"))
             and health
         ),
         60,
@@ -284,9 +289,9 @@ def test_probes_reach_only_the_instances_own_ports(first_tenant, one_host, test_
     first_tenant.deploy(http_app(test_images, app_id=app_id, check={"protocol": "TCP"}))
     wait_up(app_id, 1)
 
-    rewritten_at = rewrite_check(app_id, port=port, port_index=None, protocol=protocol, path="/")
+    scanned, rewritten_at = rewrite_check(app_id, port=port, port_index=None, protocol=protocol, path="/")
 
-    scanner = wait_checked(app_id, after=rewritten_at)
+    scanner = wait_checked(scanned, after=rewritten_at)
     assert reached == [], f"the {protocol} probe reached port {port}, not the instance's own"
     assert scanner["alive"] is False and "not one of the instance's" in scanner["lastFailureCause"], scanner
 

@@ -2,8 +2,9 @@
 app page) would: the live daphne, a real WebSocket client and raw HTTP.
 
 - A stream that uses the session cookie opens only from the portal's exact origin (scheme, host
-  and port) or a trusted one: a tenant's app on another port of the same host gets a 403 on the
-  handshake, a session POST from it a CSRF 403, and /v2/events with the session a 403.
+  and port) or a trusted one: a tenant's app (on the apps' publish address, or any other port of
+  the portal's host) gets a 403 on the handshake, a session POST from it a CSRF 403, and
+  /v2/events with the session a 403.
 - A token-authenticated /v2/events stream ends within a few seconds of the token's revocation
   (or deletion), the membership's removal or the user's deactivation.
 - One user holds at most MAX_STREAMS_PER_USER open streams, WebSockets and SSE together: the next
@@ -42,12 +43,17 @@ CSRF_SECRET = "a" * 32  # a CSRF cookie a page of the portal would hold; the hea
 
 
 def tenant_app_origin() -> str:
-    """The origin of a tenant's published app: a port of the platform's range on the same host."""
-    return f"http://127.0.0.1:{settings.HOST_PORT_RANGE[0] + 1}"
+    """The origin of a tenant's published app: a port of the platform's range on the address apps
+    are published on (the portal has a host of its own: tests/security/test_cookies.py)."""
+    return f"http://{settings.APP_PUBLISH_HOST_IP}:{settings.HOST_PORT_RANGE[0] + 1}"
 
 
 def portal_port(stack) -> int:
     return urlsplit(stack.url).port
+
+
+def portal_host(stack) -> str:
+    return urlsplit(stack.url).hostname
 
 
 def session_cookie(user) -> str:
@@ -106,10 +112,10 @@ class SseStream:
 
     def __init__(self, stack, headers: dict[str, str]):
         port = portal_port(stack)
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock = socket.create_connection((portal_host(stack), port), timeout=5)
         lines = [
             "GET /v2/events HTTP/1.1",
-            f"Host: 127.0.0.1:{port}",
+            f"Host: {portal_host(stack)}:{port}",
             "Accept: text/event-stream",
             "Connection: close",
             *(f"{name}: {value}" for name, value in headers.items()),
@@ -167,11 +173,11 @@ def token_headers(key: str) -> dict[str, str]:
 
 
 def refused_origins(stack) -> dict[str, str | None]:
-    port = portal_port(stack)
+    host, port = portal_host(stack), portal_port(stack)
     return {
         "a tenant's published app": tenant_app_origin(),
-        "the portal's host, another port": f"http://127.0.0.1:{port + 1}",
-        "the portal's host and port, another scheme": f"https://127.0.0.1:{port}",
+        "the portal's host, another port": f"http://{host}:{port + 1}",
+        "the portal's host and port, another scheme": f"https://{host}:{port}",
         "the portal's port, another host name": f"http://localhost:{port}",
         "an opaque origin (sandboxed frame, file:)": "null",
         "no Origin header": None,
@@ -300,7 +306,7 @@ def test_a_session_post_from_a_tenant_app_origin_fails_the_csrf_check(live_stack
 
 
 def http_request(stack, method: str, path: str, headers: dict[str, str], body: str) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", portal_port(stack), timeout=10)
+    connection = http.client.HTTPConnection(portal_host(stack), portal_port(stack), timeout=10)
     try:
         connection.request(method, path, body=body.encode(), headers=headers)
         response = connection.getresponse()

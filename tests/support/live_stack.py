@@ -3,6 +3,7 @@ worker, both pointed at pytest-django's test database and the test Redis databas
 session uses its own Celery queue so other sessions' workers never take its tasks."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,13 +18,20 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from tests.support.storage_pools import remove_storage_pool
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30
 
 
-def free_port() -> int:
+# The portal's own host: tenants' apps are published on 127.0.0.1, and a browser shares cookies
+# between every port of one host (portal.public_host).
+PORTAL_HOST = "127.0.0.2"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -100,21 +108,20 @@ def celery_queue() -> str:
 
 
 @contextmanager
-def running_stack(*, env: dict, queue: str, log_dir: Path) -> Iterator[LiveStack]:
-    """daphne + a Celery worker on ``queue``, both with ``env``; stopped on exit. Tests that need
-    settings of their own (a low rate limit, an allowlisted port) start one beside ``live_stack``."""
-    port = free_port()
-    web_log = open(log_dir / "web.log", "wb")  # noqa: SIM115
-    worker_log = open(log_dir / "worker.log", "wb")  # noqa: SIM115
-    web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=web_log,
-        stderr=subprocess.STDOUT,
-    )
-    worker = start_celery_worker(queues=queue, name=queue, env=env, log=worker_log, concurrency=1)
-    url = f"http://127.0.0.1:{port}"
+def web_server(*, env: dict, log_path: Path) -> Iterator[tuple[str, dict]]:
+    """daphne on a free port of the portal's own host, with ``env`` and PORTAL_PUBLIC_URL set to
+    where it serves; yields (url, env) once it answers, stops it on exit."""
+    port = free_port(PORTAL_HOST)
+    url = f"http://{PORTAL_HOST}:{port}"
+    env = env | {"PORTAL_PUBLIC_URL": url}
+    with open(log_path, "wb") as log:
+        web = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", PORTAL_HOST, "-p", str(port), "portal.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -123,15 +130,23 @@ def running_stack(*, env: dict, queue: str, log_dir: Path) -> Iterator[LiveStack
                 break
             except OSError:
                 if time.monotonic() > deadline or web.poll() is not None:
-                    tail = (log_dir / "web.log").read_text()[-2000:]
-                    raise RuntimeError(f"web server did not start: {tail}") from None
+                    raise RuntimeError(f"web server did not start: {log_path.read_text()[-2000:]}") from None
                 time.sleep(0.2)
-        yield LiveStack(url=url, queue=queue, log_dir=log_dir, env=env)
+        yield url, env
     finally:
         _stop(web)
-        _stop(worker)
-        web_log.close()
-        worker_log.close()
+
+
+@contextmanager
+def running_stack(*, env: dict, queue: str, log_dir: Path) -> Iterator[LiveStack]:
+    """daphne + a Celery worker on ``queue``, both with ``env``; stopped on exit. Tests that need
+    settings of their own (a low rate limit, an allowlisted port) start one beside ``live_stack``."""
+    with web_server(env=env, log_path=log_dir / "web.log") as (url, env), open(log_dir / "worker.log", "wb") as log:
+        worker = start_celery_worker(queues=queue, name=queue, env=env, log=log, concurrency=1)
+        try:
+            yield LiveStack(url=url, queue=queue, log_dir=log_dir, env=env)
+        finally:
+            _stop(worker)
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +157,28 @@ def live_stack(django_db_setup, django_db_blocker, celery_queue, registry, tmp_p
     env = stack_env(celery_queue) | embedded_registry_env(registry, tmp_path_factory.mktemp("secrets"))
     with running_stack(env=env, queue=celery_queue, log_dir=log_dir) as stack:
         yield stack
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(child) for child in handle.read().split()]
+    except OSError:
+        return []
+
+
+def _signal_tree(pid: int, signum: int) -> None:
+    """Signal a process and its descendants (not its process group: the test runner's own)."""
+    pids, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        pids.append(current)
+        queue.extend(_children(current))
+    for target in pids:
+        try:
+            os.kill(target, signum)
+        except ProcessLookupError:
+            pass
 
 
 @dataclass
@@ -199,10 +236,17 @@ class HostPool:
         if name in self.workers and self.workers[name].process.poll() is None:
             return self.workers[name]
         full_name = f"{self.live_stack.queue}-{name}"
+        if name in self.workers:
+            # A new machine under an old name: the old one's storage pool (its path in the old
+            # state dir) went with it, or the new worker would find it and refuse to use it.
+            remove_storage_pool(f"hvm-vol-{full_name}")
         state_dir = Path(tempfile.mkdtemp(prefix=f"hypervm-{full_name}-", dir="/var/tmp"))
         state_dir.chmod(0o755)
         log_path = self.live_stack.log_dir / f"host-{name}.log"
         env = self.live_stack.env | {"HYPERVM_HOST_NAME": full_name, "HYPERVM_STATE_DIR": str(state_dir)}
+        # No warm pool (vmworker.warm_pool) unless HYPERVM_TEST_WARM_POOL asks for one: the
+        # suite's timings stay those of cold boots, and no blank VM takes CPU from its boots.
+        env["HYPERVM_WARM_POOL"] = os.environ.get("HYPERVM_TEST_WARM_POOL", "")
         # Registries a test put on the platform's allowlist after the stack started (the host
         # checks an image's registry against it before it pulls).
         allowlist = os.environ.get("PORTAL_REGISTRY_HOST_ALLOWLIST")
@@ -213,8 +257,38 @@ class HostPool:
         self.workers[name] = HostWorker(name=full_name, state_dir=state_dir, process=process, log_path=log_path)
         return self.workers[name]
 
+    def crash(self, name: str) -> None:
+        """SIGKILL the host's worker and its pool children (a crash mid-task); its VMs, children
+        of libvirtd, keep running."""
+        _signal_tree(self.workers[name].process.pid, signal.SIGKILL)
+        self.workers[name].process.wait(timeout=10)
+
+    def freeze(self, name: str) -> None:
+        """SIGSTOP the host's worker and its children: no heartbeats, no tasks, as if cut off
+        from the portal; its VMs keep running. thaw() resumes it."""
+        _signal_tree(self.workers[name].process.pid, signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        _signal_tree(self.workers[name].process.pid, signal.SIGCONT)
+
+    def restart(self, name: str) -> HostWorker:
+        """Start the host's worker again with the same state dir (a worker restart on the
+        same machine: its VMs and instance folders are still there)."""
+        old = self.workers[name]
+        if old.process.poll() is None:
+            raise RuntimeError(f"host {name} is still running")
+        env = self.live_stack.env | {"HYPERVM_HOST_NAME": old.name, "HYPERVM_STATE_DIR": str(old.state_dir)}
+        allowlist = os.environ.get("PORTAL_REGISTRY_HOST_ALLOWLIST")
+        if allowlist:
+            env["PORTAL_REGISTRY_HOST_ALLOWLIST"] = allowlist
+        with open(old.log_path, "ab") as log:
+            process = start_celery_worker(queues=f"host.{old.name}", name=old.name, env=env, log=log, concurrency=3)
+        self.workers[name] = HostWorker(name=old.name, state_dir=old.state_dir, process=process, log_path=old.log_path)
+        return self.workers[name]
+
     def kill_machine(self, name: str) -> None:
         """As if the machine died: its worker stops heartbeating and its VMs are gone."""
+        from vmworker import warm_pool
         from vmworker.runtime import HyperVMRuntime, RuntimeSettings
 
         worker = self.workers[name]
@@ -222,6 +296,7 @@ class HostPool:
         runtime = HyperVMRuntime(RuntimeSettings(state_dir=worker.state_dir))
         for status in runtime.list_instances():
             runtime.remove(status.instance_id)
+        warm_pool.discard_all(runtime)  # a worker's pooled VMs (HYPERVM_TEST_WARM_POOL) outlive it
 
     def kill_all_but(self, *keep: str) -> None:
         for name, worker in self.workers.items():
@@ -233,6 +308,7 @@ class HostPool:
 
         for name, worker in self.workers.items():
             self.kill_machine(name)
+            remove_storage_pool(f"hvm-vol-{worker.name}")  # its state dir goes, so does its pool
             shutil.rmtree(worker.state_dir, ignore_errors=True)
 
 
@@ -244,3 +320,22 @@ def compute_hosts(live_stack, celery_beat):
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture
+def one_host(compute_hosts):
+    """The session's host worker h1, alone and registered (other host workers stopped)."""
+    from django.db import close_old_connections
+
+    from portal.models import ComputeHost
+
+    compute_hosts.kill_all_but("h1")
+    worker = compute_hosts.start("h1")
+    deadline = time.monotonic() + 60
+    while True:
+        close_old_connections()
+        if ComputeHost.objects.filter(name=worker.name).exists():
+            return worker
+        if time.monotonic() > deadline:
+            raise AssertionError("host h1 did not register")
+        time.sleep(0.5)

@@ -85,3 +85,52 @@ def image_from_layer(name: str, layer_tar: Path, cache_dir: Path) -> BuiltImage:
     built = build_image_from_layer_tars(name, [layer_tar], cache_dir)
     layer_tar.unlink()  # the layout holds it, gzipped
     return built
+
+
+# Hand-made tar headers: what a hostile layer can say that no tar writer would -------------------
+
+TAR_BLOCK = 512
+
+
+def tar_header(name: bytes, kind: bytes, size: int, *, link: bytes = b"", prefix: bytes = b"") -> bytes:
+    """A USTAR header with a valid checksum (Go's reader, so umoci, checks it), whatever its size
+    field says about the entry's type."""
+    header = bytearray(TAR_BLOCK)
+    header[0 : len(name)] = name
+    header[100:108] = b"0000755\0"
+    header[108:116] = header[116:124] = b"0000000\0"
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"
+    header[148:156] = b" " * 8
+    header[156:157] = kind
+    header[157 : 157 + len(link)] = link
+    header[257:265] = b"ustar\x0000"
+    header[345 : 345 + len(prefix)] = prefix
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def pax_record(key: bytes, value: bytes) -> bytes:
+    """One length-prefixed PAX record "<length> key=value\\n" (the value may hold newlines)."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length += 1
+    return str(length).encode() + body
+
+
+def pax_header(*records: bytes) -> bytes:
+    data = b"".join(records)
+    return tar_header(b"PaxHeaders/x", b"x", len(data)) + data + bytes(-len(data) % TAR_BLOCK)
+
+
+def empty_file_headers(count: int, *, stem: bytes = b"f") -> bytes:
+    return b"".join(tar_header(b"%s%d" % (stem, index), b"0", 0) for index in range(count))
+
+
+def hidden_files_layer(path: Path, *, files: int) -> Path:
+    """`files` empty files behind a directory header whose size field spans their headers: Go's
+    reader (so umoci) reads no data after a directory, whatever its size says, and makes every
+    one of them."""
+    path.write_bytes(tar_header(b"d/", b"5", files * TAR_BLOCK) + empty_file_headers(files) + bytes(2 * TAR_BLOCK))
+    return path

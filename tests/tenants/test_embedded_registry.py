@@ -3,19 +3,19 @@ credential lookup when the tenant has no registry of its own for that host, its 
 from its 0600 file only there (never on a page)."""
 
 import os
+import re
 
 import pytest
 
 from portal.marathon import parse_app_definition
 from portal.models import App, Instance
 from portal.services.apps import app_create
+from portal.services.instance_specs import pull_credentials
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.embedded_registry import EMBEDDED_REGISTRY_KEY, EmbeddedRegistry
 from tenants.models import ImageRegistry
 from tenants.selectors import registry_for_image
-from vmworker.images.credentials import RegistryCredentials
-from vmworker.tasks import _credentials
 
 pytestmark = pytest.mark.django_db
 HOST = "127.0.0.1:5999"
@@ -61,14 +61,18 @@ def test_the_worker_reads_the_embedded_credentials_for_any_tenant(tenant, develo
     definition = parse_app_definition({"id": "/web", "instances": 1, "container": {"docker": {"image": IMAGE}}})
     app_create(access=tenant_access_resolve(user=developer, slug=tenant.slug), definition=definition)
     instance = Instance.objects.get(app__marathon_id="/web")
-    assert _credentials(instance, IMAGE) == (RegistryCredentials("demo", PASSWORD), False)
-    assert _credentials(instance, "registry.example.com/x:1") == (None, True)
+    assert pull_credentials(instance, IMAGE) == ({"username": "demo", "password": PASSWORD}, False)
+    assert pull_credentials(instance, "registry.example.com/x:1") == (None, True)
 
 
 def test_deploy_form_offers_it_and_prefixes_the_image(tenant, developer, embedded, login):
     client = login(developer)
     page = client.get(f"/t/{tenant.slug}/apps/deploy/").content.decode()
-    assert f'<option value="{EMBEDDED_REGISTRY_KEY}">local ({HOST}, the platform' in page
+    # The label stays short; the option's hint (shown under the Image field) names the host.
+    assert re.search(rf'<option value="{EMBEDDED_REGISTRY_KEY}"[^>]*>local \(platform registry\)</option>', page)
+    assert re.search(
+        rf'<option value="{EMBEDDED_REGISTRY_KEY}"[^>]*data-hint="[^"]*{re.escape(HOST)}, the platform', page
+    )
     assert PASSWORD not in page
     assert IMAGE in client.get(f"/t/{tenant.slug}/apps/deploy/?mode=json").content.decode()  # the example
     form = {
@@ -94,5 +98,5 @@ def test_empty_app_list_and_registries_page_point_to_it(tenant, developer, membe
 def test_a_tenant_registry_for_the_same_host_hides_the_embedded_choice(tenant, developer, embedded, login):
     own = ImageRegistry.objects.create(tenant=tenant, name="local", url=f"http://{HOST}", insecure=True)
     page = login(developer).get(f"/t/{tenant.slug}/apps/deploy/").content.decode()
-    assert f'<option value="{own.pk}">local ({HOST})</option>' in page
+    assert re.search(rf'<option value="{own.pk}"[^>]*>local \({re.escape(HOST)}\)</option>', page)
     assert f'value="{EMBEDDED_REGISTRY_KEY}"' not in page

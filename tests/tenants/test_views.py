@@ -23,6 +23,17 @@ def test_overview_shows_a_quota_bar_per_resource(tenant, member_of, login):
     assert 'data-resource="memory_mib"' in page
 
 
+def test_a_new_tenants_next_step_is_a_deploy_from_the_platform_registry(tenant, member_of, login, settings):
+    settings.EMBEDDED_REGISTRY_URL = "http://127.0.0.1:5000"
+    page = login(member_of(tenant, TenantRole.OWNER)).get(f"/t/{tenant.slug}/").content.decode()
+    step = re.search(r'<p class="hint" id="next-step">(.*?)</p>', page, re.S).group(1)
+    assert step.startswith("Next step: deploy an image of the platform's registry local (127.0.0.1:5000) on <a")
+    assert f'href="/t/{tenant.slug}/apps/deploy/"' in step and "or add the registry your own images" in step
+    settings.EMBEDDED_REGISTRY_URL = ""
+    page = login(member_of(tenant, TenantRole.OWNER)).get(f"/t/{tenant.slug}/").content.decode()
+    assert "Next step: add the registry your images come from on the" in page
+
+
 def test_home_redirects_to_a_tenant_of_the_user(tenant, member_of, login):
     response = login(member_of(tenant, TenantRole.VIEWER)).get("/")
     assert response.status_code == 302 and response["Location"] == f"/t/{tenant.slug}/"

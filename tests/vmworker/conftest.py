@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from vmworker import warm_pool
 from vmworker.runtime import HyperVMRuntime, RuntimeSettings
 
 
@@ -21,6 +22,7 @@ def runtime_state_dir() -> Iterator[Path]:
     runtime = HyperVMRuntime(RuntimeSettings(state_dir=path))
     for status in runtime.list_instances():
         runtime.remove(status.instance_id)
+    warm_pool.discard_all(runtime)
     shutil.rmtree(path, ignore_errors=True)
 
 

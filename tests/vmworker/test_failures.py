@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tenants.registry_server import free_loopback_port
 from tests.support.oci_images import PushedImage
-from tests.support.registry import LocalRegistry, _free_loopback_port
+from tests.support.registry import LocalRegistry
 from vmworker.driver.errors import ConnectionFailed
 from vmworker.driver.host import Host
 from vmworker.failures import MAX_RETRIES, RETRY_BASE_S, RETRY_CAP_S, failure_is_transient, retry_countdown_s
@@ -55,7 +56,7 @@ def answers_503() -> Iterator[str]:
 
 
 def test_a_registry_port_with_nothing_listening_is_transient(tmp_path):
-    failure = prepare_failure(tmp_path, f"127.0.0.1:{_free_loopback_port()}/hypervm-test/sigterm:latest")
+    failure = prepare_failure(tmp_path, f"127.0.0.1:{free_loopback_port()}/hypervm-test/sigterm:latest")
     assert isinstance(failure, RegistryUnavailable)
     assert failure_is_transient(failure)
 
@@ -99,3 +100,11 @@ def test_retry_countdown_grows_exponentially_with_jitter_and_a_cap():
     assert lowest == [RETRY_BASE_S * 2**n * 0.5 for n in range(MAX_RETRIES)]
     assert all(low < high <= RETRY_CAP_S for low, high in zip(lowest, highest, strict=True))
     assert retry_countdown_s(20, jitter=lambda: 0.999) == RETRY_CAP_S
+
+
+def test_a_volume_still_attached_elsewhere_is_transient():
+    """VolumeBusy says the VM that held the volume has not been destroyed yet (its instance was
+    lost while its host was cut off): that passes, so the boot tries again before it fails."""
+    from vmworker.runtime import VolumeBusy
+
+    assert failure_is_transient(VolumeBusy("volume data is still attached to VM hvm-x"))

@@ -3,7 +3,7 @@ stopped with today's cap, never with the day it once asked for (review L5)."""
 
 from portal.marathon import parse_app_definition
 from portal.marathon.platform_policy import PlatformPolicy
-from vmworker.tasks import _kill_grace_s
+from portal.services.instance_specs import kill_grace_s
 
 APP = {"id": "/old", "cmd": "sleep 1", "cpus": 0.1, "mem": 64, "container": {"docker": {"image": "demo/h:1"}}}
 
@@ -14,6 +14,6 @@ def test_a_stored_day_long_grace_is_cut_to_the_platform_cap(settings):
 
     stored = parse_app_definition({**APP, "taskKillGracePeriodSeconds": 86400}, policy=before_the_cap)
 
-    assert _kill_grace_s(stored) == 120
-    assert _kill_grace_s(parse_app_definition({**APP, "taskKillGracePeriodSeconds": 7})) == 7
-    assert _kill_grace_s(parse_app_definition(APP)) is None
+    assert kill_grace_s(stored) == 120
+    assert kill_grace_s(parse_app_definition({**APP, "taskKillGracePeriodSeconds": 7})) == 7
+    assert kill_grace_s(parse_app_definition(APP)) is None

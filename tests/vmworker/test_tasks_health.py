@@ -1,6 +1,7 @@
 """Health rounds of the host worker (vmworker.tasks) on real PostgreSQL, against real HTTP
-servers on 127.0.0.1: probes run at once in a bounded pool, and a round gives its queue slot
-back when its deadline passes while slow probes finish later and still record their result."""
+servers on 127.0.0.1: the portal claims the probes due, the host runs them at once in a bounded
+pool, and a round gives its queue slot back when its deadline passes while slow probes finish
+later and still report their result, which the portal judges."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from portal.choices import InstanceStatus
 from portal.marathon import parse_app_definition
 from portal.models import App, AppVersion, Instance
+from portal.services.health import health_probes_claim
+from portal.services.host_reports import instance_report_apply
+from tests.support.portal_fixtures import compute_host_create
 from tests.tenants.factories import TenantFactory
 from vmworker import tasks
 
@@ -70,6 +74,9 @@ def test_a_health_round_probes_at_once_returns_at_its_deadline_and_slow_probes_s
     monkeypatch.setenv("HYPERVM_STATE_DIR", str(tmp_path / "state"))
     tasks.runtime.cache_clear()
     monkeypatch.setattr(tasks, "HEALTH_ROUND_S", 0.5)
+    monkeypatch.setattr(tasks, "host_name", lambda: "probe-host")
+    monkeypatch.setattr(tasks, "send_report", portal_applies)
+    host = compute_host_create("probe-host")
     app = app_with_http_check(TenantFactory())
     running_since = {InstanceStatus.RUNNING: timezone.now().isoformat()}
     instances = [
@@ -80,18 +87,20 @@ def test_a_health_round_probes_at_once_returns_at_its_deadline_and_slow_probes_s
             vcpus=1,
             memory_mib=128,
             status=InstanceStatus.RUNNING,
+            host=host,
             host_ports=[port],
             phase_times=running_since,
         )
         for _ in range(PROBES)
     ]
-    loaded = list(Instance.objects.select_related("app", "version").filter(app=app))
+    probes = health_probes_claim(host_name="probe-host")
+    assert health_probes_claim(host_name="probe-host") == []  # claimed: the next round's are not due
 
-    tasks._health_round(loaded)  # returns at its deadline, every probe still waiting for its answer
+    tasks._health_round(probes)  # returns at its deadline, every probe still waiting for its answer
 
     assert wait_for(lambda: len(arrived) == PROBES)  # all in flight at once, none answered yet
     assert Instance.objects.filter(app=app, status=InstanceStatus.HEALTHY).count() == 0
-    tasks._health_round(loaded)  # probes in flight are not started again
+    tasks._health_round(probes)  # probes in flight are not started again
     assert len(arrived) == PROBES
     release.set()
     healthy = wait_for(
@@ -101,6 +110,14 @@ def test_a_health_round_probes_at_once_returns_at_its_deadline_and_slow_probes_s
     )
     assert healthy
     tasks.runtime.cache_clear()
+
+
+def portal_applies(report: dict) -> None:
+    """The host's report, applied as the portal's queue would (from the probe's thread)."""
+    try:
+        instance_report_apply(report=report)
+    finally:
+        connection.close()  # the probe thread's own connection
 
 
 def wait_for(predicate, attempts: int = 300) -> bool:

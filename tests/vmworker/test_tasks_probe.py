@@ -1,4 +1,4 @@
-"""Health probes of the host worker (vmworker.tasks) against real servers on 127.0.0.1: only
+"""Health probes of the host worker (vmworker.health_probes) against real servers on 127.0.0.1: only
 the instance's own ports, redirects are results (never followed), bounded reads and time."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from portal.marathon.app_definition import HealthCheck
-from vmworker.tasks import HTTP_PROBE_READ_BYTES, http_probe_status, probe_port
+from vmworker.health_probes import HTTP_PROBE_READ_BYTES, http_probe_status, probe_port
 
 
 def test_a_check_probes_only_the_instances_own_ports():

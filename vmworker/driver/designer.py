@@ -66,6 +66,11 @@ NET_PCI_SLOT = 0x10
 MAX_AUTO_PCI_DEVICES = NET_PCI_SLOT - 0x02
 NET_ID = "hvmnet0"
 METADATA_INSTANCE_KEY = "instance"
+# A pooled VM (vmworker.warm_pool) carries pool=blank until it is claimed, then pool=claimed
+# and instance=<the instance it became>.
+POOL_METADATA_KEY = "pool"
+POOL_BLANK = "blank"
+POOL_CLAIMED = "claimed"
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ def design_domain(spec: DomainSpec, policy: DesignPolicy | None = None) -> Domai
         ),
         features=FeaturesConfig(
             names=("acpi", "apic"),  # ACPI: how `poweroff -f` actually powers the VM off
-            tcg_tb_cache_mib=policy.tcg_tb_cache_mib if spec.virt_type == "qemu" else None,
+            tcg_tb_cache_mib=(spec.tcg_tb_cache_mib or policy.tcg_tb_cache_mib) if spec.virt_type == "qemu" else None,
         ),
         cpu=CPUConfig(mode=policy.kvm_cpu_mode, check="none")
         if spec.virt_type == "kvm" and policy.kvm_cpu_mode
@@ -141,7 +146,7 @@ def design_domain(spec: DomainSpec, policy: DesignPolicy | None = None) -> Domai
     auto_pci_devices = len(spec.disks) + bool(spec.channels) + policy.with_rng + len(spec.interfaces)
     if auto_pci_devices > MAX_AUTO_PCI_DEVICES:
         raise ValueError(f"{auto_pci_devices} PCI devices would reach the NIC's slot {NET_PCI_SLOT:#x}")
-    if spec.port_forwards:
+    if spec.port_forwards or spec.user_net:
         config.qemu_commandline = QemuCommandlineConfig(args=user_net_args(spec.port_forwards, spec.user_net_mac))
     return config
 
@@ -171,13 +176,13 @@ def virtio_disk_name(index: int) -> str:
 
 def user_net_args(port_forwards: tuple[PortForward, ...], mac: str | None = None) -> tuple[str, ...]:
     """QEMU user networking (guest 10.0.2.15/24, gateway 10.0.2.2) with host forwards only."""
-    forwards = ",".join(
-        f"hostfwd={forward.protocol}:{forward.host_ip}:{forward.host_port}-:{forward.guest_port}"
+    forwards = "".join(
+        f",hostfwd={forward.protocol}:{forward.host_ip}:{forward.host_port}-:{forward.guest_port}"
         for forward in port_forwards
     )
     return (
         "-netdev",
-        f"user,id={NET_ID},restrict=on,{forwards}",
+        f"user,id={NET_ID},restrict=on{forwards}",
         "-device",
         # romfile= : no iPXE option ROM, we never network-boot (saves time and memory).
         f"virtio-net-pci,netdev={NET_ID},addr={NET_PCI_SLOT:#x},romfile=" + (f",mac={mac}" if mac else ""),

@@ -3,8 +3,9 @@
 Contract: passes the same contract suite as ``Host`` (tests/vmworker/driver/test_contract.py).
 It is not a stub: it renders the config it is given to XML and PARSES that XML back (as libvirt
 would), keeps domains in a dict by UUID, refuses what libvirt refuses (a taken name, an unknown
-domain, a missing kernel/initrd/disk at start), lists only domains with our metadata, and
-applies ``on_poweroff`` when a test simulates the guest powering itself off.
+domain, a missing kernel/initrd/disk at start), lists only domains with our metadata,
+applies ``on_poweroff`` when a test simulates the guest powering itself off, and accounts each
+running domain's CPU time from its (settable) load as the clock runs.
 """
 
 from __future__ import annotations
@@ -15,15 +16,25 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmworker.driver.config import DiskConfig, DomainConfig, InterfaceConfig
-from vmworker.driver.designer import DesignPolicy, design_domain
+from vmworker.driver.config import DiskConfig, DomainConfig, InstanceMetadataConfig, InterfaceConfig
+from vmworker.driver.designer import (
+    METADATA_INSTANCE_KEY,
+    POOL_BLANK,
+    POOL_CLAIMED,
+    POOL_METADATA_KEY,
+    DesignPolicy,
+    cputune_for,
+    design_domain,
+)
 from vmworker.driver.errors import DomainExists, DomainNotFound, DriverError
-from vmworker.driver.guest import STOPPED_STATES, GuestState
+from vmworker.driver.guest import STOPPED_STATES, GuestState, GuestStats
 from vmworker.driver.host import HostCapabilities, LifecycleCallback
 from vmworker.driver.spec import DomainSpec
 from vmworker.network.tenant import NETWORK_NAME_PREFIX, NetworkConfig, TenantNetwork
+from vmworker.storage.pool import StoragePool, StorageVolume
 
 FAKE_URI = "fake:///hypervm"
+IDLE_CPU_LOAD = 0.01  # an idle guest's share of one CPU: its clock, its init
 
 
 @dataclass
@@ -33,6 +44,17 @@ class _FakeDomain:
     persistent: bool
     running: bool = False
     events: list[str] = field(default_factory=list)
+    # CPU accounting: cpu_time_ns as of load_since (monotonic), and the load since then (CPUs).
+    cpu_time_ns: int = 0
+    load_since: float = 0.0
+    cpu_load: float = IDLE_CPU_LOAD
+    rss_bytes: int | None = None  # None: a quarter of its memory, what an idle HyperVM touches
+    paused: bool = False
+    hotplugged: list[str] = field(default_factory=list)  # device XML attached live, in order
+    monitor_commands: list[str] = field(default_factory=list)
+
+    def cpu_time_now(self) -> int:
+        return self.cpu_time_ns + int((time.monotonic() - self.load_since) * self.cpu_load * 1e9)
 
 
 class FakeHost:
@@ -51,6 +73,7 @@ class FakeHost:
         self._check_paths = check_paths
         self._domains: dict[str, _FakeDomain] = {}
         self._networks: dict[str, NetworkConfig] = {}  # libvirt name -> parsed XML (all active)
+        self._pools: dict[str, StoragePool] = {}  # name -> parsed XML; volumes are real files in its path
         self._lock = threading.RLock()
         self._lifecycle_callbacks: list[LifecycleCallback] = []
 
@@ -76,10 +99,43 @@ class FakeHost:
 
     def lookup(self, instance_id: str) -> FakeGuest | None:
         with self._lock:
-            domain = self._domains.get(_normalise_uuid(instance_id))
+            domain = self._domains.get(_normalise_uuid(instance_id)) or self._claimed_domain(instance_id)
             if domain is None:
                 return None
             return FakeGuest(self, instance_id=domain.config.uuid, name=domain.config.name)
+
+    def _claimed_domain(self, instance_id: str) -> _FakeDomain | None:
+        for domain in self._domains.values():
+            values = domain.config.metadata.values if domain.config.metadata else {}
+            if values.get(POOL_METADATA_KEY) == POOL_CLAIMED and values.get(METADATA_INSTANCE_KEY) == instance_id:
+                return domain
+        return None
+
+    def suspend(self, instance_id: str) -> None:
+        with self._lock:
+            self._require(instance_id).paused = True
+
+    def resume(self, instance_id: str) -> None:
+        with self._lock:
+            self._require(instance_id).paused = False
+
+    def attach_device(self, instance_id: str, device_xml: str) -> None:
+        with self._lock:
+            self._require(instance_id).hotplugged.append(device_xml)
+
+    def monitor_command(self, instance_id: str, command: str) -> str:
+        with self._lock:
+            self._require(instance_id).monitor_commands.append(command)
+            return ""
+
+    def set_cpu_quota(self, instance_id: str, cpu_quota_pct: int) -> None:
+        with self._lock:
+            self._require(instance_id).config.cputune = cputune_for(cpu_quota_pct)
+
+    def claim_metadata(self, pool_id: str, values: dict[str, str]) -> None:
+        with self._lock:
+            config = self._require(pool_id).config
+            config.metadata = InstanceMetadataConfig(values={**values, POOL_METADATA_KEY: POOL_CLAIMED})
 
     def get_guest(self, instance_id: str) -> FakeGuest:
         guest = self.lookup(instance_id)
@@ -87,16 +143,25 @@ class FakeHost:
             raise DomainNotFound(f"no domain for instance {instance_id}")
         return guest
 
-    def list_guests(self) -> list[FakeGuest]:
+    def list_guests(self, *, blank: bool = False) -> list[FakeGuest]:
         with self._lock:
             return sorted(
                 (
                     FakeGuest(self, instance_id=domain.config.uuid, name=domain.config.name)
                     for domain in self._domains.values()
                     if domain.config.metadata is not None
+                    and (domain.config.metadata.values.get(POOL_METADATA_KEY) == POOL_BLANK) == blank
                 ),
                 key=lambda guest: guest.name,
             )
+
+    def guest_stats(self) -> dict[str, GuestStats]:
+        with self._lock:
+            return {
+                uuid_: _stats(domain)
+                for uuid_, domain in self._domains.items()
+                if domain.running and domain.config.metadata is not None
+            }
 
     def capabilities(self) -> HostCapabilities:
         return HostCapabilities(cpus=self._cpus, memory_mib=self._memory_mib, virt_types=("kvm", "qemu"))
@@ -128,6 +193,53 @@ class FakeHost:
         with self._lock:
             return sorted(name for name in self._networks if name.startswith(NETWORK_NAME_PREFIX))
 
+    def pool_ensure(self, pool: StoragePool) -> None:
+        with self._lock:
+            parsed = StoragePool.parse_str(pool.to_xml())
+            existing = self._pools.setdefault(parsed.name, parsed)
+            if existing != parsed:
+                raise DriverError(f"ensure storage pool {pool.name}: pool {pool.name} exists with another path")
+            if not parsed.path.is_dir():
+                raise DriverError(f"ensure storage pool {pool.name}: cannot open directory '{parsed.path}'")
+
+    def _pool(self, pool_name: str) -> StoragePool:
+        pool = self._pools.get(pool_name)
+        if pool is None:
+            raise DriverError(f"storage pool not found: no storage pool with matching name '{pool_name}'")
+        return pool
+
+    def volume_create(self, pool_name: str, volume: StorageVolume) -> tuple[str, bool]:
+        """As libvirt's dir backend: a new sparse file of the capacity, refused if the pool is unknown."""
+        parsed = StorageVolume.parse_str(volume.to_xml())
+        with self._lock:
+            path = self._pool(pool_name).path / parsed.name
+            if path.exists():
+                return str(path), False
+            with open(path, "xb") as created:
+                created.truncate(parsed.capacity_bytes)
+            path.chmod(0o600)
+            return str(path), True
+
+    def volume_delete(self, pool_name: str, volume_name: str) -> bool:
+        with self._lock:
+            pool = self._pools.get(pool_name)
+            if pool is not None:
+                (pool.path / volume_name).unlink(missing_ok=True)
+            return True
+
+    def volume_allocation(self, pool_name: str, volume_name: str) -> int | None:
+        with self._lock:
+            pool = self._pools.get(pool_name)
+            path = pool.path / volume_name if pool is not None else None
+            if path is None or not path.exists():
+                return None
+            return path.stat().st_blocks * 512
+
+    def list_volumes(self, pool_name: str) -> list[str]:
+        with self._lock:
+            pool = self._pools.get(pool_name)
+            return sorted(p.name for p in pool.path.iterdir() if p.is_file()) if pool is not None else []
+
     # --- what tests use to play libvirt's or the guest's part ----------------------------------
 
     def define_foreign_domain(self, xml: str, *, running: bool = True) -> str:
@@ -147,6 +259,17 @@ class FakeHost:
             if domain.config.on_poweroff != "destroy":
                 raise DriverError("fake only models on_poweroff=destroy")
             self._stop(domain)
+
+    def simulate_guest_usage(
+        self, instance_id: str, *, cpu_load: float, rss_bytes: int | None = None, cpu_time_ns: int | None = None
+    ) -> None:
+        """The guest now keeps ``cpu_load`` CPUs busy (0.5: half of one) and holds ``rss_bytes``;
+        ``cpu_time_ns`` sets the CPU time it used so far."""
+        with self._lock:
+            domain = self._require(instance_id)
+            used = domain.cpu_time_now() if cpu_time_ns is None else cpu_time_ns
+            domain.cpu_time_ns, domain.load_since = used, time.monotonic()
+            domain.cpu_load, domain.rss_bytes = cpu_load, rss_bytes
 
     def domain_xml(self, instance_id: str) -> str:
         with self._lock:
@@ -186,6 +309,7 @@ class FakeHost:
             del self._domains[config.uuid]
             raise DriverError(f"start domain {config.name}: Network not found: no network with name '{absent[0]}'")
         domain.running = True
+        domain.cpu_time_ns, domain.load_since = 0, time.monotonic()
         self._emit(domain, "started")
 
     def _stop(self, domain: _FakeDomain) -> None:
@@ -230,6 +354,8 @@ class FakeGuest:
             domain = self._host._domains.get(self.instance_id)
             if domain is None:
                 return GuestState.ABSENT
+            if domain.running and domain.paused:
+                return GuestState.PAUSED
             return GuestState.RUNNING if domain.running else GuestState.SHUTOFF
 
     @property
@@ -263,6 +389,11 @@ class FakeGuest:
             raise DriverError(f"instance {self.instance_id} has no HyperVM metadata")
         return dict(config.metadata.values)
 
+    def stats(self) -> GuestStats | None:
+        with self._host._lock:
+            domain = self._host._domains.get(self.instance_id)
+            return _stats(domain) if domain is not None and domain.running else None
+
     def qemu_pid(self) -> int | None:
         return None
 
@@ -273,6 +404,16 @@ class FakeGuest:
             if state in STOPPED_STATES or time.monotonic() >= deadline:
                 return state
             time.sleep(poll_s)
+
+
+def _stats(domain: _FakeDomain) -> GuestStats:
+    memory_bytes = domain.config.memory_mib * 1024 * 1024
+    return GuestStats(
+        cpu_time_ns=domain.cpu_time_now(),
+        vcpus=domain.config.vcpus,
+        memory_bytes=memory_bytes,
+        rss_bytes=domain.rss_bytes if domain.rss_bytes is not None else memory_bytes // 4,
+    )
 
 
 def _normalise_uuid(value: str) -> str:

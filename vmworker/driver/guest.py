@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,19 @@ class GuestState(enum.StrEnum):
 
 
 STOPPED_STATES = frozenset({GuestState.SHUTOFF, GuestState.ABSENT})
+
+
+@dataclass(frozen=True)
+class GuestStats:
+    """What libvirt measures of a running domain from the host side: the CPU time its vCPUs used
+    since it started and the memory its QEMU process holds. Nothing here is reported by the guest
+    (no balloon driver in a HyperVM), so a guest can only move these figures by using resources.
+    ``rss_bytes`` is None where the driver does not measure it (libvirt's test driver)."""
+
+    cpu_time_ns: int
+    vcpus: int
+    memory_bytes: int  # the domain's memory (its configured size)
+    rss_bytes: int | None
 
 
 class Guest:
@@ -90,6 +104,10 @@ class Guest:
             lambda d: d.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, HYPERVM_NAMESPACE, 0),
         )
         return InstanceMetadataConfig.parse_str(xml).values
+
+    def stats(self) -> GuestStats | None:
+        """The domain's figures now; None when it is not running (or gone)."""
+        return self._host._guest_stats_of(self.instance_id)
 
     def qemu_pid(self) -> int | None:
         """The QEMU process of a running domain on a local ``qemu:///system``, else None."""

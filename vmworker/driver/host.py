@@ -8,7 +8,9 @@ Contract:
 - ``define_and_start`` is idempotent per instance: the instance UUID is the domain UUID and the
   domain name derives from it, so a second call returns the domain the first one made;
 - ``list_guests`` returns only domains carrying our metadata element (``HYPERVM_NAMESPACE``);
-  whatever else runs on the host is not ours and is never listed.
+  whatever else runs on the host is not ours and is never listed;
+- ``guest_stats`` measures all our running domains with one bulk stats call (plus the metadata
+  check per domain ``list_guests`` does), never per-domain polling of every figure.
 """
 
 from __future__ import annotations
@@ -22,12 +24,21 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from vmworker.driver.config import HYPERVM_NAMESPACE, DomainConfig
-from vmworker.driver.designer import DesignPolicy, design_domain
+from vmworker.driver.config import HYPERVM_NAMESPACE, DomainConfig, InstanceMetadataConfig
+from vmworker.driver.designer import (
+    METADATA_INSTANCE_KEY,
+    POOL_BLANK,
+    POOL_CLAIMED,
+    POOL_METADATA_KEY,
+    DesignPolicy,
+    cputune_for,
+    design_domain,
+)
 from vmworker.driver.errors import ConnectionFailed, DomainExists, DomainNotFound, DriverError
-from vmworker.driver.guest import Guest, GuestState
+from vmworker.driver.guest import Guest, GuestState, GuestStats
 from vmworker.driver.spec import DEFAULT_NAME_PREFIX, DomainSpec
 from vmworker.network.tenant import NETWORK_NAME_PREFIX, NetworkConfig, TenantNetwork
+from vmworker.storage.pool import StoragePool, StorageVolume
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +69,9 @@ _LIFECYCLE_EVENT_NAMES = {
 }
 
 LifecycleCallback = Callable[[str, str], None]  # (instance_id, event name)
+
+# Bulk domain stats the usage figures come from: cpu.time (ns), balloon.current/rss (KiB), vcpu.current.
+_STATS_GROUPS = libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -98,6 +112,7 @@ class Host:
         design_policy: DesignPolicy | None = None,
     ) -> None:
         self.uri = uri
+        self._claimed: dict[str, str] = {}  # instance id -> UUID of the pooled VM claimed for it
         self.design_policy = design_policy or DesignPolicy()
         self._keepalive_interval_s = keepalive_interval_s
         self._keepalive_count = keepalive_count
@@ -257,12 +272,12 @@ class Host:
     def lookup(self, instance_id: str) -> Guest | None:
         def find(connection: libvirt.virConnect) -> Guest | None:
             try:
-                domain = connection.lookupByUUIDString(instance_id)
+                domain = self._find_domain(connection, instance_id)
             except libvirt.libvirtError as error:
                 if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     return None
                 raise
-            return Guest(self, instance_id=domain.UUIDString(), name=domain.name())
+            return Guest(self, instance_id=instance_id, name=domain.name())
 
         return self._call(f"look up instance {instance_id}", find)
 
@@ -272,23 +287,37 @@ class Host:
             raise DomainNotFound(f"no domain for instance {instance_id}")
         return guest
 
-    def list_guests(self) -> list[Guest]:
+    def list_guests(self, *, blank: bool = False) -> list[Guest]:
+        """Our instances' domains, each under its instance id (a claimed pooled VM under the
+        instance it was claimed for). ``blank``: the unclaimed pooled VMs instead."""
+
         def list_ours(connection: libvirt.virConnect) -> list[Guest]:
             guests = []
             for domain in connection.listAllDomains(0):
-                try:
-                    domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, HYPERVM_NAMESPACE, 0)
-                except libvirt.libvirtError as error:
-                    if error.get_error_code() in (
-                        libvirt.VIR_ERR_NO_DOMAIN_METADATA,
-                        libvirt.VIR_ERR_NO_DOMAIN,  # went away while we listed
-                    ):
-                        continue
-                    raise
-                guests.append(Guest(self, instance_id=domain.UUIDString(), name=domain.name()))
+                values = _our_metadata(domain)
+                if values is None or (values.get(POOL_METADATA_KEY) == POOL_BLANK) != blank:
+                    continue
+                guests.append(Guest(self, instance_id=_instance_id_of(domain, values), name=domain.name()))
             return sorted(guests, key=lambda guest: guest.name)
 
         return self._call("list domains", list_ours)
+
+    def guest_stats(self) -> dict[str, GuestStats]:
+        """Figures of every running domain of ours, by instance id (one bulk stats call)."""
+
+        def read(connection: libvirt.virConnect) -> dict[str, GuestStats]:
+            records = connection.getAllDomainStats(_STATS_GROUPS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+            found = {}
+            for domain, record in records:
+                values = _our_metadata(domain)
+                if values is None or values.get(POOL_METADATA_KEY) == POOL_BLANK:
+                    continue
+                stats = _stats_from(domain, record)
+                if stats is not None:
+                    found[_instance_id_of(domain, values)] = stats
+            return found
+
+        return self._call("read domain stats", read)
 
     def capabilities(self) -> HostCapabilities:
         def read(connection: libvirt.virConnect) -> HostCapabilities:
@@ -383,6 +412,103 @@ class Host:
 
         return self._call("list networks", list_ours)
 
+    # --- storage pools and volumes (vmworker.storage) ----------------------------------------
+
+    def pool_ensure(self, pool: StoragePool) -> None:
+        """Define, start and autostart the host's pool unless it is there and active already; a
+        same-named pool of another type or path is refused. Safe against a concurrent call."""
+        xml = pool.to_xml()
+
+        def ensure(connection: libvirt.virConnect) -> None:
+            try:
+                found = connection.storagePoolLookupByName(pool.name)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                try:
+                    found = connection.storagePoolDefineXML(xml, 0)
+                except libvirt.libvirtError:
+                    found = connection.storagePoolLookupByName(pool.name)  # a concurrent define won
+            if StoragePool.parse_str(found.XMLDesc(0)) != pool:
+                raise ValueError(f"pool {pool.name} exists with another path")
+            if not found.isActive():
+                try:
+                    found.create(0)
+                except libvirt.libvirtError:
+                    if not found.isActive():
+                        raise
+            found.setAutostart(1)
+
+        try:
+            self._call(f"ensure storage pool {pool.name}", ensure)
+        except ValueError as error:
+            raise DriverError(f"ensure storage pool {pool.name}: {error}") from error
+
+    def volume_create(self, pool_name: str, volume: StorageVolume) -> tuple[str, bool]:
+        """(path, created): the volume made through the pool API as a fresh file, or the one that
+        is there already (a relaunch, a re-delivered boot) with created False."""
+        xml = volume.to_xml()
+
+        def create(connection: libvirt.virConnect) -> tuple[str, bool]:
+            pool = connection.storagePoolLookupByName(pool_name)
+            try:
+                return pool.storageVolLookupByName(volume.name).path(), False
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+            try:
+                return pool.createXML(xml, 0).path(), True
+            except libvirt.libvirtError:
+                pool.refresh(0)
+                return pool.storageVolLookupByName(volume.name).path(), False  # a concurrent create won
+
+        return self._call(f"create volume {volume.name} in pool {pool_name}", create)
+
+    def volume_delete(self, pool_name: str, volume_name: str) -> bool:
+        """Delete the volume through the pool API. True when it is gone (or never existed)."""
+
+        def delete(connection: libvirt.virConnect) -> bool:
+            try:
+                pool = connection.storagePoolLookupByName(pool_name)
+                found = pool.storageVolLookupByName(volume_name)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL):
+                    return True
+                raise
+            found.delete(0)
+            return True
+
+        return self._call(f"delete volume {volume_name} in pool {pool_name}", delete)
+
+    def volume_allocation(self, pool_name: str, volume_name: str) -> int | None:
+        """Bytes the volume's blocks take on the host (its "used"), None when it does not exist."""
+
+        def read(connection: libvirt.virConnect) -> int | None:
+            try:
+                found = connection.storagePoolLookupByName(pool_name).storageVolLookupByName(volume_name)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL):
+                    return None
+                raise
+            return int(found.info()[2])
+
+        return self._call(f"read volume {volume_name} in pool {pool_name}", read)
+
+    def list_volumes(self, pool_name: str) -> list[str]:
+        """Names of the pool's volumes (after a refresh: what is really in it), [] without the pool."""
+
+        def list_all(connection: libvirt.virConnect) -> list[str]:
+            try:
+                pool = connection.storagePoolLookupByName(pool_name)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    return []
+                raise
+            pool.refresh(0)
+            return sorted(pool.listVolumes())
+
+        return self._call(f"list volumes of pool {pool_name}", list_all)
+
     # --- used by Guest: the raw virDomain never leaves this module and guest.py -------------
 
     def _domain_call(
@@ -397,7 +523,7 @@ class Host:
         refusal counts as success (destroying a stopped domain is a no-op, not an error)."""
 
         def run(connection: libvirt.virConnect) -> T | None:
-            domain = connection.lookupByUUIDString(instance_id)
+            domain = self._find_domain(connection, instance_id)
             try:
                 return operation(domain)
             except libvirt.libvirtError as error:
@@ -407,12 +533,155 @@ class Host:
 
         return self._call(f"{action} instance {instance_id}", run)
 
+    def _find_domain(self, connection: libvirt.virConnect, instance_id: str) -> Any:
+        """The domain of ``instance_id``: the one with that UUID, else a pooled VM claimed for
+        it (its metadata names the instance; remembered per instance id). Raises libvirt's
+        NO_DOMAIN error when there is none."""
+        try:
+            return connection.lookupByUUIDString(instance_id)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            missing = error
+        domain_uuid = self._claimed.get(instance_id)
+        if domain_uuid is not None:
+            try:
+                return connection.lookupByUUIDString(domain_uuid)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                self._claimed.pop(instance_id, None)
+                raise
+        for domain in connection.listAllDomains(0):
+            values = _our_metadata(domain)
+            if values is not None and values.get(POOL_METADATA_KEY) == POOL_CLAIMED:
+                if values.get(METADATA_INSTANCE_KEY) == instance_id:
+                    self._claimed[instance_id] = domain.UUIDString()
+                    return domain
+        raise missing
+
+    # --- pooled (blank) VMs: vmworker.warm_pool -----------------------------------------
+
+    def suspend(self, instance_id: str) -> None:
+        self._domain_call(instance_id, "suspend", lambda d: d.suspend())
+
+    def resume(self, instance_id: str) -> None:
+        self._domain_call(instance_id, "resume", lambda d: d.resume())
+
+    def attach_device(self, instance_id: str, device_xml: str) -> None:
+        """Hotplug into the running (or paused) domain, live only (it is transient)."""
+        self._domain_call(
+            instance_id,
+            "attach a device to",
+            lambda d: d.attachDeviceFlags(device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+        )
+
+    def monitor_command(self, instance_id: str, command: str) -> str:
+        """An HMP command on the domain's QEMU monitor (libvirt-qemu); libvirt marks the
+        domain tainted ("custom-monitor"), which changes nothing else."""
+        import libvirt_qemu
+
+        return self._domain_call(
+            instance_id,
+            "run a monitor command on",
+            lambda d: libvirt_qemu.qemuMonitorCommand(d, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP),
+        )
+
+    def set_cpu_quota(self, instance_id: str, cpu_quota_pct: int) -> None:
+        """The live equivalent of the designer's ``<cputune>`` (see cputune_for)."""
+        tune = cputune_for(cpu_quota_pct)
+        self._domain_call(
+            instance_id,
+            "set the CPU quota of",
+            lambda d: d.setSchedulerParametersFlags(
+                {"vcpu_period": tune.period_us, "vcpu_quota": tune.quota_us}, libvirt.VIR_DOMAIN_AFFECT_LIVE
+            ),
+        )
+
+    def claim_metadata(self, pool_id: str, values: dict[str, str]) -> None:
+        """Rewrite a pooled VM's metadata (live) to name the instance it now is: from then on
+        ``lookup(values["instance"])`` finds it and list_guests shows it under that id."""
+        # Unqualified: libvirt puts the element in HYPERVM_NAMESPACE under the given prefix.
+        root = ET.Element("hypervm")
+        for key, value in sorted({**values, POOL_METADATA_KEY: POOL_CLAIMED}.items()):
+            ET.SubElement(root, key).text = value
+        xml = ET.tostring(root, encoding="unicode")
+
+        def write(domain: Any) -> None:
+            domain.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, "hvm", HYPERVM_NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE
+            )
+
+        self._domain_call(pool_id, "claim", write)
+        self._claimed[values[METADATA_INSTANCE_KEY]] = pool_id
+
+    def _guest_stats_of(self, instance_id: str) -> GuestStats | None:
+        def read(domain: Any) -> GuestStats | None:
+            if not domain.isActive():
+                return None
+            [(_, record)] = domain.connect().domainListGetStats([domain], _STATS_GROUPS, 0)
+            return _stats_from(domain, record)
+
+        try:
+            return self._domain_call(instance_id, "read stats of", read, inactive_is_done=True)
+        except DomainNotFound:
+            return None
+
     def _domain_state(self, instance_id: str) -> GuestState:
         try:
             state = self._domain_call(instance_id, "read state of", lambda d: d.state()[0])
         except DomainNotFound:
             return GuestState.ABSENT
         return _GUEST_STATES.get(state, GuestState.SHUTOFF)
+
+
+def _our_metadata(domain: Any) -> dict[str, str] | None:
+    """Our metadata's values, or None for a domain that is not ours (or went away meanwhile)."""
+    try:
+        xml = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, HYPERVM_NAMESPACE, 0)
+    except libvirt.libvirtError as error:
+        if error.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_DOMAIN):
+            return None
+        raise
+    return InstanceMetadataConfig.parse_str(xml).values
+
+
+def _instance_id_of(domain: Any, values: dict[str, str]) -> str:
+    """A claimed pooled VM is its instance; any other domain is the instance of its UUID."""
+    if values.get(POOL_METADATA_KEY) == POOL_CLAIMED and values.get(METADATA_INSTANCE_KEY):
+        return values[METADATA_INSTANCE_KEY]
+    return domain.UUIDString()
+
+
+def _is_ours(domain: Any) -> bool:
+    """Whether the domain carries our metadata element (False too when it went away meanwhile)."""
+    try:
+        domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, HYPERVM_NAMESPACE, 0)
+    except libvirt.libvirtError as error:
+        if error.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_DOMAIN):
+            return False
+        raise
+    return True
+
+
+def _stats_from(domain: Any, record: dict) -> GuestStats | None:
+    """GuestStats from a bulk stats record; what a driver leaves out of it (libvirt's test driver
+    gives no cpu or balloon group) is read from virDomainGetInfo. None when it stopped meanwhile."""
+    if "cpu.time" not in record or "balloon.current" not in record or "vcpu.current" not in record:
+        try:
+            _state, _max_kib, memory_kib, vcpus, cpu_time_ns = domain.info()
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+        record = {"cpu.time": cpu_time_ns, "balloon.current": memory_kib, "vcpu.current": vcpus} | record
+    rss_kib = record.get("balloon.rss")
+    return GuestStats(
+        cpu_time_ns=int(record["cpu.time"]),
+        vcpus=int(record["vcpu.current"]),
+        memory_bytes=int(record["balloon.current"]) * 1024,
+        rss_bytes=int(rss_kib) * 1024 if rss_kib is not None else None,
+    )
 
 
 def _networks_in_use(connection: libvirt.virConnect) -> set[str]:

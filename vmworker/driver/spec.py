@@ -86,6 +86,8 @@ class DomainSpec:
     channels: tuple[ChannelSpec, ...] = ()
     port_forwards: tuple[PortForward, ...] = ()
     user_net_mac: str | None = None  # the published-ports NIC's MAC; None: QEMU picks one
+    tcg_tb_cache_mib: int | None = None  # TCG: this domain's translation cache; None: the policy's
+    user_net: bool = False  # the user-net NIC even without forwards (a pooled VM's, added at claim)
     interfaces: tuple[InterfaceSpec, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     name_prefix: str = DEFAULT_NAME_PREFIX

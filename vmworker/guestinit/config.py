@@ -12,7 +12,9 @@ Layout, all integers little-endian, the file padded with zeros to 4 KiB::
 Tags (repeatable ones marked *): 1 hostname, 2 argv*, 3 env*, 4 working_dir,
 5 user, 6 rootfs_serial, 7 rootfs_type, 8 overlay_size_mib, 9 stop_grace_s,
 10 net ip_cidr, 11 net gateway, 12 net mac, 13 net nameserver*, 14 tenant net mac,
-15 tenant net ip_cidr (both or neither: a second NIC, found by MAC, no route). Numbers are
+15 tenant net ip_cidr (both or neither: a second NIC, found by MAC, no route), 16 volume*
+("<serial> <name>": an ext4 disk found by serial, mounted at /mnt/mesos/sandbox/<name>, the
+name one path segment). Numbers are
 decimal text. The init rejects an unknown tag, a repeated single tag, a bad
 checksum or any length that overruns: it reports ``error config: ...`` and
 powers off (exit 125).
@@ -56,8 +58,10 @@ TAG_NET_MAC = 12
 TAG_NET_NAMESERVER = 13
 TAG_TENANT_NET_MAC = 14
 TAG_TENANT_NET_IP_CIDR = 15
-_LAST_TAG = TAG_TENANT_NET_IP_CIDR
-_REPEATABLE_TAGS = frozenset({TAG_ARGV, TAG_ENV, TAG_NET_NAMESERVER})
+TAG_VOLUME = 16
+_LAST_TAG = TAG_VOLUME
+_REPEATABLE_TAGS = frozenset({TAG_ARGV, TAG_ENV, TAG_NET_NAMESERVER, TAG_VOLUME})
+MESOS_SANDBOX = "/mnt/mesos/sandbox"  # where volumes are mounted, as Marathon with Docker has it
 
 
 class ConfigDiskError(ValueError):
@@ -84,6 +88,14 @@ class GuestTenantInterface:
 
 
 @dataclass(frozen=True)
+class GuestVolume:
+    """A persistent volume: the writable ext4 disk with ``serial``, mounted at MESOS_SANDBOX/``name``."""
+
+    serial: str
+    name: str
+
+
+@dataclass(frozen=True)
 class GuestConfig:
     """Everything the guest init needs, delivered as data on the config disk."""
 
@@ -98,6 +110,7 @@ class GuestConfig:
     stop_grace_s: int
     network: GuestNetwork | None = field(default=None)
     tenant_interface: GuestTenantInterface | None = field(default=None)
+    volumes: tuple[GuestVolume, ...] = ()
 
 
 def _validate(config: GuestConfig) -> None:
@@ -151,6 +164,16 @@ def _validate(config: GuestConfig) -> None:
             raise ConfigDiskError("tenant network mac must be lower-case aa:bb:cc:dd:ee:ff")
         if network is not None and network.mac == tenant.mac:
             raise ConfigDiskError("the tenant network NIC and the user network NIC need different MACs")
+    for volume in config.volumes:
+        if not _SERIAL_RE.match(volume.serial) or volume.serial == config.rootfs_serial:
+            raise ConfigDiskError("a volume serial must be 1-20 characters of [A-Za-z0-9._-], not the rootfs one")
+        text("volume name", volume.name)
+        if not volume.name or "/" in volume.name or volume.name in (".", "..") or len(volume.name.encode()) > 255:
+            raise ConfigDiskError(f"volume name {volume.name!r} must be one path segment (no '/', not . or ..)")
+    if len({volume.serial for volume in config.volumes}) != len(config.volumes):
+        raise ConfigDiskError("two volumes with one serial")
+    if len({volume.name for volume in config.volumes}) != len(config.volumes):
+        raise ConfigDiskError("two volumes at one path")
 
 
 def _records(config: GuestConfig) -> list[tuple[int, str]]:
@@ -178,6 +201,7 @@ def _records(config: GuestConfig) -> list[tuple[int, str]]:
             (TAG_TENANT_NET_MAC, config.tenant_interface.mac),
             (TAG_TENANT_NET_IP_CIDR, config.tenant_interface.ip_cidr),
         ]
+    records += [(TAG_VOLUME, f"{volume.serial} {volume.name}") for volume in config.volumes]
     return records
 
 
@@ -271,6 +295,10 @@ def decode_config(image: bytes) -> GuestConfig:
             stop_grace_s=int(single(TAG_STOP_GRACE_S) or "-1"),
             network=network,
             tenant_interface=tenant_interface,
+            volumes=tuple(
+                GuestVolume(serial=serial, name=name)
+                for serial, _, name in (value.partition(" ") for value in values.get(TAG_VOLUME, ()))
+            ),
         )
     except ValueError as exc:
         raise ConfigDiskError(f"config: {exc}") from exc

@@ -57,6 +57,33 @@ name in the guest through /sys/class/virtio-ports, never by number):
     connection than its request (the host went away), so the host matches it by id. Only
     one host connection is served at a time (QEMU's chardev): keep exec connections short.
 
+    Host -> guest, shell sessions (a PTY in the container, for ``exec`` shells and one-shot
+    commands; the same root, env, user and working dir as the app, plus ``TERM`` for a
+    terminal and ``HOSTNAME`` when the app's env has none; at most SHELL_MAX_SESSIONS open)::
+
+        sh-open <id> <rows> <cols> tty [<hex command>]   /bin/sh -i (or -c command) on a PTY
+        sh-open <id> <rows> <cols> run <hex command>     /bin/sh -c command, stdin /dev/null,
+                                                         the PTY raw (output bytes as written)
+        sh-in <id> <base64>        bytes typed (at most SHELL_CHUNK_BYTES a line); Ctrl-C is
+                                   byte 3, turned into SIGINT by the PTY's line discipline
+        sh-resize <id> <rows> <cols>   TIOCSWINSZ: the shell gets SIGWINCH
+        sh-ack <id> <bytes>        the host has passed on this many more bytes of output
+        sh-close <id>              SIGHUP to the session, SIGKILL one second later
+
+    Guest -> host::
+
+        sh-opened <id>             the shell was forked
+        sh-out <id> <base64>       output (1-SHELL_CHUNK_BYTES bytes); at most
+                                   SHELL_WINDOW_BYTES are ever unacked per session: past
+                                   that the guest stops reading the PTY (the shell blocks)
+        sh-exit <id> <code>        the shell ended (128+signal when killed): the last line
+        sh-error <id> <text>       it never ran, or the request was refused: the last line
+
+    Rows and cols are 1-SHELL_DIMENSION_MAX; ids as for exec. Input the shell does not read
+    is kept up to 64 KiB a session, the rest dropped. When the host hangs up, every session
+    ends (SIGHUP, then SIGKILL) and what the guest had queued for the port is dropped. The
+    host parses every ``sh-`` line as hostile (parse_shell_message: never raises, bounded).
+
 Console (ttyS0, ``console=ttyS0``): ``hvinit: error: <text>`` lines, and everything
 when the log port is missing. A SIGTERM/SIGINT delivered to the init itself
 (e.g. ctrl-alt-del) counts as ``stop`` too.
@@ -84,6 +111,7 @@ What the host (driver) must give the guest, as tests/support/guest_qemu.py does:
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -111,7 +139,7 @@ EXIT_INIT_FAILURE = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
-_EVENT_NAMES = frozenset({"init", "started", "stopping", "killing", "error", "oom", "exit"})
+_EVENT_NAMES = frozenset({"init", "waiting", "started", "stopping", "killing", "error", "oom", "exit"})
 _EVENT_TAGS = frozenset(name.encode() for name in _EVENT_NAMES)
 _STREAM_TAGS = {
     "out": ("stdout", True),
@@ -452,3 +480,167 @@ def parse_exec_result(line: bytes) -> ExecResult | None:
         return ExecResult(request_id, "timeout")
     message = detail if outcome == "error" else rest
     return ExecResult(request_id, "error", message=message[:EVENT_TEXT_MAX_CHARS])
+
+
+# -- shell sessions --------------------------------------------------------------------------------
+
+SHELL_MAX_SESSIONS = 8  # hvinit.c SHELL_MAX_SESSIONS
+SHELL_CHUNK_BYTES = 4096  # raw bytes per sh-in / sh-out line
+SHELL_WINDOW_BYTES = 64 * 1024  # unacked sh-out bytes per session
+SHELL_DIMENSION_MAX = 1000
+SHELL_ID_PATTERN = re.compile(r"[A-Za-z0-9-]{1,32}")
+_SHELL_ID_BYTES = re.compile(rb"[A-Za-z0-9-]{1,32}")
+_SHELL_TAG_PREFIX = b"sh-"
+# The longest well-formed guest line: "sh-out", an id, the base64 of a full chunk.
+SHELL_RECORD_MAX_BYTES = 16 + 32 + (SHELL_CHUNK_BYTES + 2) // 3 * 4
+
+
+class ShellRequestInvalid(ValueError):
+    """A shell request the guest would refuse: a bad id, size or command."""
+
+
+def _shell_id(session_id: str) -> str:
+    if not SHELL_ID_PATTERN.fullmatch(session_id):
+        raise ShellRequestInvalid("a session id is 1-32 of A-Z a-z 0-9 -")
+    return session_id
+
+
+def _dimension(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= SHELL_DIMENSION_MAX:
+        raise ShellRequestInvalid(f"rows and cols must be 1-{SHELL_DIMENSION_MAX}")
+    return value
+
+
+def shell_open(session_id: str, *, rows: int, cols: int, command: str | None = None, tty: bool = True) -> bytes:
+    """``sh-open``: an interactive shell (tty, no command), a command on a terminal (tty), or a
+    one-shot command whose output comes back byte for byte (``tty=False``)."""
+    parts = ["sh-open", _shell_id(session_id), str(_dimension(rows)), str(_dimension(cols)), "tty" if tty else "run"]
+    if command is not None:
+        encoded = command.encode()
+        if not encoded or b"\0" in encoded or len(encoded) > EXEC_MAX_COMMAND_BYTES:
+            raise ShellRequestInvalid(f"a command must be 1-{EXEC_MAX_COMMAND_BYTES} bytes without NUL")
+        parts.append(encoded.hex())
+    elif not tty:
+        raise ShellRequestInvalid("a one-shot command needs a command")
+    return (" ".join(parts) + "\n").encode()
+
+
+def shell_input(session_id: str, data: bytes) -> list[bytes]:
+    """``sh-in`` lines for ``data``, SHELL_CHUNK_BYTES each."""
+    prefix = f"sh-in {_shell_id(session_id)} ".encode()
+    return [
+        prefix + binascii.b2a_base64(data[start : start + SHELL_CHUNK_BYTES], newline=False) + b"\n"
+        for start in range(0, len(data), SHELL_CHUNK_BYTES)
+    ]
+
+
+def shell_resize(session_id: str, *, rows: int, cols: int) -> bytes:
+    return f"sh-resize {_shell_id(session_id)} {_dimension(rows)} {_dimension(cols)}\n".encode()
+
+
+def shell_ack(session_id: str, nbytes: int) -> bytes:
+    if not 0 < nbytes <= 4_000_000_000:
+        raise ShellRequestInvalid("an ack is 1-4000000000 bytes")
+    return f"sh-ack {_shell_id(session_id)} {nbytes}\n".encode()
+
+
+def shell_close(session_id: str) -> bytes:
+    return f"sh-close {_shell_id(session_id)}\n".encode()
+
+
+@dataclass(frozen=True)
+class ShellOpened:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class ShellOutput:
+    session_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ShellExit:
+    session_id: str
+    exit_code: int
+
+
+@dataclass(frozen=True)
+class ShellError:
+    session_id: str  # "-" when the guest could not read the id
+    message: str
+
+
+ShellMessage = ShellOpened | ShellOutput | ShellExit | ShellError
+
+
+def is_shell_line(line: bytes) -> bool:
+    return line.startswith(_SHELL_TAG_PREFIX)
+
+
+def parse_shell_message(line: bytes) -> ShellMessage | MalformedRecord | None:
+    """A guest ``sh-`` line (without its newline): the message, a MalformedRecord when it is not
+    well-formed (a bad id, bad base64, an empty or oversized chunk, an exit code out of range),
+    or None for a line that is not a shell message. Never raises."""
+    line = line.rstrip(b"\r")
+    if not is_shell_line(line):
+        return None
+    if len(line) > SHELL_RECORD_MAX_BYTES:
+        return _malformed(line)
+    tag, _, rest = line.partition(b" ")
+    session, _, value = rest.partition(b" ")
+    if not _SHELL_ID_BYTES.fullmatch(session):
+        if tag == b"sh-error" and session == b"-":
+            return ShellError("-", safe_text(value, max_chars=EVENT_TEXT_MAX_CHARS))
+        return _malformed(line)
+    session_id = session.decode("ascii")
+    if tag == b"sh-opened" and not value:
+        return ShellOpened(session_id)
+    if tag == b"sh-out":
+        try:
+            data = binascii.a2b_base64(value, strict_mode=True)
+        except (binascii.Error, ValueError):
+            return _malformed(line)
+        if 0 < len(data) <= SHELL_CHUNK_BYTES:
+            return ShellOutput(session_id, data)
+    elif tag == b"sh-exit":
+        if _EXIT_PATTERN.fullmatch(value) and int(value) <= EXIT_CODE_MAX:
+            return ShellExit(session_id, int(value))
+    elif tag == b"sh-error":
+        return ShellError(session_id, safe_text(value, max_chars=EVENT_TEXT_MAX_CHARS))
+    return _malformed(line)
+
+
+class ControlLineReader:
+    """Splits the control port's bytes into lines, bounded: a line longer than ``max_bytes``
+    is dropped whole (counted in ``dropped``), so a guest that never sends a newline costs at
+    most ``max_bytes`` of memory."""
+
+    def __init__(self, *, max_bytes: int = RECORD_MAX_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._buffer = b""
+        self._discarding = False
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer + data
+        lines: list[bytes] = []
+        start = 0
+        while (newline := buffer.find(b"\n", start)) >= 0:
+            line = buffer[start:newline]
+            start = newline + 1
+            if self._discarding:
+                self._discarding = False
+            elif len(line) > self._max_bytes:
+                self.dropped += 1
+            else:
+                lines.append(line)
+        rest = buffer[start:]
+        if self._discarding:
+            rest = b""
+        elif len(rest) > self._max_bytes:
+            self.dropped += 1
+            self._discarding = True
+            rest = b""
+        self._buffer = rest
+        return lines

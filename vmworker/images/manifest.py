@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vmworker.images.errors import ImageInvalid
-from vmworker.images.reference import DIGEST_PATTERN
+
+DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")  # what this worker verifies and stores
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -72,7 +72,7 @@ class SkopeoSession:
         for sub in ("home", "tmp", "run", "config", "registries.d"):
             (directory / sub).mkdir(mode=0o700)
         self.authfile = directory / "auth.json"
-        write_authfile(self.authfile, reference.domain, credentials)
+        write_authfile(self.authfile, reference.registry_host, credentials)
         self.policy = directory / "policy.json"
         self.policy.write_text(POLICY_JSON)
         self.registries_conf = directory / "registries.conf"
@@ -120,7 +120,7 @@ class SkopeoSession:
             )
         except subprocess.TimeoutExpired as error:
             raise RegistryUnavailable(
-                f"timed out after {self.command_timeout_s:.0f} s talking to registry {self.reference.domain}"
+                f"timed out after {self.command_timeout_s:.0f} s talking to registry {self.reference.registry_host}"
             ) from error
         if completed.returncode != 0:
             stderr = redact(completed.stderr.decode(errors="replace"), self.credentials)
@@ -171,7 +171,7 @@ def classify_failure(reference: ImageReference, stderr: str, *, has_credentials:
     detail = stderr[-DETAIL_MAX_CHARS:]
     lowered = stderr.lower()
     image = str(reference)
-    domain = reference.domain
+    domain = reference.registry_host
     if ("unauthorized" in lowered or "authentication required" in lowered) and not has_credentials:
         return RegistryUnauthorized(f"registry {domain} requires credentials for {reference.repository}", detail=detail)
     if "unauthorized" in lowered or "authentication required" in lowered:

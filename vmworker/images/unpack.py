@@ -15,7 +15,9 @@ Size bound (``UnpackLimit``), enforced while unpacking, in three layers:
 1. ``count_layers``: before umoci runs, every layer blob is streamed through its decompressor
    (zlib for gzip, the ``zstd`` tool for zstd; 1 MiB at a time, so memory stays bounded whatever
    the ratio) and the tar stream bytes are counted, stopping at the limit. A gzip bomb is refused
-   here having written nothing.
+   here having written nothing. The stream's tar headers are read on the way (``TarEntryCounter``:
+   headers and PAX records only, file data skipped): more entries than the limit has 4 KiB blocks
+   is refused here too, so a layer of millions of empty files never becomes millions of inodes.
 2. umoci runs under ``prlimit --fsize`` (RLIMIT_FSIZE = the limit): no single file it writes,
    extends or truncates can pass the limit (the kernel answers EFBIG).
 3. A watchdog kills umoci once it has written more than the limit. This is what catches what
@@ -39,6 +41,7 @@ behind if the worker dies; the three layers need neither.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -80,8 +83,199 @@ def _umoci_message(stderr: str) -> str:
 
 # 1. The stream count ------------------------------------------------------------------------
 
+TAR_BLOCK = 512
+_ZERO_BLOCK = bytes(TAR_BLOCK)
+# How Go's archive/tar (umoci's reader) walks a stream, which the count must follow exactly: a
+# skip it does not make hides entries from the count. PAX extended headers ("x") and GNU long
+# names/links ("L", "K") describe the next entry (at most 1 MiB of data each, Go's
+# maxSpecialFileSize); a PAX "size" sets that entry's size; a global PAX header ("g") is an entry
+# of its own to Go and forgets what came before it. Links, symlinks, devices, FIFOs and
+# directories have no data whatever their size says, nor has an old-style regular file (type NUL)
+# whose name ends in "/" (a directory to Go). An old GNU sparse file's extension blocks come
+# before its data. The first zero block ends the layer (two end it; a zero block then anything
+# else is refused).
+_PAX_HEADER, _PAX_GLOBAL, _GNU_LONG_NAME, _GNU_LONG_LINK, _GNU_SPARSE = b"xgLKS"
+_HEADER_ONLY_TYPES = frozenset(b"123456")
+_TYPE_REG_A = 0
+_SPECIAL_TYPES = frozenset((_PAX_HEADER, _GNU_LONG_NAME, _GNU_LONG_LINK))
+MAX_PAX_HEADER_BYTES = 1024 * 1024
+_OCTAL = re.compile(rb"[0-7]+")
+_DECIMAL = re.compile(rb"[+-]?[0-9]+")
 
-def _gzip_stream_bytes(blob: Path, budget_bytes: int) -> int:
+
+def _tar_number(field: bytes) -> int:
+    """A tar header's numeric field as Go parses it: base-256 (signed) when its first bit is set,
+    else octal text (NULs and spaces trimmed, cut at a NUL)."""
+    if field[0] & 0x80:
+        inverted = 0xFF if field[0] & 0x40 else 0
+        value = 0
+        for index, byte in enumerate(field):
+            byte ^= inverted
+            if index == 0:
+                byte &= 0x7F
+            if value >> 56:
+                raise ImageInvalid("a layer has a tar header number that overflows")
+            value = value << 8 | byte
+        if value >> 63:
+            raise ImageInvalid("a layer has a tar header number that overflows")
+        return ~value if inverted else value
+    text = field.strip(b" \0").split(b"\0", 1)[0]
+    if not text:
+        return 0
+    if not _OCTAL.fullmatch(text):
+        raise ImageInvalid("a layer has a tar header that is not valid")
+    return int(text, 8)
+
+
+def _c_string(data: bytes) -> bytes:
+    return data.split(b"\0", 1)[0]
+
+
+def _pax_records(data: bytes) -> dict[bytes, bytes]:
+    """A PAX header's "<length> key=value\\n" records, read by their lengths as Go reads them (a
+    value may hold newlines). Malformed records are refused, as Go refuses them."""
+    records: dict[bytes, bytes] = {}
+    position = 0
+    while position < len(data):
+        space = data.find(b" ", position, position + 21)
+        length_text = data[position:space] if space >= 0 else b""
+        if not _DECIMAL.fullmatch(length_text):
+            raise ImageInvalid("a layer has a PAX record that is not valid")
+        length = int(length_text)
+        end = position + length
+        if length < 5 or end > len(data) or end - 1 <= space + 1 or data[end - 1] != ord("\n"):
+            raise ImageInvalid("a layer has a PAX record that is not valid")
+        key, equals, value = data[space + 1 : end - 1].partition(b"=")
+        if not equals or not key or b"\0" in key:
+            raise ImageInvalid("a layer has a PAX record that is not valid")
+        records[key] = value
+        position = end
+    return records
+
+
+def _pax_size(records: dict[bytes, bytes]) -> int | None:
+    value = records.get(b"size", b"")
+    if not value:
+        return None  # absent, or empty: Go keeps the header's
+    if not _DECIMAL.fullmatch(value) or not -(2**63) <= int(value) < 2**63:
+        raise ImageInvalid("a layer has a PAX size that is not valid")
+    return int(value)
+
+
+class TarEntryCounter:
+    """Counts the entries of tar streams fed in chunks, reading only their 512-byte headers (and
+    PAX records and GNU long names, at most MAX_PAX_HEADER_BYTES each) and skipping file data as
+    Go's archive/tar does: memory stays bounded whatever the stream. Every entry becomes an
+    inode umoci makes, each charged at least one block; counting them here stops a layer of
+    millions of empty files (a few MiB compressed, nothing for the write counter to see) before
+    umoci creates them. ``start_layer`` begins the next layer's stream (the count goes on).
+    Raises only ImageInvalid (a header umoci would refuse as well), or OverLimit once there are
+    more than max_entries."""
+
+    def __init__(self, max_entries: int | None = None) -> None:
+        self.max_entries = max_entries
+        self.entries = 0
+        self.start_layer()
+
+    def start_layer(self) -> None:
+        self._header = bytearray()
+        self._skip = 0  # data bytes (with padding) of the current entry still to pass
+        self._special = bytearray()  # a PAX header's records or a GNU long name, being collected
+        self._special_left = 0
+        self._special_kind = 0
+        self._special_padding = 0
+        self._sparse_data = -1  # >= 0: old GNU sparse extension blocks follow, then this much data
+        self._ended = False
+        self._forget_pending()
+
+    def _forget_pending(self) -> None:
+        self._pax: dict[bytes, bytes] = {}
+        self._long_name: bytes | None = None
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        position, end = 0, len(view)
+        while position < end and not self._ended:
+            if self._special_left:
+                take = min(self._special_left, end - position)
+                self._special += view[position : position + take]
+                self._special_left -= take
+                position += take
+                if not self._special_left:
+                    self._on_special(bytes(self._special))
+                continue
+            if self._skip:
+                step = min(self._skip, end - position)
+                self._skip -= step
+                position += step
+                continue
+            take = min(TAR_BLOCK - len(self._header), end - position)
+            self._header += view[position : position + take]
+            position += take
+            if len(self._header) == TAR_BLOCK:
+                header = bytes(self._header)
+                self._header.clear()
+                self._on_block(header)
+
+    def _on_special(self, data: bytes) -> None:
+        self._special.clear()
+        if self._special_kind == _PAX_HEADER:
+            self._pax = _pax_records(data)  # a second one replaces the first, as in Go
+        elif self._special_kind == _GNU_LONG_NAME:
+            self._long_name = _c_string(data)
+        self._skip = self._special_padding
+
+    def _on_block(self, block: bytes) -> None:
+        if self._sparse_data >= 0:  # an old GNU sparse extension block; its flag says if another follows
+            if not block[504]:
+                self._skip, self._sparse_data = self._sparse_data, -1
+            return
+        if block == _ZERO_BLOCK:
+            self._ended = True  # Go reads no entry after it (two end the archive; else refused)
+            return
+        size = _tar_number(block[124:136])
+        kind = block[156]
+        if kind in _SPECIAL_TYPES:
+            if not 0 <= size <= MAX_PAX_HEADER_BYTES:
+                raise ImageInvalid("a layer has a PAX header or long name over 1 MiB")
+            self._special_kind, self._special_left = kind, size
+            self._special_padding = -(-size // TAR_BLOCK) * TAR_BLOCK - size
+            if not size:
+                self._on_special(b"")
+            return
+        pax_size = _pax_size(self._pax)
+        size = pax_size if pax_size is not None else size
+        if kind in _HEADER_ONLY_TYPES or (kind == _TYPE_REG_A and self._name(block).endswith(b"/")):
+            size = 0
+        elif size < 0:
+            raise ImageInvalid("a layer has a tar entry with a negative size")
+        if kind == _PAX_GLOBAL:
+            self._forget_pending()  # an entry to Go, which forgets the PAX records before it
+        else:
+            self.entries += 1
+            if self.max_entries is not None and self.entries > self.max_entries:
+                raise OverLimit
+            self._forget_pending()
+        padded = -(-size // TAR_BLOCK) * TAR_BLOCK
+        if kind == _GNU_SPARSE and block[482]:
+            self._sparse_data = padded
+        else:
+            self._skip = padded
+
+    def _name(self, block: bytes) -> bytes:
+        """The entry's name as Go settles it: a GNU long name, else a PAX path, else the header's
+        (with its USTAR prefix: "prefix/name")."""
+        if self._long_name:
+            return self._long_name
+        if self._pax.get(b"path"):
+            return self._pax[b"path"]
+        name = _c_string(block[0:100])
+        if block[257:263] == b"ustar\0" and block[345]:
+            return _c_string(block[345:500]) + b"/" + name
+        return name
+
+
+def _gzip_stream_bytes(blob: Path, budget_bytes: int, counter: TarEntryCounter) -> int:
     """Decompressed bytes of a (possibly multi-member, as Go's reader accepts) gzip file."""
     total = 0
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -93,6 +287,7 @@ def _gzip_stream_bytes(blob: Path, budget_bytes: int) -> int:
                 total += len(out)
                 if total > budget_bytes:
                     raise OverLimit
+                counter.feed(out)
                 if inflater.eof:
                     data = inflater.unused_data
                     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -103,7 +298,7 @@ def _gzip_stream_bytes(blob: Path, budget_bytes: int) -> int:
     return total
 
 
-def _zstd_stream_bytes(blob: Path, budget_bytes: int, timeout_s: float) -> int:
+def _zstd_stream_bytes(blob: Path, budget_bytes: int, timeout_s: float, counter: TarEntryCounter) -> int:
     deadline = time.monotonic() + timeout_s
     total = 0
     try:
@@ -122,6 +317,7 @@ def _zstd_stream_bytes(blob: Path, budget_bytes: int, timeout_s: float) -> int:
             total += len(chunk)
             if total > budget_bytes:
                 raise OverLimit
+            counter.feed(chunk)
             if time.monotonic() > deadline:
                 raise ImageError(f"decompressing a layer timed out after {timeout_s:.0f} s")
         if process.wait(timeout=max(1.0, deadline - time.monotonic())) != 0:
@@ -135,32 +331,43 @@ def _zstd_stream_bytes(blob: Path, budget_bytes: int, timeout_s: float) -> int:
     return total
 
 
-def layer_stream_bytes(blob: Path, *, budget_bytes: int, timeout_s: float) -> int:
+def layer_stream_bytes(
+    blob: Path, *, budget_bytes: int, timeout_s: float, counter: TarEntryCounter | None = None
+) -> int:
     """The layer's uncompressed tar size, counted without keeping it; OverLimit past budget_bytes.
-    The compression is sniffed from the bytes (what umoci would get wrong, it refuses anyway)."""
+    Its entries are counted into `counter`. The compression is sniffed from the bytes (what umoci
+    would get wrong, it refuses anyway)."""
+    counter = counter if counter is not None else TarEntryCounter()
+    counter.start_layer()  # each layer is a tar stream of its own to umoci
     with open(blob, "rb") as handle:
         magic = handle.read(4)
     try:
         if magic.startswith(GZIP_MAGIC):
-            return _gzip_stream_bytes(blob, budget_bytes)
+            return _gzip_stream_bytes(blob, budget_bytes, counter)
         if magic == ZSTD_MAGIC:
-            return _zstd_stream_bytes(blob, budget_bytes, timeout_s)
+            return _zstd_stream_bytes(blob, budget_bytes, timeout_s, counter)
     except zlib.error as error:
         raise ImageInvalid(f"a gzip layer is corrupt: {error}") from error
     size = blob.stat().st_size  # an uncompressed tar
     if size > budget_bytes:
         raise OverLimit
+    with open(blob, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK_BYTES):
+            counter.feed(chunk)
     return size
 
 
 def count_layers(layout: Path, layer_digests: tuple[str, ...], *, max_bytes: int, timeout_s: float) -> int:
     """Sum of every layer's uncompressed size (layers that overwrite each other count twice:
-    an upper bound of what umoci writes, holes aside); OverLimit past max_bytes."""
+    an upper bound of what umoci writes, holes aside); OverLimit past max_bytes, or when the
+    layers hold more entries than max_bytes has blocks (each inode costs at least one block in
+    the tree measure, so this is the same limit, applied before umoci makes any inode)."""
     total = 0
+    counter = TarEntryCounter(max_entries=max_bytes // BLOCK_BYTES)
     for digest in layer_digests:
         algorithm, hex_digest = digest.split(":", 1)
         blob = layout / "blobs" / algorithm / hex_digest
-        total += layer_stream_bytes(blob, budget_bytes=max_bytes - total, timeout_s=timeout_s)
+        total += layer_stream_bytes(blob, budget_bytes=max_bytes - total, timeout_s=timeout_s, counter=counter)
     return total
 
 

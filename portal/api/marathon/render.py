@@ -157,7 +157,17 @@ class TenantRenderer:
             "version": instance.version.version,
             "state": marathon_task_state(instance.status, instance.exit_code),
             "healthCheckResults": health_check_results(instance, task_id) if definition.health_checks else [],
+            **local_volumes(instance),
         }
+
+
+def local_volumes(instance: Instance) -> dict:
+    """Marathon lists a resident task's volumes; other tasks have no such key."""
+    volumes = [
+        {"containerPath": volume.container_path, "persistenceId": volume.persistence_id}
+        for volume in instance.volumes.all()
+    ]
+    return {"localVolumes": volumes} if volumes else {}
 
 
 def service_ports(definition: AppDefinition) -> list[int]:

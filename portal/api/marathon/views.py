@@ -326,16 +326,12 @@ class AppVersionView(MarathonView):
 # ---- tasks ----------------------------------------------------------------------------------------
 
 
-def kill_flags(request) -> tuple[bool, bool]:
-    """(scale, force) of a kill request; ``wipe`` is refused by name rather than ignored."""
+def kill_flags(request) -> tuple[bool, bool, bool]:
+    """(scale, force, wipe) of a kill request; wipe also destroys the tasks' persistent volumes."""
     scale, wipe = query_flag(request, "scale"), query_flag(request, "wipe")
     if scale and wipe:
         raise MarathonApiError(400, "scale=true and wipe=true cannot be combined.")
-    if wipe:
-        raise MarathonApiError(
-            400, "wipe=true is not supported: kill the task without wipe, or scale the app down with scale=true."
-        )
-    return scale, query_flag(request, "force")
+    return scale, query_flag(request, "force"), wipe
 
 
 class AppTasksView(MarathonView):
@@ -346,12 +342,14 @@ class AppTasksView(MarathonView):
 
     def delete(self, request, app_id: str):
         app = self.app_or_404(app_id)
-        scale, force = kill_flags(request)
+        scale, force, wipe = kill_flags(request)
         instances = selectors.instance_list(tenant=self.tenant, app=app)
         if host := request.GET.get("host"):
             instances = instances.filter(host__name=host)
         instances = list(instances)
-        deployment = app_services.instance_kill(access=self.access, instances=instances, scale=scale, force=force)
+        deployment = app_services.instance_kill(
+            access=self.access, instances=instances, scale=scale, force=force, wipe=wipe
+        )
         if scale and deployment is not None:
             return deployment_response(deployment)
         return JsonResponse({"tasks": [self.renderer.task(instance) for instance in _reloaded(instances)]})
@@ -360,11 +358,13 @@ class AppTasksView(MarathonView):
 class AppTaskView(MarathonView):
     def delete(self, request, app_id: str, task_id: str):
         app = self.app_or_404(app_id)
-        scale, force = kill_flags(request)
+        scale, force, wipe = kill_flags(request)
         instance = selectors.instance_by_task_id(tenant=self.tenant, task_id=task_id)
         if instance is None or instance.app_id != app.pk or instance.status not in INSTANCE_ACTIVE:
             raise task_not_found(task_id)
-        deployment = app_services.instance_kill(access=self.access, instances=[instance], scale=scale, force=force)
+        deployment = app_services.instance_kill(
+            access=self.access, instances=[instance], scale=scale, force=force, wipe=wipe
+        )
         if scale and deployment is not None:
             return deployment_response(deployment)
         (instance,) = _reloaded([instance])
@@ -396,12 +396,14 @@ class TasksDeleteView(MarathonView):
         task_ids = body.get("ids")
         if not isinstance(task_ids, list) or not all(isinstance(task_id, str) for task_id in task_ids):
             raise MarathonValidationError([{"path": "/ids", "errors": ["must be an array of task id strings"]}])
-        scale, force = kill_flags(request)
+        scale, force, wipe = kill_flags(request)
         found = [self._instance_or_skip(task_id) for task_id in task_ids]
         instances = list(
             {instance.pk: instance for instance in found if instance and instance.status in INSTANCE_ACTIVE}.values()
         )
-        deployment = app_services.instance_kill(access=self.access, instances=instances, scale=scale, force=force)
+        deployment = app_services.instance_kill(
+            access=self.access, instances=instances, scale=scale, force=force, wipe=wipe
+        )
         if scale and deployment is not None:
             return deployment_response(deployment)
         return JsonResponse({"tasks": [self.renderer.task(instance) for instance in _reloaded(instances)]})

@@ -1,6 +1,6 @@
 import pytest
 
-from portal.marathon.image_reference import ImageReference, InvalidImageReference, parse_image_reference
+from vmworker.image_reference import ImageReference, InvalidImageReference, parse_image_reference
 
 DIGEST = "sha256:" + "ab" * 32
 

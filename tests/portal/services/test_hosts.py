@@ -9,9 +9,9 @@ from django.utils import timezone
 
 from portal.choices import DeploymentStatus, InstanceStatus
 from portal.marathon import parse_app_definition
-from portal.models import App, Deployment, Instance
+from portal.models import App, ComputeHost, Deployment, Instance
 from portal.services.apps import app_create
-from portal.services.hosts import apps_needing_converge
+from portal.services.hosts import PublishAddressRefused, apps_needing_converge, host_register
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tests.support.portal_fixtures import compute_host_create
@@ -77,3 +77,26 @@ def test_instances_of_an_old_version_are_converged(app_at_rest):
 def test_a_staged_instance_without_a_host_is_converged(app_at_rest):
     Instance.objects.filter(pk=app_at_rest.instances.first().pk).update(status=InstanceStatus.STAGED, host=None)
     assert apps_needing_converge() == [app_at_rest.pk]
+
+
+def register(name: str, publish_ip: str):
+    return host_register(
+        name=name,
+        libvirt_uri="qemu:///system",
+        vcpus=2,
+        memory_mib=2048,
+        virt_type="qemu",
+        probe_s=1.0,
+        publish_ip=publish_ip,
+    )
+
+
+@pytest.mark.parametrize("publish_ip", ["127.0.0.2", "0.0.0.0"])
+def test_a_host_publishing_apps_on_the_portals_own_host_is_not_registered(publish_ip, settings):
+    """Its apps would share the portal's cookies (portal.public_host); host workers run no system check."""
+    settings.PUBLIC_URL = "http://127.0.0.2:8000"
+    with pytest.raises(PublishAddressRefused, match="PORTAL_PUBLIC_URL"):
+        register("host-on-portal", publish_ip)
+    assert not ComputeHost.objects.filter(name="host-on-portal").exists()
+
+    assert register("host-apart", "127.0.0.1").publish_ip == "127.0.0.1"

@@ -3,12 +3,14 @@
 What every implementation must do: start a domain for an instance (named ``<prefix><uuid>``, the
 instance UUID as domain UUID, our metadata readable), return the same domain when the same
 instance is started again, look instances up, list only domains with our metadata, refuse a
-name taken by another UUID, destroy idempotently, and notice a guest that powered itself off.
+name taken by another UUID, destroy idempotently, notice a guest that powered itself off, and
+measure running guests (CPU time, memory) one by one and all at once.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,6 +224,40 @@ def test_a_guest_that_powers_itself_off_is_seen_as_stopped(backend: Backend) -> 
     assert state == GuestState.ABSENT
     if backend.boots_real_vms:
         assert SENTINEL in spec.console_log.read_text()
+
+
+def test_a_running_guest_has_stats_and_a_stopped_one_has_none(backend: Backend) -> None:
+    spec = backend.spec(vcpus=1, memory_mib=128)
+    guest = backend.host.define_and_start(spec)
+    backend.define_foreign_domain()  # stopped, not ours: never measured
+
+    stats = guest.stats()
+    every = backend.host.guest_stats()
+
+    assert stats is not None
+    assert (stats.vcpus, stats.memory_bytes) == (1, 128 * 1024 * 1024)
+    assert stats.cpu_time_ns >= 0
+    if backend.kind != "test":  # libvirt's test driver does not measure a process it has not got
+        assert 0 < stats.rss_bytes
+    assert set(every) & set(backend.foreign_uuids) == set()
+    assert every[spec.instance_id].vcpus == 1
+    guest.destroy()
+    assert guest.stats() is None
+    assert spec.instance_id not in backend.host.guest_stats()
+
+
+def test_a_guest_s_cpu_time_grows_while_it_runs(backend: Backend) -> None:
+    if backend.kind == "test":
+        pytest.skip("libvirt's test driver runs no guest that could use a CPU")
+    spec = backend.spec()
+    guest = backend.host.define_and_start(spec)
+    if backend.boots_real_vms:
+        assert wait_for_console_text(spec.console_log, SENTINEL, timeout_s=30) is not None
+    first = guest.stats().cpu_time_ns
+
+    time.sleep(0.5)
+
+    assert guest.stats().cpu_time_ns > first
 
 
 @pytest.mark.vm

@@ -16,6 +16,7 @@ from vmworker.guestinit.config import (
     GuestConfig,
     GuestNetwork,
     GuestTenantInterface,
+    GuestVolume,
     decode_config,
     encode_config,
     write_config_disk,
@@ -39,6 +40,7 @@ FULL_CONFIG = GuestConfig(
         nameservers=("10.0.2.3", "1.1.1.1"),
     ),
     tenant_interface=GuestTenantInterface(mac="02:6b:1f:00:aa:01", ip_cidr="10.1.0.7/24"),
+    volumes=(GuestVolume(serial="hvm-vol0", name="data"), GuestVolume(serial="hvm-vol1", name="pg data ü")),
 )
 MINIMAL_CONFIG = GuestConfig(
     hostname="",
@@ -87,6 +89,13 @@ def test_round_trip_through_a_disk_file(tmp_path):
             },
             "different MACs",
         ),
+        ({"volumes": (GuestVolume(serial="hvm-vol0", name="../etc"),)}, "one path segment"),
+        ({"volumes": (GuestVolume(serial="hvm-vol0", name=".."),)}, "one path segment"),
+        ({"volumes": (GuestVolume(serial="hvm-vol0", name=""),)}, "one path segment"),
+        ({"volumes": (GuestVolume(serial="vol 0", name="d"),)}, "volume serial"),
+        ({"volumes": (GuestVolume(serial="hvm-rootfs", name="d"),)}, "volume serial"),
+        ({"volumes": (GuestVolume(serial="a", name="d"), GuestVolume(serial="b", name="d"))}, "one path"),
+        ({"volumes": (GuestVolume(serial="a", name="d"), GuestVolume(serial="a", name="e"))}, "one serial"),
     ],
 )
 def test_undeliverable_configs_are_refused(change, message):
@@ -181,6 +190,7 @@ def _canonical_lines(config: GuestConfig) -> list[str]:
     if config.tenant_interface:
         lines.append(f"tenant_net_mac={config.tenant_interface.mac}")
         lines.append(f"tenant_net_ip_cidr={config.tenant_interface.ip_cidr}")
+    lines += [f"volume={volume.serial} {volume.name}" for volume in config.volumes]
     return lines
 
 
@@ -194,6 +204,19 @@ def test_c_parser_reads_what_python_writes(c_config_parser, tmp_path):
 
     assert full == _canonical_lines(FULL_CONFIG)
     assert minimal == _canonical_lines(MINIMAL_CONFIG)
+
+
+@pytest.mark.parametrize("value", ["hvm-vol0 ..", "hvm-vol0 a/b", "nospace", " data", "x" * 21 + " d", "v\x01 d"])
+def test_c_parser_refuses_a_volume_that_is_not_one_path_segment(c_config_parser, tmp_path, value):
+    record = value.encode()
+    image = tmp_path / "bad-volume.img"
+    good = encode_config(MINIMAL_CONFIG)
+    payload = good[16 : 16 + struct.unpack_from("<I", good, 12)[0]]
+    image.write_bytes(_reseal(payload + struct.pack("<HI", 16, len(record)) + record))
+
+    (lines,) = _run_c_parser(c_config_parser, [image])
+
+    assert lines == ["error=config: record 16 has an invalid value"]
 
 
 def test_c_parser_survives_truncated_and_mutated_images(c_config_parser, tmp_path):

@@ -24,7 +24,7 @@ DIGEST = "sha256:" + "ab" * 32
             ImageReference("registry.example.com", "app", None, DIGEST),
         ),
         (
-            f"docker://quay.io/org/app:v2@{DIGEST}",
+            f"quay.io/org/app:v2@{DIGEST}",
             ImageReference("quay.io", "org/app", "v2", DIGEST),
         ),
     ],

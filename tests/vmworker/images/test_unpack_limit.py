@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.oci_images import PushedImage, push_image
 from tests.support.registry import LocalRegistry
-from tests.support.size_bomb_images import MIB, image_from_layer, sparse_layer, zero_file_layer
+from tests.support.size_bomb_images import MIB, hidden_files_layer, image_from_layer, sparse_layer, zero_file_layer
 from tests.vmworker.images.store_inspection import files_under, unexpected_store_files, work_dir_entries
 from vmworker.failures import failure_is_transient
 from vmworker.images import ImageStore, ImageUnpacksTooLarge, RegistryCredentials
@@ -276,3 +276,61 @@ def test_the_fs_image_cannot_grow_past_its_bound(tmp_path: Path) -> None:
         )
 
     assert not output.exists() or output.stat().st_size <= fs_image_max_bytes(MIB)
+
+
+def empty_files_layer(path: Path, *, files: int) -> Path:
+    """`files` empty files, written by GNU tar: a few KiB gzipped, nothing for the write counter."""
+    source = path.parent / f"{path.stem}-source"
+    source.mkdir()
+    for index in range(files):
+        (source / f"e{index}").touch()
+    subprocess.run(["tar", "--format=pax", "-cf", str(path), "-C", str(source), "."], check=True, timeout=120)
+    subprocess.run(["rm", "-rf", str(source)], check=True, timeout=120)
+    return path
+
+
+@pytest.fixture
+def unpacks(monkeypatch) -> list[str]:
+    """The images umoci was started for (a spy on the store's unpack_rootfs)."""
+    from vmworker.images import store as store_module
+
+    started: list[str] = []
+    real_unpack = store_module.unpack_rootfs
+    monkeypatch.setattr(
+        store_module, "unpack_rootfs", lambda *a, **k: started.append(k["image"]) or real_unpack(*a, **k)
+    )
+    return started
+
+
+def test_a_layer_of_more_files_than_the_limit_has_blocks_is_refused_before_umoci_makes_them(
+    warm_store: ImageStore, store_root: Path, push_layer, credentials: RegistryCredentials, unpacks: list[str]
+) -> None:
+    """16 MiB is 4096 blocks of 4 KiB, the least each inode is charged: 5000 empty files (about
+    5 KiB of gzipped layer) are refused by the stream count, and umoci never runs."""
+    reference = push_layer("many-files", lambda path: empty_files_layer(path, files=5000))
+    before = store_state(store_root)
+
+    with pytest.raises(ImageUnpacksTooLarge) as raised:
+        warm_store.prepare(reference, credentials=credentials, tls_verify=False)
+
+    assert str(raised.value) == f"image {reference} unpacks to more than 16 MiB (platform limit)"
+    assert unpacks == []
+    assert_aborted_cleanly(store_root, before)
+    # Under the bound, the same kind of layer unpacks.
+    fewer = push_layer("fewer-files", lambda path: empty_files_layer(path, files=2000))
+    assert warm_store.prepare(fewer, credentials=credentials, tls_verify=False).unpacked_bytes >= 2000 * 4096
+
+
+def test_files_hidden_behind_a_directory_size_are_counted_before_umoci_makes_them(
+    warm_store: ImageStore, store_root: Path, push_layer, credentials: RegistryCredentials, unpacks: list[str]
+) -> None:
+    """A directory header whose size field spans 5000 empty files' headers: umoci (Go's reader
+    reads no data after a directory) makes all 5000, so the stream count must see them too."""
+    reference = push_layer("hidden-files", lambda path: hidden_files_layer(path, files=5000))
+    before = store_state(store_root)
+
+    with pytest.raises(ImageUnpacksTooLarge):
+        warm_store.prepare(reference, credentials=credentials, tls_verify=False)
+
+    assert unpacks == []
+    assert_aborted_cleanly(store_root, before)

@@ -32,6 +32,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,7 @@
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <termios.h>
 
 /* ---- constants shared with the host side (vmworker/guestinit/) ---------- */
 
@@ -82,7 +84,8 @@ enum config_tag {
 	TAG_NET_NAMESERVER = 13,
 	TAG_TENANT_NET_MAC = 14,
 	TAG_TENANT_NET_IP_CIDR = 15,
-	TAG_LAST = TAG_TENANT_NET_IP_CIDR,
+	TAG_VOLUME = 16, /* "<serial> <containerPath>", repeatable */
+	TAG_LAST = TAG_VOLUME,
 };
 
 /* Exit codes reported when the app never ran, chosen like docker run's. */
@@ -109,10 +112,33 @@ struct config {
 	size_t nameserverc;
 	char *tenant_net_mac; /* the tenant network NIC: found by MAC, no route */
 	char *tenant_net_ip_cidr;
+	char **volumes; /* "<serial> <name>": mounted at MESOS_SANDBOX/<name> */
+	size_t volumec;
 	int seen[TAG_LAST + 1];
 };
 
 /* ---- config parser: bounds-checked, never trusts a length --------------- */
+
+#define VOLUME_SERIAL_MAX 20 /* VIRTIO_BLK_ID_BYTES */
+#define MESOS_SANDBOX "/mnt/mesos/sandbox"
+
+/* "<serial> <name>": a serial of [A-Za-z0-9._-]{1,20}, one space, a name that is one path
+ * segment (no '/', not "." or ".."), at most 255 bytes. */
+static int volume_record_valid(const char *value)
+{
+	const char *space = strchr(value, ' ');
+	if (!space || space == value || space - value > VOLUME_SERIAL_MAX)
+		return 0;
+	for (const char *c = value; c < space; c++)
+		if (!(isalnum((unsigned char)*c) || *c == '.' || *c == '_' || *c == '-'))
+			return 0;
+	const char *name = space + 1;
+	size_t len = strlen(name);
+	if (len == 0 || len > 255 || strchr(name, '/') || strcmp(name, ".") == 0 ||
+	    strcmp(name, "..") == 0)
+		return 0;
+	return 1;
+}
 
 static uint32_t crc32_ieee(const unsigned char *data, size_t len)
 {
@@ -226,7 +252,8 @@ static int config_parse(const unsigned char *buf, size_t len, struct config *cfg
 			snprintf(err, errlen, "config: unknown record tag %u", tag);
 			return -1;
 		}
-		int repeatable = tag == TAG_ARGV || tag == TAG_ENV || tag == TAG_NET_NAMESERVER;
+		int repeatable = tag == TAG_ARGV || tag == TAG_ENV || tag == TAG_NET_NAMESERVER ||
+				 tag == TAG_VOLUME;
 		if (!repeatable && cfg->seen[tag]) {
 			free(value);
 			snprintf(err, errlen, "config: record %u given twice", tag);
@@ -249,6 +276,10 @@ static int config_parse(const unsigned char *buf, size_t len, struct config *cfg
 		case TAG_ENV: rc = list_append(&cfg->env, &cfg->envc, value); break;
 		case TAG_NET_NAMESERVER:
 			rc = list_append(&cfg->nameservers, &cfg->nameserverc, value);
+			break;
+		case TAG_VOLUME:
+			rc = volume_record_valid(value) ? list_append(&cfg->volumes, &cfg->volumec, value)
+							: (free(value), -1);
 			break;
 		case TAG_OVERLAY_SIZE_MIB:
 			rc = parse_decimal(value, 1, 1024ul * 1024ul, &cfg->overlay_size_mib);
@@ -354,6 +385,8 @@ static void parse_and_print(const char *path)
 		print_field("nameserver", cfg.nameservers[i]);
 	print_field("tenant_net_mac", cfg.tenant_net_mac);
 	print_field("tenant_net_ip_cidr", cfg.tenant_net_ip_cidr);
+	for (size_t i = 0; i < cfg.volumec; i++)
+		print_field("volume", cfg.volumes[i]);
 }
 
 int main(int argc, char **argv)
@@ -452,6 +485,62 @@ static size_t format_record(char *line, size_t cap, const char *fmt, va_list ap)
 	return len;
 }
 
+/*
+ * Everything the guest says on the control port goes through this queue, whole lines only:
+ * the port is non-blocking, and an interactive shell's output must wait (not be cut) while
+ * the host reads slowly. A line that does not fit is dropped whole. The queue is emptied
+ * when the host hangs up (nobody would read it) and sent out as the port takes it.
+ */
+#define CONTROL_QUEUE_MAX (512u * 1024u)
+static char control_queue[CONTROL_QUEUE_MAX];
+static size_t control_queue_head, control_queue_tail;
+
+static size_t control_queue_room(void)
+{
+	return CONTROL_QUEUE_MAX - (control_queue_tail - control_queue_head);
+}
+
+static int control_queue_pending(void)
+{
+	return control_queue_tail > control_queue_head;
+}
+
+static void control_queue_clear(void)
+{
+	control_queue_head = control_queue_tail = 0;
+}
+
+static void control_flush(void)
+{
+	while (control_fd >= 0 && control_queue_pending()) {
+		ssize_t n = write(control_fd, control_queue + control_queue_head,
+				  control_queue_tail - control_queue_head);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return; /* EAGAIN: the host is slow or not connected; POLLOUT resumes */
+		control_queue_head += (size_t)n;
+	}
+	if (!control_queue_pending())
+		control_queue_clear();
+}
+
+static int control_send(const char *line, size_t len)
+{
+	if (control_fd < 0 || len > control_queue_room())
+		return -1;
+	if (control_queue_tail + len > CONTROL_QUEUE_MAX) {
+		memmove(control_queue, control_queue + control_queue_head,
+			control_queue_tail - control_queue_head);
+		control_queue_tail -= control_queue_head;
+		control_queue_head = 0;
+	}
+	memcpy(control_queue + control_queue_tail, line, len);
+	control_queue_tail += len;
+	control_flush();
+	return 0;
+}
+
 static void send_event(const char *fmt, ...)
 {
 	char line[1024];
@@ -465,8 +554,7 @@ static void send_event(const char *fmt, ...)
 		console_write("hvinit: ");
 		console_write(line);
 	}
-	if (control_fd >= 0)
-		write(control_fd, line, len); /* best-effort: dropped if no host listens */
+	control_send(line, len); /* best-effort: dropped when the host hangs up */
 }
 
 static void send_output(const char *tag, const char *data, size_t len)
@@ -504,9 +592,11 @@ static int oom_baseline_taken;
 static void __attribute__((noreturn)) power_off(int exit_code)
 {
 	int oom = oom_baseline_taken && read_oom_kill_count() > oom_kills_before;
+	/* Before the exit report: the host may end the VM once it has read it, and what the app
+	 * wrote to its persistent volumes must be on them by then. */
+	sync();
 	send_event("oom %d", oom);
 	send_event("exit %d", exit_code);
-	sync();
 	/* The last port write is queued, not necessarily consumed: give the host a moment. */
 	struct timespec settle = {.tv_sec = 0, .tv_nsec = 20 * 1000 * 1000};
 	nanosleep(&settle, NULL);
@@ -606,8 +696,15 @@ static int make_node_from_sysfs(const char *sys_dev_file, mode_t type, const cha
  * initramfs.py from modules.dep); group "core" loads always, "net" only when
  * the config asks for a network.
  */
+static int net_modules_loaded;
+
 static void load_modules(const char *group)
 {
+	if (strcmp(group, "net") == 0) {
+		if (net_modules_loaded)
+			return; /* loaded already by a blank (pooled) boot: the files are gone */
+		net_modules_loaded = 1;
+	}
 	FILE *order = fopen("/lib/modules/hvm.order", "re");
 	if (!order)
 		return; /* an initramfs for a kernel with everything built in */
@@ -629,6 +726,27 @@ static void load_modules(const char *group)
 		unlink(path); /* frees the initramfs copy */
 	}
 	fclose(order);
+}
+
+/*
+ * A blank (pooled) boot: the kernel command line carries BLANK_BOOT_WORD; the
+ * init then waits for its config disk (attached live when the VM is claimed).
+ */
+#define BLANK_BOOT_WORD "hvm.blank"
+
+static int cmdline_has_word(const char *word)
+{
+	char line[2048];
+	if (read_small_file("/proc/cmdline", line, sizeof(line)) != 0)
+		return 0;
+	size_t len = strlen(word);
+	for (char *p = line; (p = strstr(p, word)) != NULL; p += len) {
+		int starts = p == line || p[-1] == ' ';
+		int ends = p[len] == '\0' || p[len] == ' ' || p[len] == '\n';
+		if (starts && ends)
+			return 1;
+	}
+	return 0;
 }
 
 /* ---- devices found by name, never by guessing /dev/vdX ----------------- */
@@ -691,17 +809,28 @@ static void sleep_ms(long ms)
  * virtio-blk probes synchronously in module init, but virtio-serial port names
  * arrive asynchronously from the host: poll for both, bounded.
  */
-static void find_ports_and_config_disk(void)
+static void find_ports_and_config_disk(int blank)
 {
 	double deadline = monotonic_ms() + 5000.0;
 	int have_disk = 0;
 	for (;;) {
+		if (blank && log_fd >= 0 && control_fd >= 0) {
+			/*
+			 * A blank (pooled) VM: say so, then wait without a deadline for the host
+			 * to attach the config disk; the host pauses the VM once it reads
+			 * "waiting", so this loop costs nothing while pooled.
+			 */
+			send_event("waiting %.3f", monotonic_ms());
+			while (find_block_by_serial(CONFIG_DISK_SERIAL, "/run/hvm/config-disk") != 0)
+				sleep_ms(2);
+			return;
+		}
 		if (log_fd < 0)
 			log_fd = open_port_by_name(LOG_PORT_NAME, "/run/hvm/log-port", O_WRONLY);
 		if (control_fd < 0)
 			control_fd = open_port_by_name(CONTROL_PORT_NAME, "/run/hvm/control-port",
 						       O_RDWR | O_NONBLOCK);
-		if (!have_disk)
+		if (!have_disk && !blank)
 			have_disk = find_block_by_serial(CONFIG_DISK_SERIAL, "/run/hvm/config-disk") == 0;
 		if (have_disk && log_fd >= 0 && control_fd >= 0)
 			return;
@@ -711,6 +840,8 @@ static void find_ports_and_config_disk(void)
 	}
 	if (log_fd < 0)
 		console_write("hvinit: no " LOG_PORT_NAME " port, reporting on the console\n");
+	if (blank)
+		die(EXIT_INIT_FAILURE, "blank boot: the log and control ports were not found");
 	if (!have_disk)
 		die(EXIT_INIT_FAILURE, "config disk (serial %s) not found", CONFIG_DISK_SERIAL);
 }
@@ -1047,6 +1178,35 @@ static void resolve_identity(const char *spec, struct identity *id)
 	collect_groups(id);
 }
 
+/* ---- persistent volumes ------------------------------------------------- */
+
+/*
+ * Each volume (ext4, formatted once by the host) is found by its serial and mounted at
+ * MESOS_SANDBOX/<name> after the switch to the image's root, so the path resolves inside the
+ * image as the app sees it. Its root belongs to the app's user, who must be able to write it.
+ */
+static void mount_volumes(const struct config *cfg, const struct identity *id)
+{
+	if (mkdir_p(MESOS_SANDBOX, 0755) != 0)
+		die(EXIT_INIT_FAILURE, "mkdir %s: %s", MESOS_SANDBOX, errno_text(errno));
+	for (size_t i = 0; i < cfg->volumec; i++) {
+		char serial[VOLUME_SERIAL_MAX + 1], node[64], target[PATH_MAX];
+		const char *space = strchr(cfg->volumes[i], ' ');
+		snprintf(serial, sizeof(serial), "%.*s", (int)(space - cfg->volumes[i]), cfg->volumes[i]);
+		snprintf(node, sizeof(node), "/dev/hvm-volume%zu", i);
+		snprintf(target, sizeof(target), "%s/%s", MESOS_SANDBOX, space + 1);
+		double deadline = monotonic_ms() + 3000.0;
+		while (find_block_by_serial(serial, node) != 0) {
+			if (monotonic_ms() > deadline)
+				die(EXIT_INIT_FAILURE, "volume disk (serial %s) not found", serial);
+			sleep_ms(5);
+		}
+		mount_or_die(node, target, "ext4", MS_NOSUID | MS_NODEV, NULL);
+		if (chown(target, id->uid, id->gid) != 0)
+			die(EXIT_INIT_FAILURE, "volume %s: chown: %s", target, errno_text(errno));
+	}
+}
+
 /* ---- environment ------------------------------------------------------- */
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -1227,8 +1387,7 @@ static void __attribute__((format(printf, 1, 2))) control_reply(const char *fmt,
 	va_start(ap, fmt);
 	size_t len = format_record(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	if (control_fd >= 0)
-		write(control_fd, line, len); /* best-effort: the host has gone if this fails */
+	control_send(line, len); /* best-effort: the host has gone if this fails */
 }
 
 static int hex_value(char c)
@@ -1397,7 +1556,421 @@ static double exec_enforce_deadlines(double now, double wake)
 	return wake;
 }
 
-/* Reads host commands (stop, exec); returns 1 when a "stop" arrived. */
+/* ---- shell sessions: a PTY in the container for an interactive shell ---- */
+
+#define SHELL_MAX_SESSIONS 8
+#define SHELL_CHUNK 4096u            /* raw bytes per sh-out / sh-in record */
+#define SHELL_WINDOW (64u * 1024u)   /* sh-out bytes the host has not acked yet, per session */
+#define SHELL_INPUT_MAX (64u * 1024u) /* sh-in bytes the shell has not read yet, per session */
+#define SHELL_DRAIN_MS 2000.0        /* after the shell exits: output still in the PTY */
+#define SHELL_KILL_GRACE_MS 1000.0   /* after a close: SIGHUP, then SIGKILL */
+#define SHELL_DIMENSION_MAX 1000ul
+#define BASE64_LEN(n) (((n) + 2) / 3 * 4)
+#define SHELL_RECORD_MAX (BASE64_LEN(SHELL_CHUNK) + EXEC_ID_MAX + 16)
+
+struct shell_session {
+	pid_t pid; /* 0: the slot is free */
+	char id[EXEC_ID_MAX + 1];
+	int master; /* the PTY's master side; -1 once it reported EOF/EIO or was closed */
+	int status_fd;
+	int quiet; /* the host hung up: nobody to report to */
+	int exited;
+	int status;
+	double drain_until; /* exited: report the exit by then even if output is still held */
+	double kill_at;     /* closed: SIGKILL the session's process group then (0: not closed) */
+	size_t unacked;
+	size_t input_len;
+	unsigned char input[SHELL_INPUT_MAX];
+};
+
+static struct shell_session shells[SHELL_MAX_SESSIONS];
+
+static const char base64_digits[] =
+	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static size_t base64_encode(const unsigned char *in, size_t len, char *out)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < len; i += 3) {
+		uint32_t v = (uint32_t)in[i] << 16;
+		if (i + 1 < len)
+			v |= (uint32_t)in[i + 1] << 8;
+		if (i + 2 < len)
+			v |= in[i + 2];
+		out[o++] = base64_digits[(v >> 18) & 63];
+		out[o++] = base64_digits[(v >> 12) & 63];
+		out[o++] = i + 1 < len ? base64_digits[(v >> 6) & 63] : '=';
+		out[o++] = i + 2 < len ? base64_digits[v & 63] : '=';
+	}
+	out[o] = '\0';
+	return o;
+}
+
+static int base64_value(char c)
+{
+	const char *p = c ? strchr(base64_digits, c) : NULL;
+	return p ? (int)(p - base64_digits) : -1;
+}
+
+/* Strict: whole quads, padding only at the end; -1 on anything else or more than cap bytes. */
+static long base64_decode(const char *in, unsigned char *out, size_t cap)
+{
+	size_t len = strlen(in), o = 0;
+	if (len % 4)
+		return -1;
+	for (size_t i = 0; i < len; i += 4) {
+		int pad = (in[i + 3] == '=') + (in[i + 2] == '=' && in[i + 3] == '=');
+		if (pad && i + 4 != len)
+			return -1;
+		int a = base64_value(in[i]), b = base64_value(in[i + 1]);
+		int c = pad >= 2 ? 0 : base64_value(in[i + 2]);
+		int d = pad >= 1 ? 0 : base64_value(in[i + 3]);
+		if (a < 0 || b < 0 || c < 0 || d < 0 || o + 3 - (size_t)pad > cap)
+			return -1;
+		uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
+		out[o++] = (unsigned char)(v >> 16);
+		if (pad < 2)
+			out[o++] = (unsigned char)(v >> 8);
+		if (pad < 1)
+			out[o++] = (unsigned char)v;
+	}
+	return (long)o;
+}
+
+static struct shell_session *shell_find(const char *id)
+{
+	for (int i = 0; i < SHELL_MAX_SESSIONS; i++)
+		if (shells[i].pid != 0 && !shells[i].quiet && strcmp(shells[i].id, id) == 0)
+			return &shells[i];
+	return NULL;
+}
+
+/* The app's env, plus TERM for a terminal and HOSTNAME (as docker sets it) when absent. */
+static char **shell_environment(char **env, int tty)
+{
+	size_t count = 0;
+	while (env[count])
+		count++;
+	char **out = calloc(count + 3, sizeof(char *));
+	if (!out)
+		return env;
+	size_t n = 0;
+	for (size_t i = 0; i < count; i++)
+		out[n++] = env[i];
+	if (tty && !env_lookup(env, "TERM"))
+		out[n++] = "TERM=xterm-256color";
+	static char hostname_var[80];
+	char name[65] = "";
+	if (!env_lookup(env, "HOSTNAME") && gethostname(name, sizeof(name) - 1) == 0) {
+		snprintf(hostname_var, sizeof(hostname_var), "HOSTNAME=%s", name);
+		out[n++] = hostname_var;
+	}
+	out[n] = NULL;
+	return out;
+}
+
+static void __attribute__((noreturn)) run_shell_child(const struct app_context *app, int slave,
+						      int tty, const char *command, int status_w)
+{
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	setsid(); /* its own session: the PTY becomes its controlling terminal */
+	ioctl(slave, TIOCSCTTY, 0);
+	if (!tty) {
+		/* A one-shot command: its bytes exactly as written, no echo, no line discipline. */
+		struct termios raw;
+		if (tcgetattr(slave, &raw) == 0) {
+			cfmakeraw(&raw);
+			tcsetattr(slave, TCSANOW, &raw);
+		}
+	}
+	if (fchown(slave, app->id->uid, (gid_t)-1) != 0) {
+		/* still usable: it is already open */
+	}
+	int devnull = open("/dev/null", O_RDWR);
+	dup2(tty || devnull < 0 ? slave : devnull, 0);
+	dup2(slave, 1);
+	dup2(slave, 2);
+	if (slave > 2)
+		close(slave);
+	struct child_failure failure = {0, 0};
+	const struct config *cfg = app->cfg;
+	if (setgroups((size_t)app->id->ngroups, app->id->groups) != 0 || setgid(app->id->gid) != 0 ||
+	    setuid(app->id->uid) != 0) {
+		failure.err = errno;
+	} else if (chdir(cfg->working_dir && cfg->working_dir[0] ? cfg->working_dir : "/") != 0) {
+		failure.stage = 1;
+		failure.err = errno;
+	} else {
+		char *interactive[] = {EXEC_SHELL, "-i", NULL};
+		char *with_command[] = {EXEC_SHELL, "-c", (char *)command, NULL};
+		execve(EXEC_SHELL, command ? with_command : interactive, shell_environment(app->env, tty));
+		failure.stage = 2;
+		failure.err = errno;
+	}
+	write(status_w, &failure, sizeof(failure));
+	_exit(EXIT_CANNOT_EXECUTE);
+}
+
+/* A PTY pair: the master non-blocking for us, the slave for the shell. */
+static int open_pty(unsigned long rows, unsigned long cols, int *master_out, int *slave_out)
+{
+	int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+	if (master < 0)
+		return -1;
+	int unlock = 0;
+	int slave = -1;
+	if (ioctl(master, TIOCSPTLCK, &unlock) == 0) {
+		slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (slave < 0) {
+			unsigned int number;
+			char path[64];
+			if (ioctl(master, TIOCGPTN, &number) == 0) {
+				snprintf(path, sizeof(path), "/dev/pts/%u", number);
+				slave = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+			}
+		}
+	}
+	if (slave < 0) {
+		int saved = errno;
+		close(master);
+		errno = saved;
+		return -1;
+	}
+	struct winsize size = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+	ioctl(master, TIOCSWINSZ, &size);
+	*master_out = master;
+	*slave_out = slave;
+	return 0;
+}
+
+/* "sh-open <id> <rows> <cols> <tty|run> [<hex command>]" */
+static void shell_open(const struct app_context *app, char *request)
+{
+	char *id = strtok(request, " ");
+	char *rows_text = strtok(NULL, " ");
+	char *cols_text = strtok(NULL, " ");
+	char *mode = strtok(NULL, " ");
+	char *hex = strtok(NULL, " ");
+	if (!id || !valid_exec_id(id)) {
+		control_reply("sh-error - malformed sh-open");
+		return;
+	}
+	unsigned long rows, cols;
+	static char command[EXEC_MAX_COMMAND];
+	int tty = mode && strcmp(mode, "tty") == 0;
+	if (!rows_text || !cols_text || !mode || (!tty && strcmp(mode, "run") != 0) ||
+	    strtok(NULL, " ") || parse_decimal(rows_text, 1, SHELL_DIMENSION_MAX, &rows) != 0 ||
+	    parse_decimal(cols_text, 1, SHELL_DIMENSION_MAX, &cols) != 0 || (!tty && !hex) ||
+	    (hex && hex_decode(hex, command, sizeof(command)) != 0)) {
+		control_reply("sh-error %s malformed sh-open", id);
+		return;
+	}
+	if (shell_find(id)) {
+		control_reply("sh-error %s session id in use", id);
+		return;
+	}
+	struct shell_session *slot = NULL;
+	for (int i = 0; i < SHELL_MAX_SESSIONS && !slot; i++)
+		if (shells[i].pid == 0)
+			slot = &shells[i];
+	if (!slot) {
+		control_reply("sh-error %s %d shell sessions are open already", id, SHELL_MAX_SESSIONS);
+		return;
+	}
+	int master, slave, status_pipe[2];
+	if (open_pty(rows, cols, &master, &slave) != 0) {
+		control_reply("sh-error %s pty: %s", id, errno_text(errno));
+		return;
+	}
+	if (pipe2(status_pipe, O_CLOEXEC) != 0) {
+		control_reply("sh-error %s pipe: %s", id, errno_text(errno));
+		close(master);
+		close(slave);
+		return;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		control_reply("sh-error %s fork: %s", id, errno_text(errno));
+		close(master);
+		close(slave);
+		close(status_pipe[0]);
+		close(status_pipe[1]);
+		return;
+	}
+	if (pid == 0)
+		run_shell_child(app, slave, tty, hex ? command : NULL, status_pipe[1]);
+	close(slave); /* only the shell holds it: its last close makes the master read EIO */
+	close(status_pipe[1]);
+	memset(slot, 0, offsetof(struct shell_session, input));
+	slot->pid = pid;
+	snprintf(slot->id, sizeof(slot->id), "%s", id);
+	slot->master = master;
+	slot->status_fd = status_pipe[0];
+	control_reply("sh-opened %s", id);
+}
+
+/* Ends a session from the host's side: hang the terminal up, SIGKILL after a grace. */
+static void shell_hang_up(struct shell_session *s, int quiet)
+{
+	if (s->pid == 0)
+		return;
+	s->quiet |= quiet;
+	if (s->master >= 0) {
+		close(s->master);
+		s->master = -1;
+	}
+	if (s->kill_at == 0 && !s->exited) {
+		kill(-s->pid, SIGHUP);
+		kill(-s->pid, SIGCONT);
+		s->kill_at = monotonic_ms() + SHELL_KILL_GRACE_MS;
+	}
+	s->input_len = 0;
+}
+
+/* The host hung up: its shells end, and nobody hears of it. */
+static void shell_host_gone(void)
+{
+	for (int i = 0; i < SHELL_MAX_SESSIONS; i++)
+		shell_hang_up(&shells[i], 1);
+}
+
+/* Host -> guest messages for a session (after the "sh-" prefix). */
+static void shell_command(const struct app_context *app, char *command)
+{
+	if (strncmp(command, "open ", 5) == 0) {
+		shell_open(app, command + 5);
+		return;
+	}
+	char *verb = strtok(command, " ");
+	char *id = strtok(NULL, " ");
+	char *arg1 = strtok(NULL, " ");
+	char *arg2 = strtok(NULL, " ");
+	struct shell_session *s = verb && id && valid_exec_id(id) ? shell_find(id) : NULL;
+	if (!s)
+		return; /* a session that ended already: its late input is dropped */
+	unsigned long value, cols;
+	if (strcmp(verb, "in") == 0 && arg1 && !arg2) {
+		static unsigned char data[SHELL_CHUNK + 3];
+		long n = base64_decode(arg1, data, sizeof(data));
+		if (n < 0 || s->master < 0)
+			return;
+		size_t room = SHELL_INPUT_MAX - s->input_len;
+		size_t take = (size_t)n < room ? (size_t)n : room; /* a shell that never reads loses the rest */
+		memcpy(s->input + s->input_len, data, take);
+		s->input_len += take;
+	} else if (strcmp(verb, "ack") == 0 && arg1 && !arg2 &&
+		   parse_decimal(arg1, 0, 4000000000ul, &value) == 0) {
+		s->unacked -= value < s->unacked ? value : s->unacked;
+	} else if (strcmp(verb, "resize") == 0 && arg1 && arg2 &&
+		   parse_decimal(arg1, 1, SHELL_DIMENSION_MAX, &value) == 0 &&
+		   parse_decimal(arg2, 1, SHELL_DIMENSION_MAX, &cols) == 0 && s->master >= 0) {
+		struct winsize size = {.ws_row = (unsigned short)value, .ws_col = (unsigned short)cols};
+		ioctl(s->master, TIOCSWINSZ, &size); /* the kernel sends SIGWINCH */
+	} else if (strcmp(verb, "close") == 0 && !arg1) {
+		shell_hang_up(s, 0);
+	}
+}
+
+/* Reads what the shell wrote, as far as the window and the control queue allow. */
+static void shell_pump_output(struct shell_session *s)
+{
+	if (s->master < 0 || s->unacked >= SHELL_WINDOW || control_queue_room() < SHELL_RECORD_MAX)
+		return;
+	size_t want = SHELL_WINDOW - s->unacked;
+	unsigned char data[SHELL_CHUNK];
+	ssize_t n = read(s->master, data, want < sizeof(data) ? want : sizeof(data));
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (n <= 0) { /* EIO: every holder of the terminal has closed it */
+		close(s->master);
+		s->master = -1;
+		return;
+	}
+	if (s->quiet)
+		return;
+	static char record[SHELL_RECORD_MAX + 1];
+	int head = snprintf(record, sizeof(record), "sh-out %s ", s->id);
+	size_t len = (size_t)head + base64_encode(data, (size_t)n, record + head);
+	record[len++] = '\n';
+	control_send(record, len);
+	s->unacked += (size_t)n;
+}
+
+static void shell_pump_input(struct shell_session *s)
+{
+	if (s->master < 0 || s->input_len == 0)
+		return;
+	ssize_t n = write(s->master, s->input, s->input_len);
+	if (n <= 0)
+		return; /* EAGAIN: the terminal's input is full until the shell reads */
+	memmove(s->input, s->input + n, s->input_len - (size_t)n);
+	s->input_len -= (size_t)n;
+}
+
+/* A reaped child: if it was a shell, note its end (reported once its output is out). */
+static int shell_reaped(pid_t pid, int status)
+{
+	for (int i = 0; i < SHELL_MAX_SESSIONS; i++) {
+		if (shells[i].pid == pid && !shells[i].exited) {
+			shells[i].exited = 1;
+			shells[i].status = status;
+			shells[i].drain_until = monotonic_ms() + SHELL_DRAIN_MS;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Ends exited sessions whose output is out (or held too long), kills closed ones past their
+ * grace; returns the next time something is due (or `wake`). */
+static double shell_housekeeping(double now, double wake)
+{
+	for (int i = 0; i < SHELL_MAX_SESSIONS; i++) {
+		struct shell_session *s = &shells[i];
+		if (s->pid == 0)
+			continue;
+		if (!s->exited) {
+			if (s->kill_at > 0 && now >= s->kill_at) {
+				kill(-s->pid, SIGKILL);
+				kill(s->pid, SIGKILL);
+				s->kill_at = -1; /* done: wait for the reap */
+			} else if (s->kill_at > 0 && s->kill_at < wake) {
+				wake = s->kill_at;
+			}
+			continue;
+		}
+		if (s->master >= 0 && now < s->drain_until) {
+			if (s->drain_until < wake)
+				wake = s->drain_until;
+			continue;
+		}
+		struct child_failure failure;
+		ssize_t n;
+		do {
+			n = read(s->status_fd, &failure, sizeof(failure));
+		} while (n < 0 && errno == EINTR);
+		close(s->status_fd);
+		if (s->master >= 0)
+			close(s->master);
+		if (!s->quiet) {
+			if (n == (ssize_t)sizeof(failure) && failure.stage == 2)
+				control_reply("sh-error %s cannot run %s in the image: %s", s->id, EXEC_SHELL,
+					      errno_text(failure.err));
+			else if (n == (ssize_t)sizeof(failure) && failure.stage == 1)
+				control_reply("sh-error %s workdir: %s", s->id, errno_text(failure.err));
+			else if (n == (ssize_t)sizeof(failure))
+				control_reply("sh-error %s user: %s", s->id, errno_text(failure.err));
+			else
+				control_reply("sh-exit %s %d", s->id, exit_code_of(s->status));
+		}
+		s->pid = 0;
+	}
+	return wake;
+}
+
+/* Reads host commands (stop, exec, sh-*); returns 1 when a "stop" arrived. */
 static int read_control(const struct app_context *app, char *buf, size_t *len, size_t cap,
 			double *paused_until)
 {
@@ -1407,6 +1980,8 @@ static int read_control(const struct app_context *app, char *buf, size_t *len, s
 	if (n <= 0) {
 		/* No host connected: the port reports hang-up until one is; look again later. */
 		*paused_until = monotonic_ms() + 200.0;
+		control_queue_clear();
+		shell_host_gone();
 		return 0;
 	}
 	*len += (size_t)n;
@@ -1422,6 +1997,8 @@ static int read_control(const struct app_context *app, char *buf, size_t *len, s
 			stop = 1;
 		else if (strncmp(command, "exec ", 5) == 0)
 			exec_start(app, command + 5);
+		else if (strncmp(command, "sh-", 3) == 0)
+			shell_command(app, command + 3);
 		start = i + 1;
 	}
 	if (start == 0 && *len == cap)
@@ -1451,7 +2028,8 @@ static int supervise(const struct app_context *context, pid_t app, int out_r, in
 			kill(app, SIGKILL);
 			kill_at = 0;
 		}
-		struct pollfd fds[4];
+		struct pollfd fds[4 + SHELL_MAX_SESSIONS];
+		int shell_i[SHELL_MAX_SESSIONS];
 		int nfds = 0;
 		fds[nfds++] = (struct pollfd){.fd = sigfd, .events = POLLIN};
 		int out_i = -1, err_i = -1, control_i = -1;
@@ -1465,7 +2043,23 @@ static int supervise(const struct app_context *context, pid_t app, int out_r, in
 		}
 		if (control_fd >= 0 && now >= control_paused_until) {
 			control_i = nfds;
-			fds[nfds++] = (struct pollfd){.fd = control_fd, .events = POLLIN};
+			short events = POLLIN | (control_queue_pending() ? POLLOUT : 0);
+			fds[nfds++] = (struct pollfd){.fd = control_fd, .events = events};
+		}
+		for (int i = 0; i < SHELL_MAX_SESSIONS; i++) {
+			struct shell_session *s = &shells[i];
+			shell_i[i] = -1;
+			if (s->pid == 0 || s->master < 0)
+				continue;
+			short events = 0;
+			if (s->unacked < SHELL_WINDOW && control_queue_room() >= SHELL_RECORD_MAX)
+				events |= POLLIN;
+			if (s->input_len)
+				events |= POLLOUT;
+			if (events) {
+				shell_i[i] = nfds;
+				fds[nfds++] = (struct pollfd){.fd = s->master, .events = events};
+			}
 		}
 		double wake = now + 1000.0;
 		if (control_fd >= 0 && control_paused_until > now && control_paused_until < wake)
@@ -1475,6 +2069,7 @@ static int supervise(const struct app_context *context, pid_t app, int out_r, in
 		if (app_exited && drain_until < wake)
 			wake = drain_until;
 		wake = exec_enforce_deadlines(now, wake);
+		wake = shell_housekeeping(now, wake);
 		int timeout = (int)(wake - now) + 1;
 		if (poll(fds, (nfds_t)nfds, timeout < 0 ? 0 : timeout) < 0 && errno != EINTR)
 			die(EXIT_INIT_FAILURE, "poll: %s", errno_text(errno));
@@ -1496,7 +2091,7 @@ static int supervise(const struct app_context *context, pid_t app, int out_r, in
 					/* Output still in flight is worth a short wait; a daemonised child
 					 * holding the pipes open is not. */
 					drain_until = monotonic_ms() + 300.0;
-				} else {
+				} else if (!shell_reaped(pid, status)) {
 					exec_reaped(pid, status);
 				}
 			}
@@ -1505,7 +2100,21 @@ static int supervise(const struct app_context *context, pid_t app, int out_r, in
 			pump_output(&out);
 		if (err_i >= 0 && fds[err_i].revents)
 			pump_output(&err);
-		if (control_i >= 0 && fds[control_i].revents)
+		for (int i = 0; i < SHELL_MAX_SESSIONS; i++) {
+			if (shell_i[i] < 0 || !fds[shell_i[i]].revents)
+				continue;
+			struct shell_session *s = &shells[i];
+			short revents = fds[shell_i[i]].revents;
+			if (revents & POLLOUT)
+				shell_pump_input(s);
+			if (fds[shell_i[i]].events & POLLIN)
+				shell_pump_output(s);
+			else if (revents & (POLLHUP | POLLERR))
+				s->input_len = 0; /* nobody reads the terminal any more */
+		}
+		if (control_i >= 0 && (fds[control_i].revents & POLLOUT))
+			control_flush();
+		if (control_i >= 0 && (fds[control_i].revents & ~POLLOUT))
 			stop_requested |= read_control(context, control_buf, &control_len,
 						       sizeof(control_buf), &control_paused_until);
 		if (stop_requested && !stopping && !app_exited) {
@@ -1597,8 +2206,13 @@ int main(void)
 
 	TRACE("mounted");
 	load_modules("core");
+	int blank = cmdline_has_word(BLANK_BOOT_WORD);
+	if (blank)
+		load_modules("net"); /* the NICs a claim attaches find their drivers loaded */
 	TRACE("modules");
-	find_ports_and_config_disk();
+	find_ports_and_config_disk(blank);
+	if (blank)
+		init_started_ms = monotonic_ms(); /* claimed now: init_to_exec leaves out the wait */
 	send_event("init %.3f", init_started_ms);
 	TRACE("ports+config disk");
 
@@ -1620,6 +2234,8 @@ int main(void)
 
 	struct identity id;
 	resolve_identity(cfg.user, &id);
+	mount_volumes(&cfg, &id);
+	TRACE("volumes");
 	if (cfg.working_dir && cfg.working_dir[0] && mkdir_p(cfg.working_dir, 0755) != 0)
 		die(EXIT_CANNOT_EXECUTE, "workdir %s: %s", cfg.working_dir, errno_text(errno));
 	char **env = final_environment(&cfg, &id);

@@ -68,7 +68,7 @@ def current_version_tasks(client, app_id: str) -> list:
 def test_marathon_client_drives_an_app_lifecycle(client, tenant):
     assert client.ping() == b"pong"
     info = client.get_info()
-    assert (info.elected, info.marathon_config.hostname, info.name) == (True, "127.0.0.1", "hypervm-caas")
+    assert (info.elected, info.marathon_config.hostname, info.name) == (True, "127.0.0.2", "hypervm-caas")
 
     new_app = MarathonApp(
         cmd="sleep 3600",

@@ -1,4 +1,7 @@
-"""OCI/Docker image references: validation and splitting, as Docker normalises them.
+"""OCI/Docker image references: validation and splitting, as Docker normalises them. The one
+parser of the platform: the portal's Marathon parser (portal.marathon, at admission) and the host
+worker (vmworker.images, before a pull) both use it, so a reference the portal stored is one the
+host accepts. Standard library only (portal.marathon's purity test holds it to that).
 
 Contract: ``parse_image_reference("nginx")`` returns
 ``ImageReference(registry_host="docker.io", repository="library/nginx", tag="latest", digest=None)``;
@@ -54,6 +57,17 @@ class ImageReference:
     @property
     def is_pinned(self) -> bool:
         return self.digest is not None
+
+    def __str__(self) -> str:
+        return self.canonical
+
+    def docker_transport(self) -> str:
+        """skopeo's argument; the strict grammar keeps anything option-like off its argv."""
+        return f"docker://{self.canonical}"
+
+    def pinned(self, digest: str) -> ImageReference:
+        """The same repository pinned to one manifest digest (what is actually copied)."""
+        return ImageReference(self.registry_host, self.repository, None, digest)
 
 
 def parse_image_reference(raw_reference: str) -> ImageReference:
