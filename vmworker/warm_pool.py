@@ -341,6 +341,7 @@ def claim_and_start(
     from vmworker.runtime import (
         CONFIG_DISK_SERIAL,
         ROOTFS_SERIAL,
+        BootFailed,
         BootResult,
         busy_host_ports,
     )
@@ -355,6 +356,7 @@ def claim_and_start(
     directory = runtime.instance_dir(instance_id)
     pool_directory = pool_root(runtime) / pool_id
     name = spec.name or f"hvm-{instance_id[:8]}"
+    resumed = False
     try:
         directory.symlink_to(Path("..") / POOL_DIR / pool_id)
         runtime.control_socket(instance_id).symlink_to(runtime.control_socket(pool_id).name)
@@ -391,14 +393,20 @@ def claim_and_start(
         host.claim_metadata(pool_id, {**runtime._domain_metadata(spec, name), METADATA_INSTANCE_KEY: instance_id})
         host.attach_device(pool_id, _disk_xml(len(disks), config_disk, CONFIG_DISK_SERIAL, True))
         host.resume(pool_id)
+        resumed = True
         timings["claim"] = round(runtime._clock() - started, 4)
         runtime._wait_for_start(instance_id, directory, started, timings)
-    except Exception:
+    except Exception as error:
         logger.warning("warm_pool.claim_failed", extra={"pool_id": pool_id, "instance_id": instance_id}, exc_info=True)
         discard(runtime, pool_id)
         runtime.control_socket(instance_id).unlink(missing_ok=True)
         if directory.is_symlink():
             directory.unlink()
+        if resumed and isinstance(error, BootFailed):
+            # The guest ran the app with its config and it failed (an exit, a hang, a stop): the
+            # same app would fail a cold boot too, after a whole boot's time. The reason and the
+            # console tail travel in the exception.
+            raise
         return None
     logger.info("runtime.booted", extra={"instance_id": instance_id, "timings": timings, "start": "warm"})
     return BootResult(

@@ -53,3 +53,12 @@ class Instance(models.Model):
     def task_id(self) -> str:
         """Marathon task id: app path with dots, then the instance uuid."""
         return f"{self.app.marathon_id.strip('/').replace('/', '_')}.instance-{self.id}"
+
+    @property
+    def start_kind(self) -> str | None:
+        """``warm``: started in a pooled blank VM (vmworker.warm_pool; its timings have ``claim``);
+        ``cold``: a VM booted for it; None: not started yet."""
+        timings = self.timings_s or {}
+        if "boot_to_exec" not in timings:
+            return None
+        return "warm" if "claim" in timings else "cold"

@@ -16,7 +16,7 @@ from vmworker import warm_pool
 from vmworker.driver.fake import FakeHost
 from vmworker.driver.guest import GuestState
 from vmworker.driver.spec import PortForward
-from vmworker.runtime import BOOTING_DIR, HyperVMRuntime, RuntimeSettings
+from vmworker.runtime import BOOTING_DIR, BootFailed, HyperVMRuntime, RuntimeSettings
 
 SHAPE = warm_pool.Shape(1, 128)
 
@@ -119,3 +119,21 @@ def test_boots_in_progress_follows_the_runtimes_marker(tmp_path):
     (tmp_path / BOOTING_DIR).mkdir()
     (tmp_path / BOOTING_DIR / "x").touch()
     assert warm_pool.boots_in_progress(runtime)
+
+
+@pytest.mark.vm
+def test_an_app_failing_in_a_pooled_vm_fails_once_without_a_cold_boot(pooled_runtime, test_images, registry_authfile):
+    runtime = pooled_runtime
+    pool_id = warm_pool.boot_blank(runtime, SHAPE)
+    spec = spec_for(test_images["printer"], registry_authfile, entrypoint=("/no/such/program",))
+    phases = []
+    started = time.monotonic()
+    with pytest.raises(BootFailed) as excinfo:
+        runtime.boot(spec, on_phase=phases.append)
+    elapsed = time.monotonic() - started
+    assert excinfo.value.exit_code == 127 and "/no/such/program" in str(excinfo.value)
+    # One start only: a cold boot after the failed claim would say "booting" twice.
+    assert phases == ["pulling", "preparing", "booting"], (phases, elapsed)
+    assert runtime.host.lookup(pool_id) is None and not (warm_pool.pool_root(runtime) / pool_id).exists()
+    assert runtime.host.lookup(spec.instance_id) is None and runtime.list_instances() == []
+    assert not runtime.instance_dir(spec.instance_id).exists()

@@ -57,6 +57,16 @@ class AppEmbeds:
         )
 
 
+# HyperVM's own task field, sent only when asked for (``embed=tasks.startKind``): marathon-python
+# 0.13 raises on any task key Marathon does not send (shared/marathon/client-accepted-keys.json),
+# and Marathon ignores embeds it does not know, so a client that never asks sees Marathon's tasks.
+START_KIND_EMBED = "tasks.startkind"
+
+
+def wants_start_kind(values: list[str]) -> bool:
+    return any(value.strip().lower() == START_KIND_EMBED for value in values)
+
+
 LIST_EMBEDS = AppEmbeds()
 SINGLE_APP_EMBEDS = AppEmbeds(tasks=True, last_task_failure=True)
 
@@ -64,8 +74,9 @@ SINGLE_APP_EMBEDS = AppEmbeds(tasks=True, last_task_failure=True)
 class TenantRenderer:
     """Renders one tenant's apps, tasks and deployments, reading each shared thing once."""
 
-    def __init__(self, tenant):
+    def __init__(self, tenant, *, start_kind: bool = False):
         self.tenant = tenant
+        self.start_kind = start_kind
         self._definitions: dict[int, AppDefinition] = {}
         self._running_deployments: dict[int, list[Deployment]] | None = None
 
@@ -158,6 +169,7 @@ class TenantRenderer:
             "state": marathon_task_state(instance.status, instance.exit_code),
             "healthCheckResults": health_check_results(instance, task_id) if definition.health_checks else [],
             **local_volumes(instance),
+            **({"startKind": instance.start_kind} if self.start_kind else {}),
         }
 
 

@@ -115,7 +115,9 @@ class MarathonView(View):
                 self.access = marathon_access_resolve(request)
                 marathon_throttle_check(request, user=self.access.actor, view=self)
                 self.access.require(self.read_role if request.method in SAFE_METHODS else self.write_role)
-                self.renderer = render.TenantRenderer(self.access.tenant)
+                self.renderer = render.TenantRenderer(
+                    self.access.tenant, start_kind=render.wants_start_kind(request.GET.getlist("embed"))
+                )
             return handler(request, *args, **kwargs)
         except Exception as exc:
             response = marathon_error_response(exc)

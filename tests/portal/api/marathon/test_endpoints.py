@@ -8,6 +8,7 @@ from portal.choices import DeploymentKind, DeploymentStatus
 from portal.models import App, Deployment, Instance
 
 from .conftest import app_json
+from .shapes import task_unknown_keys
 
 pytestmark = pytest.mark.django_db
 
@@ -238,3 +239,20 @@ def test_server_endpoints(api, make_app):
     assert json.loads(api.get("/v2/queue").content) == {"queue": []}
     metrics = json.loads(api.get("/metrics").content)
     assert metrics["gauges"]["apps"] == {"value": 1}
+
+
+def test_tasks_say_warm_or_cold_only_when_asked(api, make_app):
+    app, _ = make_app("/web", instances=3)
+    warm, cold, waiting = app.instances.order_by("created_at")
+    Instance.objects.filter(pk=warm.pk).update(timings_s={"claim": 0.05, "boot_to_exec": 0.3})
+    Instance.objects.filter(pk=cold.pk).update(timings_s={"define": 0.1, "boot_to_exec": 2.0})
+    kinds = {warm.task_id: "warm", cold.task_id: "cold", waiting.task_id: None}
+    for path in ("/v2/tasks", "/v2/apps/web/tasks", "/v2/apps/web", "/v2/apps?embed=apps.tasks"):
+        plain = json.loads(api.get(path).content)
+        asked = json.loads(api.get(path + ("&" if "?" in path else "?") + "embed=tasks.startKind").content)
+        plain_tasks, asked_tasks = (
+            body.get("tasks") or body.get("app", {}).get("tasks") or body["apps"][0]["tasks"] for body in (plain, asked)
+        )
+        # What marathon-python 0.13 parses (it raises on any other task key) unless asked for.
+        assert all(task_unknown_keys(task) == {} for task in plain_tasks), path
+        assert {task["id"]: task["startKind"] for task in asked_tasks} == kinds, path
