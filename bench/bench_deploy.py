@@ -12,10 +12,12 @@ of one 1x128 VM: HYPERVM_WARM_POOL=1x128:1) and beat.
    translation cache at the designer's 32 MiB and at 8 MiB.
 2. portal, cold vs warm: a Marathon definition through ``app_create`` until the page answers,
    once with the host's pool ready (warm) and at once again (the pool is empty: cold).
-3. ``--apps N`` (default 0: skipped, too heavy for 2 shared cores with a pool of N): N
-   one-instance apps submitted at once -> all running; total vs one app.
+3. ``--apps N`` (default 0: skipped): the host worker restarted with a pool of N (``--pool``,
+   default N) 1x128 VMs; once it is full, one app submitted -> running (the baseline), then, with
+   the pool full again, N one-instance apps submitted at once -> all running; the ratio of the two,
+   how many started warm, and the same N apps with the pool off (cold) for comparison.
 
-    python -m bench.bench_deploy [--repeats 3] [--apps 0]
+    python -m bench.bench_deploy [--repeats 3] [--apps 0] [--pool N] [--skip-single]
 """
 
 from __future__ import annotations
@@ -206,10 +208,10 @@ def runtime_cold_vs_warm(scratch: Path, image: str, credentials, repeats: int) -
     )
 
 
-def wait_pool_ready(state_dir: Path) -> None:
+def wait_pool_ready(state_dir: Path, count: int = 1) -> None:
     probe = HyperVMRuntime(RuntimeSettings(state_dir=state_dir), host=Host("qemu:///system"))
     deadline = time.monotonic() + TIMEOUT_S
-    while not warm_pool.ready_vms(probe):
+    while len(warm_pool.ready_vms(probe)) < count:
         assert time.monotonic() < deadline, "the host's pool never filled"
         time.sleep(0.5)
 
@@ -218,6 +220,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--apps", type=int, default=0)
+    parser.add_argument("--pool", type=int, default=None, help="pool size for --apps (default: --apps)")
+    parser.add_argument("--skip-single", action="store_true", help="only the --apps run")
     args = parser.parse_args()
 
     pool_env = {"DJANGO_SETTINGS_MODULE": "portal.settings.dev", "HYPERVM_WARM_POOL": f"{SHAPE.label}:1"}
@@ -225,7 +229,8 @@ def main() -> None:
         tenant, access, image, scratch = stack.tenant, stack.access, stack.image, stack.scratch
         Quota.objects.filter(tenant=tenant).update(instances=100, vcpus=400, memory_mib=100 * 1024, published_ports=100)
         credentials = RegistryCredentials(stack.registry.username, stack.registry.password)
-        runtime_cold_vs_warm(scratch, image, credentials, args.repeats)
+        if not args.skip_single:
+            runtime_cold_vs_warm(scratch, image, credentials, args.repeats)
 
         stack.start_worker(concurrency=4)
         stack.spawn([sys.executable, "-m", "celery", "-A", "portal", "beat", "--schedule", str(scratch / "beat")])
@@ -233,13 +238,15 @@ def main() -> None:
         deploy_until_page(access, image, "/first")  # warms the host's image cache and probe
         delete_all(access)
         portal = {"warm": [], "cold": []}
-        for index in range(args.repeats):
+        for index in range(0 if args.skip_single else args.repeats):
             wait_pool_ready(scratch / "host")
             for kind in ("warm", "cold"):  # the second finds the pool empty (refill waits for boots)
                 elapsed, start = deploy_until_page(access, image, f"/{kind}-{index}", kind=True)
                 portal[start].append(elapsed)
             delete_all(access)
-        if portal["warm"] and portal["cold"]:
+        if args.skip_single:
+            pass
+        elif portal["warm"] and portal["cold"]:
             warm, cold = statistics.median(portal["warm"]), statistics.median(portal["cold"])
             print(
                 f"portal deploy -> page answers: cold {cold:.2f} s, warm {warm:.2f} s = {warm / cold:.0%} of cold; "
@@ -249,24 +256,51 @@ def main() -> None:
             print(f"portal: not both kinds ran: {portal}")
 
         if not args.apps:
-            print("N apps at once: skipped (--apps N to run it; 20 with a pool of 20 is too heavy for 2 shared cores)")
+            print("N apps at once: skipped (--apps N to run it)")
             return
-        started = time.monotonic()
-        for index in range(args.apps):
-            app_create(access=access, definition=parse_app_definition(app_json(image, f"/many-{index}")))
-        while (
-            Instance.objects.filter(app__tenant=tenant, status__in=INSTANCE_ACTIVE)
-            .exclude(status__in=[InstanceStatus.RUNNING, InstanceStatus.HEALTHY])
-            .exists()
-        ):
-            close_old_connections()
-            assert time.monotonic() - started < TIMEOUT_S, "the apps did not all start"
-            time.sleep(0.2)
-        many_s = time.monotonic() - started
-        failed = Instance.objects.filter(app__tenant=tenant, status=InstanceStatus.FAILED).count()
-        warm_starts = Instance.objects.filter(app__tenant=tenant, timings_s__has_key="claim").count()
-        delete_all(access)
-        print(f"{args.apps} apps at once -> all running: {many_s:.1f} s; warm starts {warm_starts}; failed {failed}")
+        apps_at_once_figures(stack, access, image, args.apps, args.pool if args.pool is not None else args.apps)
+
+
+def apps_at_once(access, image: str, prefix: str, count: int) -> tuple[float, int, int]:
+    """``count`` one-instance apps submitted at once until all run: seconds, warm starts, failed."""
+    tenant = access.tenant
+    started = time.monotonic()
+    for index in range(count):
+        app_create(access=access, definition=parse_app_definition(app_json(image, f"/{prefix}-{index}")))
+    while (
+        Instance.objects.filter(app__tenant=tenant, status__in=INSTANCE_ACTIVE)
+        .exclude(status__in=[InstanceStatus.RUNNING, InstanceStatus.HEALTHY])
+        .exists()
+    ):
+        close_old_connections()
+        assert time.monotonic() - started < TIMEOUT_S, "the apps did not all start"
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    failed = Instance.objects.filter(app__tenant=tenant, status=InstanceStatus.FAILED).count()
+    warm_starts = Instance.objects.filter(app__tenant=tenant, timings_s__has_key="claim").count()
+    delete_all(access)
+    return elapsed, warm_starts, failed
+
+
+def apps_at_once_figures(stack, access, image: str, count: int, pool: int) -> None:
+    pool_setting = {"HYPERVM_WARM_POOL": f"{SHAPE.label}:{pool}" if pool else ""}
+    stack.restart_worker(concurrency=4, env=pool_setting | {"HYPERVM_WARM_POOL_BUDGET_MIB": str(max(pool, 1) * 128)})
+    fill_started = time.monotonic()
+    wait_pool_ready(stack.host_dir, pool)
+    print(f"pool of {pool} filled in {time.monotonic() - fill_started:.1f} s")
+    one_s, one_warm, _ = apps_at_once(access, image, "one", 1)
+    wait_pool_ready(stack.host_dir, pool)
+    many_s, warm_starts, failed = apps_at_once(access, image, "many", count)
+    print(
+        f"{count} apps at once -> all running: {many_s:.2f} s = {many_s / one_s:.1f}x one app ({one_s:.2f} s, "
+        f"{'warm' if one_warm else 'cold'}); pool {pool}: warm starts {warm_starts} of {count}; failed {failed}"
+    )
+    stack.restart_worker(concurrency=4, env={"HYPERVM_WARM_POOL": ""})
+    cold_s, cold_warm, cold_failed = apps_at_once(access, image, "cold", count)
+    print(
+        f"{count} apps at once, pool off -> all running: {cold_s:.2f} s (warm {cold_warm}, failed {cold_failed}); "
+        f"pooled = {many_s / cold_s:.0%} of it"
+    )
 
 
 if __name__ == "__main__":

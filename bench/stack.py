@@ -62,6 +62,7 @@ class BenchStack:
     log: IO[bytes]
     processes: list[subprocess.Popen] = field(default_factory=list)
     others_up: list[int] = field(default_factory=list)  # other hosts marked down, put back up at the end
+    worker: subprocess.Popen | None = None  # the compute-host worker (start_worker)
 
     @property
     def queue(self) -> str:
@@ -79,6 +80,7 @@ class BenchStack:
         worker = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", f"{self.queue},host.{self.name}"]
         worker += ["-c", str(concurrency), "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle"]
         self.spawn(worker)
+        self.worker = self.processes[-1]
         os.environ["PORTAL_CELERY_QUEUE"] = self.queue
         from django.conf import settings
 
@@ -86,6 +88,15 @@ class BenchStack:
 
         settings.CELERY_TASK_DEFAULT_QUEUE = self.queue
         celery_app.conf.task_default_queue = self.queue
+
+    def restart_worker(self, concurrency: int, env: dict[str, str]) -> None:
+        """The compute-host worker stopped (SIGTERM: it discards its pooled VMs) and started again
+        with ``env`` added to its environment."""
+        self.worker.terminate()
+        self.worker.wait(timeout=60)
+        self.processes.remove(self.worker)
+        self.env = self.env | env
+        self.start_worker(concurrency)
 
     def start_web(self) -> str:
         """daphne on a free port of the portal's own host (never the apps' publish address: they

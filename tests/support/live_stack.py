@@ -230,7 +230,8 @@ class HostPool:
         self.live_stack = live_stack
         self.workers: dict[str, HostWorker] = {}
 
-    def start(self, name: str) -> HostWorker:
+    def start(self, name: str, *, warm_pool: str | None = None) -> HostWorker:
+        """``warm_pool``: the host's HYPERVM_WARM_POOL (default: HYPERVM_TEST_WARM_POOL, or none)."""
         import tempfile
 
         if name in self.workers and self.workers[name].process.poll() is None:
@@ -246,7 +247,7 @@ class HostPool:
         env = self.live_stack.env | {"HYPERVM_HOST_NAME": full_name, "HYPERVM_STATE_DIR": str(state_dir)}
         # No warm pool (vmworker.warm_pool) unless HYPERVM_TEST_WARM_POOL asks for one: the
         # suite's timings stay those of cold boots, and no blank VM takes CPU from its boots.
-        env["HYPERVM_WARM_POOL"] = os.environ.get("HYPERVM_TEST_WARM_POOL", "")
+        env["HYPERVM_WARM_POOL"] = os.environ.get("HYPERVM_TEST_WARM_POOL", "") if warm_pool is None else warm_pool
         # Registries a test put on the platform's allowlist after the stack started (the host
         # checks an image's registry against it before it pulls).
         allowlist = os.environ.get("PORTAL_REGISTRY_HOST_ALLOWLIST")
