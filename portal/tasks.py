@@ -33,3 +33,20 @@ def usage_report(host_name: str, samples: list) -> None:
     from portal.services.usage import usage_record
 
     usage_record(host_name=host_name, samples=samples)
+
+
+@shared_task(name="portal.host_report", acks_late=False)
+def host_report(report: dict) -> None:
+    """A compute host's report on itself (portal.services.host_sync): at most once, the next
+    heartbeat's report comes."""
+    from portal.services.host_sync import host_report_apply
+
+    host_report_apply(report=report)
+
+
+@shared_task(name="portal.volume_report", acks_late=True)
+def volume_report(host_name: str, volume_id: str, used_bytes=None, destroyed: bool = False) -> None:
+    """A compute host's report on one of its volumes (portal.services.host_sync)."""
+    from portal.services.host_sync import volume_report_apply
+
+    volume_report_apply(host_name=host_name, volume_id=volume_id, used_bytes=used_bytes, destroyed=destroyed)

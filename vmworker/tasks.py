@@ -1,4 +1,4 @@
-"""Celery entry points of a compute host: the only place where the ORM meets the runtime.
+"""Celery entry points of a compute host: messages in, the runtime, messages out.
 
 A host's worker consumes its own queue (``host.<name>``) and is configured by environment:
 ``HYPERVM_HOST_NAME`` (this host), ``HYPERVM_STATE_DIR``, ``HYPERVM_LIBVIRT_URI``,
@@ -10,8 +10,11 @@ that measures them and sends the samples to portal.services.usage, vmworker.usag
 gets the instance's whole spec from the portal (portal.services.instance_specs). What the host
 sees of an instance (its boot phases, running, failed, lost, stopped, a retry) goes back as an
 instance report, a task on the portal's queue (portal.services.host_reports) that applies it by
-compare-and-swap: a re-delivered task or a repeated report does no harm. Issue 12 moves the
-reads and writes still here (health, volumes, heartbeats, stuck boots) to messages too.
+compare-and-swap: a re-delivered task or a repeated report does no harm. The host reads and
+writes no database: its heartbeat is a host report (capacity, warm pool, the VMs it runs, the
+volume files it holds) from which the portal decides what is stuck or left over
+(portal.services.host_sync) and sends commands back (remove_instances, delete_volumes); the
+periodic reconcile acts on the portal's plan of this host.
 """
 
 from __future__ import annotations
@@ -23,23 +26,14 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from datetime import datetime
 from functools import cache
 from pathlib import Path
 
 from celery import current_app, shared_task
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 from django.conf import settings
-from django.utils import timezone
 
-from portal.choices import INSTANCE_ACTIVE, INSTANCE_UP, InstanceStatus, VolumeState
-from portal.marathon import AppDefinition
-from portal.models import Instance
-from portal.services.hosts import host_heartbeat, host_queue, host_register
-from portal.services.images import instance_image_claim
-from portal.services.volumes import volume_destroyed
 from tenants.embedded_registry import platform_registry_hosts
-from tenants.errors import QuotaExceeded
 from tenants.registry_address import AddressRefused, check_image_registry
 from vmworker import warm_pool
 from vmworker.console_agent import ConsoleAgent
@@ -47,8 +41,7 @@ from vmworker.driver.errors import DriverError
 from vmworker.exec_agent import ExecAgent
 from vmworker.failures import MAX_RETRIES, failure_is_transient, retry_countdown_s
 from vmworker.health_probes import HealthProbe, run_probe
-from vmworker.images.errors import ImageError, ImageUnpacksTooLarge
-from vmworker.images.unpack import LIMIT_TENANT_QUOTA
+from vmworker.images.errors import ImageError
 from vmworker.runtime import (
     HostPortBusy,
     HyperVMRuntime,
@@ -73,6 +66,11 @@ _warm_pool_threads: list[threading.Thread] = []  # the warm pool's refill loop, 
 
 def host_name() -> str | None:
     return os.environ.get("HYPERVM_HOST_NAME")
+
+
+def host_queue(name: str | None) -> str:
+    """This host's own queue (portal.services.hosts.host_queue names it the same)."""
+    return f"host.{name}"
 
 
 @cache
@@ -102,19 +100,49 @@ def runtime() -> HyperVMRuntime:
     )
 
 
-def _register(name: str) -> None:
-    started = time.monotonic()
-    probe = runtime().probe()
-    capabilities = runtime().host.capabilities()
-    host_register(
-        name=name,
-        libvirt_uri=runtime().settings.libvirt_uri,
-        vcpus=capabilities.cpus,
-        memory_mib=capabilities.memory_mib,
-        virt_type=probe["virt_type"],
-        probe_s=probe.get("probe_s") or round(time.monotonic() - started, 3),
-        publish_ip=runtime().settings.publish_host_ip,
+_registration: dict = {}  # this host's capacity and virt type, measured once at start
+
+
+def host_report(name: str, *, register: bool = False) -> dict:
+    """What this host says of itself (portal.services.host_sync): its capacity and virt type,
+    its warm pool, when its worker started, the instance VMs it runs and the volume files in its
+    pool. The portal decides from it what is stuck or left over, and sends commands back."""
+    if not _registration:
+        started = time.monotonic()
+        probe = runtime().probe()
+        capabilities = runtime().host.capabilities()
+        _registration.update(
+            libvirt_uri=runtime().settings.libvirt_uri,
+            vcpus=capabilities.cpus,
+            memory_mib=capabilities.memory_mib,
+            virt_type=probe["virt_type"],
+            probe_s=probe.get("probe_s") or round(time.monotonic() - started, 3),
+            publish_ip=runtime().settings.publish_host_ip,
+        )
+    return {
+        "name": name,
+        **_registration,
+        "register": register,
+        "worker_started_at": WORKER_STARTED_AT,
+        "boot_timeout_s": runtime().settings.boot_timeout_s,
+        "warm_pool": warm_pool_report(),
+        "instance_ids": sorted(runtime().live_instance_ids()),
+        "volume_names": sorted(runtime().host.list_volumes(volume_pool_name(name))),
+    }
+
+
+def volume_pool_name(name: str) -> str:
+    return f"{VOLUME_POOL_PREFIX}{name}"
+
+
+def send_host_report(name: str, *, register: bool = False) -> None:
+    current_app.send_task(
+        HOST_REPORT_TASK, args=[host_report(name, register=register)], expires=settings.HOST_HEARTBEAT_EXPIRY_S
     )
+
+
+def _register(name: str) -> None:
+    send_host_report(name, register=True)
 
 
 @worker_ready.connect
@@ -222,8 +250,6 @@ def _warm_pool_loop(name: str) -> None:
     """Keeps this host's pool of paused blank VMs at its target (vmworker.warm_pool): discards
     dead ones, then boots one blank VM at a time, and only while no boot of this host is in
     progress, so a refill never takes the CPU from a real boot."""
-    from django.db import close_old_connections
-
     while not _heartbeat_stop.wait(WARM_POOL_INTERVAL_S):
         try:
             warm_pool.sweep(runtime())
@@ -232,8 +258,6 @@ def _warm_pool_loop(name: str) -> None:
             warm_pool.refill_one(runtime(), warm_pool_target())
         except Exception:
             logger.warning("host.warm_pool_failed", extra={"host": name}, exc_info=True)
-        finally:
-            close_old_connections()
 
 
 def warm_pool_report() -> dict:
@@ -245,39 +269,20 @@ def warm_pool_report() -> dict:
 
 
 def _heartbeat_loop(name: str) -> None:
-    from django.db import close_old_connections
-
     while not _heartbeat_stop.wait(settings.HOST_HEARTBEAT_INTERVAL_S):
         try:
-            if not host_heartbeat(name=name, warm_pool=warm_pool_report()):
-                _register(name)
+            send_host_report(name)
         except Exception:
             logger.warning("host.heartbeat_failed", extra={"host": name}, exc_info=True)
-        finally:
-            close_old_connections()
-
-
-def instance_ended(instance_id: str) -> bool:
-    """Whether the database says this instance has ended (or never was): its VM may go."""
-    return not Instance.objects.filter(pk=instance_id, status__in=INSTANCE_ACTIVE).exists()
-
-
-def _charge_image(instance_id: str, prepared) -> None:
-    """The image's unpacked size goes on the tenant's disk quota before the VM is made; a
-    concurrent pull may have taken what was left since this one was capped."""
-    try:
-        instance_image_claim(
-            instance_id=instance_id, manifest_digest=prepared.manifest_digest, unpacked_bytes=prepared.unpacked_bytes
-        )
-    except QuotaExceeded as exc:
-        left_bytes = max(0, exc.limit - exc.used) * 1024 * 1024
-        raise ImageUnpacksTooLarge(prepared.reference, limit_bytes=left_bytes, limit_source=LIMIT_TENANT_QUOTA) from exc
 
 
 INSTANCE_REPORT_TASK = "portal.instance_report"
+HOST_REPORT_TASK = "portal.host_report"
+VOLUME_REPORT_TASK = "portal.volume_report"
 USAGE_REPORT_TASK = "portal.usage_report"
+VOLUME_POOL_PREFIX = "hvm-vol-"  # the host's storage pool (portal.services.volumes.pool_name_for)
+VOLUME_NAME_PREFIX = "hvvol-"  # a volume file the platform made (portal.models.volume)
 USAGE_REPORT_EXPIRES_S = 30  # a late batch is worth less than none: the next one comes
-BOOT_STEPS = (InstanceStatus.STAGED, InstanceStatus.PULLING, InstanceStatus.PREPARING, InstanceStatus.BOOTING)
 
 
 def send_report(report: dict) -> None:
@@ -291,17 +296,20 @@ def report_instance(instance_id, state: str | None, **fields) -> None:
     send_report({"instance_id": str(instance_id), "host": host_name() or "", "state": state, **fields})
 
 
-PHASE_TO_STATUS = {"preparing": InstanceStatus.PREPARING, "booting": InstanceStatus.BOOTING}
+REPORTED_PHASES = ("preparing", "booting")
 
 
 @shared_task(name="vmworker.boot_instance", acks_late=True, bind=True, max_retries=MAX_RETRIES)
 def boot_instance(self, instance_id: str, spec_message: dict) -> None:
-    """Boots the instance the portal's spec describes (portal.services.instance_specs)."""
-    instance = Instance.objects.select_related("app", "version", "tenant", "host").filter(pk=instance_id).first()
-    if instance is None:
+    """Boots the instance the portal's spec describes (portal.services.instance_specs). A
+    re-delivered message finds the instance's records and reports what it is (the runtime never
+    makes a second VM); one older than this host keeps an ended instance's records is refused.
+    An instance that ended while it booted gets its "running" report refused by the portal,
+    which sends its removal back."""
+    sent_at = spec_message.get("sent_at") if isinstance(spec_message, dict) else None
+    if isinstance(sent_at, int | float) and time.time() - sent_at > settings.HOST_INSTANCE_RETENTION_S:
+        logger.warning("instance.boot_message_expired", extra={"instance_id": instance_id})
         return
-    if instance.status not in BOOT_STEPS:
-        return  # already running, stopped or failed: a re-delivered task does nothing
     phase = ["pulling"]  # the last phase reported: a retry's report repeats it (level-triggered)
     report_instance(instance_id, "pulling")
     refused = _registry_refused(spec_message)
@@ -310,9 +318,16 @@ def boot_instance(self, instance_id: str, spec_message: dict) -> None:
         return
 
     def on_phase(name: str) -> None:
-        if name in PHASE_TO_STATUS:
+        if name in REPORTED_PHASES:
             phase[0] = name
             report_instance(instance_id, name)
+
+    def on_image(prepared) -> None:
+        # Its unpacked size goes on the tenant's disk quota (the portal claims it; the unpack
+        # was capped at what the spec said was left).
+        report_instance(
+            instance_id, None, image={"digest": prepared.manifest_digest, "unpacked_bytes": prepared.unpacked_bytes}
+        )
 
     try:
         spec = spec_from_message(
@@ -320,11 +335,12 @@ def boot_instance(self, instance_id: str, spec_message: dict) -> None:
         )
         if spec.instance_id != str(instance_id):
             raise InvalidSpec("the spec is another instance's")
+        holders_live = {str(holder) for holder in spec_message.get("volume_holders_live") or ()}
         result = runtime().boot(
             spec,
             on_phase=on_phase,
-            on_image=lambda prepared: _charge_image(instance_id, prepared),
-            volume_holder_ended=instance_ended,
+            on_image=on_image,
+            volume_holder_ended=lambda holder: holder not in holders_live,
         )
     except HostPortBusy as exc:
         # Not the app's fault: the port goes on the host's blocked list and the replacement
@@ -351,10 +367,6 @@ def boot_instance(self, instance_id: str, spec_message: dict) -> None:
         volume.volume_id: runtime().volume_used_bytes(volume.pool_name, volume.volume_name) or 0
         for volume in spec.volumes
     }
-    if not Instance.objects.filter(pk=instance_id, status__in=BOOT_STEPS).exists():
-        report_instance(instance_id, None, volume_used_bytes=volume_used_bytes)  # made, whatever comes next
-        runtime().remove(instance_id)  # stopped (or failed) while it booted: its quota is gone, so is the VM
-        return
     report_instance(
         instance_id,
         "running",
@@ -378,16 +390,13 @@ def _registry_refused(spec_message: dict) -> str:
 
 
 @shared_task(name="vmworker.stop_instance", acks_late=True, bind=True, max_retries=MAX_RETRIES)
-def stop_instance(self, instance_id: str) -> None:
-    """Asks the guest to stop the app and returns at once (a few seconds of socket I/O at most):
-    a host worker slot is never held for the grace the tenant chose. The instance stays
-    STOPPING; this host's reconcile ends it (``_stop_step``). Sent again, it changes nothing:
-    the first request's deadline stands."""
-    instance = Instance.objects.select_related("version").filter(pk=instance_id).first()
-    if instance is None or instance.status != InstanceStatus.STOPPING:
-        return  # ended already (a re-delivered task), or never asked to stop
+def stop_instance(self, instance_id: str, grace_s: int | None = None) -> None:
+    """Asks the guest to stop the app (SIGKILL after ``grace_s``, the app's kill grace the portal
+    sent) and returns at once (a few seconds of socket I/O at most): a host worker slot is never
+    held for the grace the tenant chose. This host's reconcile ends the stop (``_stop_step``).
+    Sent again, it changes nothing: the first request's deadline stands."""
     try:
-        _stop_step(instance)
+        _stop_step(instance_id, grace_s)
     except DriverError as exc:
         if not failure_is_transient(exc) or self.request.retries >= self.max_retries:
             raise  # left STOPPING: the host's reconcile asks again
@@ -396,8 +405,8 @@ def stop_instance(self, instance_id: str) -> None:
 
 @shared_task(name="vmworker.destroy_volume", acks_late=True, bind=True, max_retries=MAX_RETRIES)
 def destroy_volume(self, volume_id: str, pool_name: str, volume_name: str) -> None:
-    """Deletes a wiped (or deleted app's) volume through the pool API, then its row and quota
-    claim go. Sent again, it finds the volume gone and only confirms."""
+    """Deletes a wiped (or deleted app's) volume through the pool API, then reports it gone (the
+    portal drops its row and quota claim). Sent again, it finds the volume gone and only confirms."""
     try:
         runtime().volume_delete(pool_name, volume_name)
     except DriverError as exc:
@@ -405,69 +414,73 @@ def destroy_volume(self, volume_id: str, pool_name: str, volume_name: str) -> No
             raise self.retry(
                 countdown=retry_countdown_s(self.request.retries), exc=exc, queue=host_queue(host_name())
             ) from exc
-        raise  # left destroying: this host's reconcile sends it again
-    volume_destroyed(volume_id=volume_id)
+        raise  # left destroying: this host's reconcile deletes it
+    send_volume_report(volume_id, destroyed=True)
 
 
-def _volumes_round(name: str) -> None:
-    """This host's volumes: the blocks each holds now (the app page's "used"), and the destroying
-    ones no live instance holds deleted (a destroy task lost or failed)."""
-    from portal.models import Volume
-
-    for volume in Volume.objects.select_related("instance").filter(host__name=name):
-        try:
-            if volume.state != VolumeState.DESTROYING:
-                used_bytes = runtime().volume_used_bytes(volume.pool_name, volume.volume_name)
-                if used_bytes is not None and used_bytes != volume.used_bytes:
-                    Volume.objects.filter(pk=volume.pk).update(used_bytes=used_bytes)
-            elif volume.instance is None or volume.instance.status not in INSTANCE_ACTIVE:
-                runtime().volume_delete(volume.pool_name, volume.volume_name)
-                volume_destroyed(volume_id=volume.pk)
-        except Exception:
-            logger.warning("host.volume_round_failed", extra={"volume_id": str(volume.pk)}, exc_info=True)
-    _delete_unknown_volumes(name)
+def send_volume_report(volume_id: str, *, used_bytes: int | None = None, destroyed: bool = False) -> None:
+    current_app.send_task(
+        VOLUME_REPORT_TASK,
+        args=[host_name() or "", str(volume_id)],
+        kwargs={"used_bytes": used_bytes, "destroyed": destroyed},
+    )
 
 
-def _delete_unknown_volumes(name: str) -> None:
-    """Volume files in this host's pool that no row names are left over (a row goes only after
-    its file, and is made before it: e.g. a tenant deleted by an operator): their data goes.
-    The pool is listed before the rows are read, so a volume being made is never taken for one."""
-    from portal.models import Volume
-    from portal.models.volume import VOLUME_NAME_PREFIX
-    from portal.services.volumes import POOL_NAME_PREFIX
-
-    pool_name = f"{POOL_NAME_PREFIX}{name}"
-    found = {}
-    for volume_name in runtime().host.list_volumes(pool_name):
-        try:
-            if volume_name.startswith(VOLUME_NAME_PREFIX):
-                found[uuid.UUID(volume_name.removeprefix(VOLUME_NAME_PREFIX))] = volume_name
-        except ValueError:
-            continue  # not a name the platform gives: not ours to delete
-    if not found:
+@shared_task(name="vmworker.remove_instances", acks_late=True)
+def remove_instances(name: str, instance_ids: list) -> None:
+    """The portal says these instances have ended: their VMs and files go (none of them here is
+    a no-op). One that fails is logged; the next host report lists it again."""
+    if name != host_name():
         return
-    known = set(Volume.objects.filter(pk__in=list(found)).values_list("pk", flat=True))
-    for volume_id, volume_name in found.items():
-        if volume_id not in known:
-            logger.warning("host.volume_unknown_deleted", extra={"host": name, "volume": volume_name})
+    for instance_id in instance_ids:
+        try:
+            runtime().remove(str(uuid.UUID(str(instance_id))))
+        except Exception:
+            logger.warning("host.instance_remove_failed", extra={"instance_id": str(instance_id)}, exc_info=True)
+
+
+@shared_task(name="vmworker.delete_volumes", acks_late=True)
+def delete_volumes(name: str, pool_name: str, volume_names: list) -> None:
+    """Volume files of this host's pool that no volume row names (the portal checked): deleted.
+    Only names the platform gives, and only in this host's own pool."""
+    if name != host_name() or pool_name != volume_pool_name(name):
+        return
+    for volume_name in volume_names:
+        volume_name = str(volume_name)
+        if not volume_name.startswith(VOLUME_NAME_PREFIX):
+            continue
+        try:
             runtime().volume_delete(pool_name, volume_name)
+            logger.warning("host.volume_unknown_deleted", extra={"host": name, "volume": volume_name})
+        except Exception:
+            logger.warning("host.volume_delete_failed", extra={"volume": volume_name}, exc_info=True)
 
 
-def _stop_grace_s(instance: Instance) -> int | None:
-    """The grace its guest was given."""
-    from portal.services.instance_specs import kill_grace_s
+def _volumes_round(plan_volumes: list[dict]) -> None:
+    """This host's volumes (the plan's): the blocks each holds now (the app page's "used") go to
+    the portal when they changed, and destroying ones no live instance holds are deleted (a
+    destroy task lost or failed)."""
+    for volume in plan_volumes:
+        try:
+            pool_name, volume_name = str(volume["pool_name"]), str(volume["volume_name"])
+            if not volume["destroying"]:
+                used_bytes = runtime().volume_used_bytes(pool_name, volume_name)
+                if used_bytes is not None and used_bytes != volume.get("used_bytes"):
+                    send_volume_report(volume["volume_id"], used_bytes=used_bytes)
+            elif not volume["holder_active"]:
+                runtime().volume_delete(pool_name, volume_name)
+                send_volume_report(volume["volume_id"], destroyed=True)
+        except Exception:
+            logger.warning("host.volume_round_failed", extra={"volume_id": str(volume.get("volume_id"))}, exc_info=True)
 
-    return kill_grace_s(AppDefinition.from_stored(instance.version.definition))
 
-
-def _stop_step(instance: Instance) -> None:
+def _stop_step(instance_id: str, grace_s: int | None) -> None:
     """Asks for the stop if nobody did yet (a no-op when asked before: its deadline stands), then
-    ends the instance once the runtime says the stop is over (the app exited, the VM is gone,
-    or the deadline passed and the VM was destroyed)."""
-    instance_id = str(instance.pk)
+    reports the instance stopped once the runtime says the stop is over (the app exited, the VM
+    is gone, or the deadline passed and the VM was destroyed)."""
     try:
         if runtime().stop_request(instance_id) is None:
-            runtime().request_stop(instance_id, grace_s=_stop_grace_s(instance))
+            runtime().request_stop(instance_id, grace_s=grace_s)
         status = runtime().stop_progress(instance_id)
     except InstanceNotFound:
         report_instance(instance_id, "stopped")  # never booted on this host
@@ -490,30 +503,30 @@ def _retry_later(task, instance_id: str, exc: BaseException, *, state: str | Non
 
 
 @shared_task(name="vmworker.reconcile_host", acks_late=True)
-def reconcile_host(name: str, probes: list | None = None) -> None:
-    """What libvirt and the instance files say, against what the database says; then the health
-    probes the portal sent (portal.services.health) of the instances that still run.
-    One instance whose files or VM misbehave (garbage records, a failing release) is logged
-    with its id and skipped: the host's work for the others goes on."""
-    if name != host_name():
+def reconcile_host(name: str, probes: list | None = None, plan: dict | None = None) -> None:
+    """The portal's plan of this host (portal.services.host_sync.host_plan) against what libvirt
+    and the instance files say: stops moved on, up instances whose VM vanished or whose app exited
+    reported, then the health probes the portal sent of the instances that still run, the sweep
+    and the volumes. One instance whose files or VM misbehave (garbage records, a failing release)
+    is logged with its id and skipped: the host's work for the others goes on."""
+    if name != host_name() or not isinstance(plan, dict):
         return
     running = set()
-    for instance in Instance.objects.select_related("app", "version").filter(
-        host__name=name, status__in=(*INSTANCE_UP, InstanceStatus.STOPPING)
-    ):
+    for instance_id, grace_s in dict(plan.get("stopping") or {}).items():
         try:
-            if instance.status == InstanceStatus.STOPPING:
-                _stop_step(instance)
-            elif _reconcile_up(instance):
-                running.add(str(instance.pk))
+            _stop_step(str(instance_id), grace_s)
         except Exception:
-            logger.warning("host.reconcile_instance_failed", extra={"instance_id": str(instance.pk)}, exc_info=True)
+            logger.warning("host.reconcile_instance_failed", extra={"instance_id": str(instance_id)}, exc_info=True)
+    for instance_id in plan.get("up") or ():
+        try:
+            if _reconcile_up(str(instance_id)):
+                running.add(str(instance_id))
+        except Exception:
+            logger.warning("host.reconcile_instance_failed", extra={"instance_id": str(instance_id)}, exc_info=True)
     stages = (
         ("health", lambda: _health_round([p for p in probes or () if str(p.get("instance_id")) in running])),
-        ("orphans", lambda: _destroy_orphans(name)),
-        ("stuck", lambda: _retry_stuck(name)),
-        ("sweep", lambda: _sweep_host(name)),
-        ("volumes", lambda: _volumes_round(name)),
+        ("sweep", lambda: _sweep_host(name, plan)),
+        ("volumes", lambda: _volumes_round(list(plan.get("volumes") or ()))),
     )
     for stage, run in stages:
         try:
@@ -522,29 +535,29 @@ def reconcile_host(name: str, probes: list | None = None) -> None:
             logger.warning("host.reconcile_stage_failed", extra={"host": name, "stage": stage}, exc_info=True)
 
 
-def _reconcile_up(instance: Instance) -> bool:
-    """Marks an up instance whose VM vanished or whose app exited; True when it still runs."""
+def _reconcile_up(instance_id: str) -> bool:
+    """Reports an up instance whose VM vanished or whose app exited; True when it still runs."""
     try:
-        status = runtime().status(str(instance.pk))
+        status = runtime().status(instance_id)
     except InstanceNotFound:
         status = None
     if status is None or status.state == "lost":
         reason = "the VM disappeared (its QEMU process ended without an exit report)"
         report_instance(
-            instance.pk,
+            instance_id,
             "lost",
             launch_failed=True,
             error=reason,
-            console_tail=runtime().console_tail(str(instance.pk))[-4000:],
+            console_tail=runtime().console_tail(instance_id)[-4000:],
         )
-        _release(instance)
+        _release(instance_id)
         return False
     if status.state == "exited":
         reason = f"the app exited with code {status.exit_code}" + (" (OOM)" if status.oom else "")
         report_instance(
-            instance.pk, "failed", launch_failed=True, error=reason, exit_code=status.exit_code, oom=status.oom
+            instance_id, "failed", launch_failed=True, error=reason, exit_code=status.exit_code, oom=status.oom
         )
-        _release(instance)
+        _release(instance_id)
         return False
     return True
 
@@ -592,78 +605,24 @@ def _probe_in_pool(instance_id: str, message: dict) -> None:
             _probing.discard(instance_id)
 
 
-def _release(instance: Instance) -> None:
+def _release(instance_id: str) -> None:
     """An instance that ended by itself: its domain remnant and its tenant network go from this host."""
     try:
-        runtime().release(str(instance.pk))
+        runtime().release(instance_id)
     except InstanceNotFound:
         pass  # its folder is gone already (pruned, or never made here)
 
 
-def _sweep_host(name: str) -> None:
+def _sweep_host(name: str, plan: dict) -> None:
     """What no live instance needs any more: tenant networks on this libvirtd that no domain
-    uses and no live instance holds an address on (some instance ended without a stop, e.g. a
-    killed QEMU, or a release failed), and the folders of instances ended longer ago than
-    HOST_INSTANCE_RETENTION_S (so per-round work does not grow with every instance ever run)."""
-    from portal.services.networks import network_ids_in_use
-
-    try:
-        runtime().network_sweep(wanted_network_ids=network_ids_in_use())
-    except Exception:
-        logger.warning("host.network_sweep_failed", extra={"host": name}, exc_info=True)
-    live = Instance.objects.filter(host__name=name, status__in=INSTANCE_ACTIVE).values_list("pk", flat=True)
-    runtime().prune_ended(retention_s=settings.HOST_INSTANCE_RETENTION_S, keep={str(pk) for pk in live})
-
-
-def _destroy_orphans(name: str) -> None:
-    """VMs this host runs whose instance has ended or no longer exists (e.g. its app was
-    deleted while a stop failed): the database is the truth, the VM goes."""
-    running = runtime().live_instance_ids()
-    if not running:
-        return
-    live = {
-        str(pk)
-        for pk in Instance.objects.filter(pk__in=running, status__in=INSTANCE_ACTIVE).values_list("pk", flat=True)
-    }
-    for instance_id in running - live:
+    uses and no live instance holds an address on (the plan's; skipped while a boot is under
+    way, which makes its network before its domain), and the folders of instances ended longer
+    ago than HOST_INSTANCE_RETENTION_S that the plan does not name live (so per-round work does
+    not grow with every instance ever run)."""
+    if not warm_pool.boots_in_progress(runtime()):
         try:
-            runtime().remove(instance_id)
+            runtime().network_sweep(wanted_network_ids={str(n) for n in plan.get("networks") or ()})
         except Exception:
-            logger.warning("host.orphan_remove_failed", extra={"instance_id": instance_id}, exc_info=True)
-
-
-def _retry_stuck(name: str) -> None:
-    """Instances whose boot task died (a worker crash): a boot stuck past the boot timeout fails
-    (and is replaced). A boot never run is the portal's to send again
-    (portal.services.instance_specs.instance_boots_resend). STOPPING ones are not stuck: the
-    reconcile ends each stop itself at its deadline (``_stop_step``)."""
-    now = timezone.now()
-    boot_limit_s = runtime().settings.boot_timeout_s * 3
-    for instance in Instance.objects.filter(host__name=name, status__in=BOOT_STEPS).exclude(
-        status=InstanceStatus.STAGED
-    ):
-        try:
-            _retry_if_stuck(instance, now, boot_limit_s)
-        except Exception:
-            logger.warning("host.retry_stuck_failed", extra={"instance_id": str(instance.pk)}, exc_info=True)
-
-
-def _retry_if_stuck(instance: Instance, now, boot_limit_s: float) -> None:
-    entered = instance.phase_times.get(instance.status)
-    entered_at = datetime.fromisoformat(entered) if entered else now
-    age_s = (now - entered_at).total_seconds()
-    if entered_at.timestamp() < WORKER_STARTED_AT:
-        # Its boot task ran in this host's previous worker, which died (SIGKILL, a crash): with
-        # acks_late on Redis the message comes back only after the visibility timeout (an
-        # hour), so the half-made instance goes now and the engine places a replacement.
-        _fail_stuck(instance, "the host's worker restarted during the boot", launch_failed=False)
-    elif age_s > boot_limit_s:
-        _fail_stuck(instance, f"the boot did not finish within {boot_limit_s:.0f} s", launch_failed=True)
-
-
-def _fail_stuck(instance: Instance, reason: str, *, launch_failed: bool) -> None:
-    try:
-        runtime().remove(str(instance.pk))
-    except InstanceNotFound:
-        pass  # the boot died before it made the instance's folder (e.g. while pulling)
-    report_instance(instance.pk, "failed", launch_failed=launch_failed, error=reason)
+            logger.warning("host.network_sweep_failed", extra={"host": name}, exc_info=True)
+    keep = {str(instance_id) for instance_id in plan.get("active") or ()}
+    runtime().prune_ended(retention_s=settings.HOST_INSTANCE_RETENTION_S, keep=keep)

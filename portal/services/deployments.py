@@ -99,8 +99,13 @@ def instance_stop(instance: Instance, *, reason: str = "") -> None:
         instance_transition(instance_id=instance.pk, to=InstanceStatus.STOPPED, failure_reason=reason)
         return
     if instance_transition(instance_id=instance.pk, to=InstanceStatus.STOPPING) is not None:
+        from portal.services.instance_specs import kill_grace_s
+
         queue = instance.host.queue
-        transaction.on_commit(lambda: current_app.send_task(STOP_TASK, args=[str(instance.pk)], queue=queue))
+        grace_s = kill_grace_s(AppDefinition.from_stored(instance.version.definition))
+        transaction.on_commit(
+            lambda: current_app.send_task(STOP_TASK, args=[str(instance.pk)], kwargs={"grace_s": grace_s}, queue=queue)
+        )
 
 
 def _place_and_boot(instance: Instance, definition: AppDefinition) -> bool:

@@ -13,15 +13,20 @@ Host-supplied text is cut to the columns' bounds; it is shown to the tenant as t
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
-from portal.choices import InstanceStatus
+from portal.choices import INSTANCE_UP, InstanceStatus
+from portal.marathon import AppDefinition
 from portal.models import Instance
 from portal.services.deployments import app_converge, app_record_launch_success
 from portal.services.health import instance_health_judge
+from portal.services.host_sync import instances_remove_send
 from portal.services.hosts import host_ports_block
+from portal.services.images import instance_image_claim
 from portal.services.instances import ENGINE_RELEVANT, instance_retry_note, instance_transition
 from portal.services.volumes import volume_mark_created
+from tenants.errors import QuotaExceeded
 
 logger = logging.getLogger(__name__)
 REPORTED_STATES = {
@@ -34,6 +39,7 @@ REPORTED_STATES = {
     "stopped": InstanceStatus.STOPPED,
 }
 FAILURE_REASON_MAX = 1000
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 CONSOLE_TAIL_MAX = 4000
 
 
@@ -89,6 +95,9 @@ def instance_report_apply(*, report: dict) -> None:
 
 
 def _apply(instance: Instance, host_name: str, state: str | None, report: dict) -> None:
+    image = report.get("image")
+    if image:  # prepared, before its VM is made: the unpacked size goes on the tenant's disk quota
+        _image_claim(instance, image)
     blocked = report.get("host_ports_blocked")
     if blocked:
         host_ports_block(name=host_name, ports=[int(port) for port in blocked])
@@ -111,6 +120,28 @@ def _apply(instance: Instance, host_name: str, state: str | None, report: dict) 
         )
 
 
+def _image_claim(instance: Instance, image: dict) -> None:
+    """The host prepared the instance's image: its unpacked size is claimed on the tenant's disk
+    quota (the host capped the unpack at what the spec said was left; a concurrent pull may have
+    taken it since). Over quota, the instance fails and its VM goes."""
+    digest = str(image["digest"])
+    if not _DIGEST.match(digest):
+        raise ReportRefused("image digest: not a sha256 digest")
+    unpacked_bytes = _optional_int(image["unpacked_bytes"])
+    if unpacked_bytes is None or not 0 <= unpacked_bytes <= 1 << 50:
+        raise ReportRefused("image unpacked_bytes: out of range")
+    try:
+        instance_image_claim(instance_id=instance.pk, manifest_digest=digest, unpacked_bytes=unpacked_bytes)
+    except QuotaExceeded as exc:
+        left_mib = max(0, exc.limit - exc.used)
+        image_reference = AppDefinition.from_stored(instance.version.definition).container.docker.image
+        reason = f"image {image_reference} unpacks to more than {left_mib} MiB (tenant disk quota)"
+        if instance_transition(
+            instance_id=instance.pk, to=InstanceStatus.FAILED, launch_failed=True, failure_reason=reason
+        ):
+            instances_remove_send(instance.host, [str(instance.pk)])
+
+
 def _apply_state(instance: Instance, to: str, report: dict) -> None:
     if to == InstanceStatus.RUNNING:
         instance_transition(instance_id=instance.pk, to=InstanceStatus.BOOTING)  # its booting report was late
@@ -126,6 +157,9 @@ def _apply_state(instance: Instance, to: str, report: dict) -> None:
         )
         if running is not None:
             app_record_launch_success(app_id=instance.app_id)
+        elif not Instance.objects.filter(pk=instance.pk, status__in=INSTANCE_UP).exists():
+            # It ended (stopped or failed) while it booted: its quota is gone, so goes the VM.
+            instances_remove_send(instance.host, [str(instance.pk)])
     elif to in (InstanceStatus.FAILED, InstanceStatus.LOST, InstanceStatus.STOPPED):
         instance_transition(
             instance_id=instance.pk, to=to, launch_failed=bool(report.get("launch_failed")), **_ended_fields(report)

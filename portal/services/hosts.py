@@ -163,6 +163,7 @@ def reconcile_all() -> None:
 
     from portal.services.deployments import app_converge
     from portal.services.health import health_probes_claim
+    from portal.services.host_sync import host_plan
     from portal.services.instance_specs import instance_boots_resend
 
     hosts_expire()
@@ -172,6 +173,11 @@ def reconcile_all() -> None:
     instance_boots_resend(host_names=[host.name for host in alive])
     for host in alive:
         probes = health_probes_claim(host_name=host.name)
+        plan = host_plan(host)
         current_app.send_task(
-            "vmworker.reconcile_host", args=[host.name], kwargs={"probes": probes}, queue=host.queue, expires=30
+            "vmworker.reconcile_host",
+            args=[host.name],
+            kwargs={"probes": probes, "plan": plan},
+            queue=host.queue,
+            expires=30,
         )

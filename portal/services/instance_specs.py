@@ -9,13 +9,14 @@ the platform's secrets), env, ports, network, volumes, the stop grace and the he
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 
 from celery import current_app
 from django.conf import settings
 from django.utils import timezone
 
-from portal.choices import InstanceStatus, VolumeState
+from portal.choices import INSTANCE_ACTIVE, InstanceStatus, VolumeState
 from portal.marathon import AppDefinition
 from portal.marathon.app_definition import NetworkMode
 from portal.models import Instance
@@ -133,6 +134,7 @@ def instance_spec_build(instance: Instance) -> dict:
     forwards, port_env = guest_ports(definition, instance.host_ports)
     allowance = image_pull_allowance(tenant=instance.tenant)
     enforce_cpu = settings.INSTANCE_ENFORCE_CPU_QUOTA and definition.cpus < instance.vcpus
+    volumes = volume_attachments(instance, definition)
     return {
         "version": SPEC_VERSION,
         "instance_id": str(instance.pk),
@@ -165,9 +167,22 @@ def instance_spec_build(instance: Instance) -> dict:
         "overlay_size_mib": instance_disk_mib(definition),
         "disk_quota_left_bytes": allowance.disk_left_bytes,
         "disk_quota_held_digests": sorted(allowance.held_digests),
-        "volumes": volume_attachments(instance, definition),
+        "volumes": volumes,
+        # The app's other live instances on this host: a VM of any other instance that still
+        # holds one of these volumes has ended (the portal hands a volume on only then) and goes.
+        "volume_holders_live": volume_holders_live(instance) if volumes else [],
         "health_checks": [health_probe_message(check) for check in definition.health_checks],
+        "sent_at": time.time(),  # a host refuses a boot message older than its instance records
     }
+
+
+def volume_holders_live(instance: Instance) -> list[str]:
+    return [
+        str(pk)
+        for pk in Instance.objects.filter(app_id=instance.app_id, host_id=instance.host_id, status__in=INSTANCE_ACTIVE)
+        .exclude(pk=instance.pk)
+        .values_list("pk", flat=True)
+    ]
 
 
 def instance_boot_send(*, instance_id) -> bool:

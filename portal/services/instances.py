@@ -33,12 +33,17 @@ def _instance_locked(instance_id, statuses) -> Instance | None:
     )
 
 
-def instance_transition(*, instance_id, to: str, launch_failed: bool = False, **fields) -> Instance | None:
-    """Move the instance to ``to`` if its current status allows it; None (and nothing
-    written) when it does not: a re-delivered task or a late report is a no-op.
+def instance_transition(
+    *, instance_id, to: str, launch_failed: bool = False, expected: tuple[str, ...] | None = None, **fields
+) -> Instance | None:
+    """Move the instance to ``to`` if its current status allows it (and is one of ``expected``,
+    when given); None (and nothing written) when it does not: a re-delivered task or a late
+    report is a no-op.
     ``launch_failed`` counts the end toward the app's launch backoff in the same transaction,
     so the replacement the engine starts after commit already waits for it."""
     allowed = INSTANCE_TRANSITIONS[to]
+    if expected is not None:
+        allowed = [status for status in allowed if status in expected]
     with transaction.atomic():
         if launch_failed:
             # The engine locks App then Instance; take them in the same order (no deadlock).

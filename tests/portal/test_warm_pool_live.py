@@ -90,7 +90,7 @@ def test_a_pooled_host_starts_two_tenants_apps_warm_in_vms_of_their_own_and_refi
         for a, app in zip(accesses, apps, strict=True):
             app_delete(access=a, app=app, force=True)
         wait_until("the apps' VMs gone", lambda: not any(runtime.host.lookup(str(i.id)) for i in instances), 120)
-        assert runtime.list_instances() == []
+        assert runtime.live_instance_ids() == set()  # records of ended instances stay until pruned
         assert len(warm_pool.ready_vms(runtime)) == POOL
     finally:
         compute_hosts.kill_machine("warm")

@@ -1,11 +1,14 @@
 """The host worker's side of persistent volumes on real PostgreSQL, libvirt played by the fake
 driver: a boot's volumes are made in the host's pool and attached writable by serial; the
-destroy task deletes the file through the pool API and only then drops the row and the claim."""
+destroy task deletes the file through the pool API and only then reports it (the portal drops
+the row and the claim). The host reads no database: the messages between it and the portal run
+in-process here (tests.support.message_loop)."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,11 +17,13 @@ from portal.marathon import parse_app_definition
 from portal.models import Volume
 from portal.platform_policy import platform_policy
 from portal.services import apps as app_services
-from portal.services.instance_specs import SpecUnbuildable, instance_spec_build
+from portal.services.host_sync import host_plan, host_report_apply
+from portal.services.instance_specs import SpecUnbuildable, instance_spec_build, volume_holders_live
 from portal.services.instances import instance_transition
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.selectors import quota_usage
+from tests.support.message_loop import message_loop  # noqa: F401 (fixture)
 from tests.support.portal_fixtures import compute_host_create
 from tests.tenants.factories import MembershipFactory
 from vmworker import tasks
@@ -45,11 +50,20 @@ APP = {
 
 
 @pytest.fixture
-def host_runtime(tmp_path: Path, monkeypatch) -> HyperVMRuntime:
+def host_runtime(tmp_path: Path, monkeypatch, message_loop) -> HyperVMRuntime:  # noqa: F811
     runtime = HyperVMRuntime(RuntimeSettings(state_dir=tmp_path / "state"), host=FakeHost())
     monkeypatch.setattr(tasks, "runtime", lambda: runtime)
     monkeypatch.setattr(tasks, "host_name", lambda: "host-v")
+    registration = {"libvirt_uri": "test:///", "vcpus": 8, "memory_mib": 16384, "virt_type": "qemu", "probe_s": 0.1}
+    monkeypatch.setattr(tasks, "_registration", registration)
     return runtime
+
+
+def volumes_round() -> None:
+    """The volumes part of the host's reconcile, on the portal's plan of host-v."""
+    from portal.models import ComputeHost
+
+    tasks._volumes_round(host_plan(ComputeHost.objects.get(name="host-v"))["volumes"])
 
 
 def instance_spec(instance):
@@ -136,7 +150,7 @@ def test_destroy_deletes_the_file_through_the_pool_then_the_row_and_the_claim(te
 def test_the_reconcile_destroys_volumes_whose_destroy_task_was_lost(tenant, host_runtime) -> None:
     disks = made_and_wiped(tenant, host_runtime)
 
-    tasks._volumes_round("host-v")
+    volumes_round()
 
     assert not any(disk.path.exists() for disk in disks)
     assert Volume.objects.count() == 0
@@ -150,7 +164,7 @@ def test_the_reconcile_records_the_blocks_each_volume_holds(tenant, host_runtime
         device.seek(8 * 1024 * 1024)
         device.write(b"x" * 1024 * 1024)
 
-    tasks._volumes_round("host-v")
+    volumes_round()
 
     used = dict(Volume.objects.values_list("container_path", "used_bytes"))
     assert used["data"] >= 1024 * 1024 > used["logs"] > 0
@@ -192,22 +206,26 @@ def test_a_volume_still_attached_to_another_vm_of_the_host_is_not_attached_again
 
 @pytest.mark.django_db
 def test_the_vm_of_an_ended_instance_that_holds_the_volume_is_destroyed_before_the_boot(tenant, host_runtime) -> None:
-    """The lost instance's VM still runs when its host comes back: the replacement's boot asks the
-    database, finds that instance ended and destroys its VM instead of failing; the VM of a live
-    instance is never touched (VolumeBusy)."""
+    """The lost instance's VM still runs when its host comes back: the replacement's spec names
+    the app's live instances on the host (the portal hands a volume on only when its holder has
+    ended), so the boot destroys that VM instead of failing; the VM of an instance the spec
+    names live is never touched (VolumeBusy)."""
     _, _, instance = deploy(tenant)
     spec = instance_spec(instance)
     (data, _) = host_runtime.volumes_prepare(spec.volumes, instance_id=spec.instance_id)
     holder = str(instance.pk)
     start_vm_holding(host_runtime, holder, data.path)
-    replacement = str(uuid.uuid4())
+    replacement = SimpleNamespace(pk=uuid.uuid4(), app_id=instance.app_id, host_id=instance.host_id)
+
+    def holder_ended(instance_id: str) -> bool:  # what boot_instance passes, from the spec message
+        return instance_id not in volume_holders_live(replacement)
 
     with pytest.raises(VolumeBusy):  # the holder is live in the database: its VM stays
-        host_runtime.volumes_prepare(spec.volumes, instance_id=replacement, holder_ended=tasks.instance_ended)
+        host_runtime.volumes_prepare(spec.volumes, instance_id=str(replacement.pk), holder_ended=holder_ended)
     assert host_runtime.host.get_guest(holder).state == GuestState.RUNNING
 
     instance_transition(instance_id=instance.pk, to=InstanceStatus.LOST, failure_reason="host cut off")
-    disks = host_runtime.volumes_prepare(spec.volumes, instance_id=replacement, holder_ended=tasks.instance_ended)
+    disks = host_runtime.volumes_prepare(spec.volumes, instance_id=str(replacement.pk), holder_ended=holder_ended)
 
     assert len(disks) == 2
     assert holder not in {guest.instance_id for guest in host_runtime.host.list_guests()}
@@ -235,10 +253,15 @@ def test_a_volume_found_without_its_file_system_is_made_afresh_not_formatted_in_
 
 
 @pytest.mark.django_db
-def test_the_reconcile_deletes_volume_files_that_no_volume_row_names(tenant, host_runtime) -> None:
+def test_volume_files_no_row_names_are_deleted_on_the_portals_word_after_a_host_report(
+    tenant,
+    host_runtime,
+    message_loop,  # noqa: F811
+) -> None:
     """A row goes only after its file (destroy_volume), so a volume file in the host's pool with
-    no row is left over (its tenant deleted by an operator, say): its data goes. The rows' own
-    files, and files of names the platform never gives, stay."""
+    no row is left over (its tenant deleted by an operator, say): the host lists its pool in its
+    report, the portal finds no row and sends the delete. The rows' own files, and files of names
+    the platform never gives, stay."""
     _, _, instance = deploy(tenant)
     disks = host_runtime.volumes_prepare(instance_spec(instance).volumes, instance_id=str(instance.pk))
     leftover = disks[0].path.parent / f"hvvol-{uuid.uuid4()}"
@@ -246,7 +269,8 @@ def test_the_reconcile_deletes_volume_files_that_no_volume_row_names(tenant, hos
     foreign = disks[0].path.parent / "not-a-volume.img"
     foreign.write_bytes(b"")
 
-    tasks._volumes_round("host-v")
+    host_report_apply(report=tasks.host_report("host-v"))  # the heartbeat: the portal sends the delete
 
+    assert message_loop.names() == ["vmworker.delete_volumes"]
     assert not leftover.exists()
     assert foreign.exists() and all(disk.path.exists() for disk in disks)
