@@ -119,16 +119,26 @@ def host_report(name: str, *, register: bool = False) -> dict:
             probe_s=probe.get("probe_s") or round(time.monotonic() - started, 3),
             publish_ip=runtime().settings.publish_host_ip,
         )
-    return {
+    report = {
         "name": name,
         **_registration,
         "register": register,
         "worker_started_at": WORKER_STARTED_AT,
         "boot_timeout_s": runtime().settings.boot_timeout_s,
-        "warm_pool": warm_pool_report(),
-        "instance_ids": sorted(runtime().live_instance_ids()),
-        "volume_names": sorted(runtime().host.list_volumes(volume_pool_name(name))),
     }
+    # What libvirt is asked for may fail (libvirtd restarting): the heartbeat goes without it, so
+    # the host stays up and its VMs run on; the portal decides nothing from a part not sent.
+    observed = (
+        ("warm_pool", warm_pool_report),
+        ("instance_ids", lambda: sorted(runtime().live_instance_ids())),
+        ("volume_names", lambda: sorted(runtime().host.list_volumes(volume_pool_name(name)))),
+    )
+    for key, observe in observed:
+        try:
+            report[key] = observe()
+        except Exception:
+            logger.warning("host.report_part_failed", extra={"host": name, "part": key}, exc_info=True)
+    return report
 
 
 def volume_pool_name(name: str) -> str:
@@ -335,12 +345,12 @@ def boot_instance(self, instance_id: str, spec_message: dict) -> None:
         )
         if spec.instance_id != str(instance_id):
             raise InvalidSpec("the spec is another instance's")
-        holders_live = {str(holder) for holder in spec_message.get("volume_holders_live") or ()}
+        holders_ended = {str(holder) for holder in spec_message.get("volume_holders_ended") or ()}
         result = runtime().boot(
             spec,
             on_phase=on_phase,
             on_image=on_image,
-            volume_holder_ended=lambda holder: holder not in holders_live,
+            volume_holder_ended=lambda holder: holder in holders_ended,
         )
     except HostPortBusy as exc:
         # Not the app's fault: the port goes on the host's blocked list and the replacement

@@ -168,21 +168,27 @@ def instance_spec_build(instance: Instance) -> dict:
         "disk_quota_left_bytes": allowance.disk_left_bytes,
         "disk_quota_held_digests": sorted(allowance.held_digests),
         "volumes": volumes,
-        # The app's other live instances on this host: a VM of any other instance that still
-        # holds one of these volumes has ended (the portal hands a volume on only then) and goes.
-        "volume_holders_live": volume_holders_live(instance) if volumes else [],
+        # The app's instances on this host that have ended: a VM of one of them that still holds
+        # one of these volumes goes (the portal hands a volume on only once its holder ended);
+        # a VM of any other instance is never touched (the boot waits, VolumeBusy).
+        "volume_holders_ended": volume_holders_ended(instance) if volumes else [],
         "health_checks": [health_probe_message(check) for check in definition.health_checks],
         "sent_at": time.time(),  # a host refuses a boot message older than its instance records
     }
 
 
-def volume_holders_live(instance: Instance) -> list[str]:
-    return [
-        str(pk)
-        for pk in Instance.objects.filter(app_id=instance.app_id, host_id=instance.host_id, status__in=INSTANCE_ACTIVE)
+HOLDERS_ENDED_MAX = 50  # the last holder of a volume is among the app's latest ended instances
+
+
+def volume_holders_ended(instance: Instance) -> list[str]:
+    ended = (
+        Instance.objects.filter(app_id=instance.app_id, host_id=instance.host_id)
+        .exclude(status__in=INSTANCE_ACTIVE)
         .exclude(pk=instance.pk)
-        .values_list("pk", flat=True)
-    ]
+        .order_by("-updated_at")
+        .values_list("pk", flat=True)[:HOLDERS_ENDED_MAX]
+    )
+    return [str(pk) for pk in ended]
 
 
 def instance_boot_send(*, instance_id) -> bool:

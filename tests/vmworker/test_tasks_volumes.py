@@ -18,7 +18,7 @@ from portal.models import Volume
 from portal.platform_policy import platform_policy
 from portal.services import apps as app_services
 from portal.services.host_sync import host_plan, host_report_apply
-from portal.services.instance_specs import SpecUnbuildable, instance_spec_build, volume_holders_live
+from portal.services.instance_specs import SpecUnbuildable, instance_spec_build, volume_holders_ended
 from portal.services.instances import instance_transition
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
@@ -207,9 +207,9 @@ def test_a_volume_still_attached_to_another_vm_of_the_host_is_not_attached_again
 @pytest.mark.django_db
 def test_the_vm_of_an_ended_instance_that_holds_the_volume_is_destroyed_before_the_boot(tenant, host_runtime) -> None:
     """The lost instance's VM still runs when its host comes back: the replacement's spec names
-    the app's live instances on the host (the portal hands a volume on only when its holder has
-    ended), so the boot destroys that VM instead of failing; the VM of an instance the spec
-    names live is never touched (VolumeBusy)."""
+    the app's ended instances on the host (the portal hands a volume on only when its holder has
+    ended), so the boot destroys that VM instead of failing; the VM of any instance the spec does
+    not name ended is never touched (VolumeBusy)."""
     _, _, instance = deploy(tenant)
     spec = instance_spec(instance)
     (data, _) = host_runtime.volumes_prepare(spec.volumes, instance_id=spec.instance_id)
@@ -218,7 +218,7 @@ def test_the_vm_of_an_ended_instance_that_holds_the_volume_is_destroyed_before_t
     replacement = SimpleNamespace(pk=uuid.uuid4(), app_id=instance.app_id, host_id=instance.host_id)
 
     def holder_ended(instance_id: str) -> bool:  # what boot_instance passes, from the spec message
-        return instance_id not in volume_holders_live(replacement)
+        return instance_id in volume_holders_ended(replacement)
 
     with pytest.raises(VolumeBusy):  # the holder is live in the database: its VM stays
         host_runtime.volumes_prepare(spec.volumes, instance_id=str(replacement.pk), holder_ended=holder_ended)
