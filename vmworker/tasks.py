@@ -35,7 +35,7 @@ from django.conf import settings
 
 from tenants.embedded_registry import platform_registry_hosts
 from tenants.registry_address import AddressRefused, check_image_registry
-from vmworker import warm_pool
+from vmworker import storage, warm_pool
 from vmworker.console_agent import ConsoleAgent
 from vmworker.driver.errors import DriverError
 from vmworker.exec_agent import ExecAgent
@@ -131,7 +131,7 @@ def host_report(name: str, *, register: bool = False) -> dict:
     observed = (
         ("warm_pool", warm_pool_report),
         ("instance_ids", lambda: sorted(runtime().live_instance_ids())),
-        ("volume_names", lambda: sorted(runtime().host.list_volumes(volume_pool_name(name)))),
+        ("volume_names", lambda: sorted(runtime().host.list_volumes(storage.pool_name(name)))),
     )
     for key, observe in observed:
         try:
@@ -139,10 +139,6 @@ def host_report(name: str, *, register: bool = False) -> dict:
         except Exception:
             logger.warning("host.report_part_failed", extra={"host": name, "part": key}, exc_info=True)
     return report
-
-
-def volume_pool_name(name: str) -> str:
-    return f"{VOLUME_POOL_PREFIX}{name}"
 
 
 def send_host_report(name: str, *, register: bool = False) -> None:
@@ -290,8 +286,6 @@ INSTANCE_REPORT_TASK = "portal.instance_report"
 HOST_REPORT_TASK = "portal.host_report"
 VOLUME_REPORT_TASK = "portal.volume_report"
 USAGE_REPORT_TASK = "portal.usage_report"
-VOLUME_POOL_PREFIX = "hvm-vol-"  # the host's storage pool (portal.services.volumes.pool_name_for)
-VOLUME_NAME_PREFIX = "hvvol-"  # a volume file the platform made (portal.models.volume)
 USAGE_REPORT_EXPIRES_S = 30  # a late batch is worth less than none: the next one comes
 
 
@@ -453,11 +447,11 @@ def remove_instances(name: str, instance_ids: list) -> None:
 def delete_volumes(name: str, pool_name: str, volume_names: list) -> None:
     """Volume files of this host's pool that no volume row names (the portal checked): deleted.
     Only names the platform gives, and only in this host's own pool."""
-    if name != host_name() or pool_name != volume_pool_name(name):
+    if name != host_name() or pool_name != storage.pool_name(name):
         return
     for volume_name in volume_names:
         volume_name = str(volume_name)
-        if not volume_name.startswith(VOLUME_NAME_PREFIX):
+        if not volume_name.startswith(storage.VOLUME_NAME_PREFIX):
             continue
         try:
             runtime().volume_delete(pool_name, volume_name)

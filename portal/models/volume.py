@@ -5,8 +5,7 @@ from django.db import models
 from portal.choices import VolumeState
 from tenants.models import Tenant
 from tenants.models.tenant import TenantScopedQuerySet
-
-VOLUME_NAME_PREFIX = "hvvol-"
+from vmworker.storage import VOLUME_NAME_PREFIX
 
 
 class Volume(models.Model):

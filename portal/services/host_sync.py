@@ -31,12 +31,12 @@ from django.utils import timezone
 from portal.choices import INSTANCE_ACTIVE, INSTANCE_UP, InstanceStatus, VolumeState
 from portal.marathon import AppDefinition
 from portal.models import ComputeHost, Instance, Volume
-from portal.models.volume import VOLUME_NAME_PREFIX
 from portal.services.hosts import PublishAddressRefused, host_heartbeat, host_queue, host_register
 from portal.services.instance_specs import kill_grace_s
 from portal.services.instances import instance_transition
 from portal.services.networks import network_ids_in_use
-from portal.services.volumes import POOL_NAME_PREFIX, volume_destroyed
+from portal.services.volumes import pool_name_for, volume_destroyed
+from vmworker.storage import VOLUME_NAME_PREFIX
 
 logger = logging.getLogger(__name__)
 REMOVE_INSTANCES_TASK = "vmworker.remove_instances"
@@ -225,7 +225,7 @@ def _delete_unknown_volumes(host: ComputeHost, volume_names: list) -> list[str]:
         logger.warning("host.volume_unknown_delete", extra={"host": host.name, "volumes": unknown})
         current_app.send_task(
             DELETE_VOLUMES_TASK,
-            args=[host.name, f"{POOL_NAME_PREFIX}{host.name}", unknown],
+            args=[host.name, pool_name_for(host), unknown],
             queue=host_queue(host.name),
         )
     return unknown

@@ -23,11 +23,11 @@ from portal.marathon import AppDefinition
 from portal.models import App, ComputeHost, Instance, Volume
 from tenants.errors import DomainError, InvalidInput
 from tenants.services import ResourceRequest, claim_release, quota_reserve
+from vmworker.storage import pool_name
 
 logger = logging.getLogger(__name__)
 VOLUME_CLAIM_KIND = "volume"
 DESTROY_VOLUME_TASK = "vmworker.destroy_volume"  # sent by name to the volume's host
-POOL_NAME_PREFIX = "hvm-vol-"
 # Each volume is a virtio disk (a PCI slot) beside the rootfs and config disks, the serial ports
 # and the tenant NIC: libvirt's automatic slots end at the published-ports NIC's (designer.py).
 MAX_PERSISTENT_VOLUMES = 8
@@ -43,7 +43,7 @@ class NoFreeVolumeSlot(DomainError):
 def pool_name_for(host: ComputeHost) -> str:
     """The host's storage pool (vmworker.storage makes it): one per host, several hosts on one
     libvirtd stay apart."""
-    return f"{POOL_NAME_PREFIX}{host.name}"
+    return pool_name(host.name)
 
 
 def persistent_volumes(definition: AppDefinition) -> list[tuple[str, int]]:
