@@ -24,7 +24,7 @@ from portal.models import ComputeHost
 from tenants.access import tenant_access_resolve
 from tenants.models import Tenant
 from tenants.services import tenant_create
-from tests.support.live_stack import PORTAL_HOST, free_port
+from tests.support.live_stack import PORTAL_HOST, free_port, host_side_env
 from tests.support.oci_images import HTTPD, build_and_push
 from tests.support.registry import LocalRegistry, start_registry, stop_registry
 from tests.support.tenant_access import registry_add
@@ -72,15 +72,14 @@ class BenchStack:
     def host_dir(self) -> Path:
         return self.scratch / "host"
 
-    def spawn(self, argv: list[str]) -> None:
-        self.processes.append(subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT))
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.processes.append(
+            subprocess.Popen(argv, cwd=ROOT, env=env or self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        )
 
     def start_worker(self, concurrency: int) -> None:
-        """The compute-host worker (bench queue + host queue); tasks sent from this process go to it."""
-        worker = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", f"{self.queue},host.{self.name}"]
-        worker += ["-c", str(concurrency), "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle"]
-        self.spawn(worker)
-        self.worker = self.processes[-1]
+        """A portal worker on the bench queue (tasks sent from this process go to it) and the
+        compute-host worker (its own Celery app, ``concurrency`` processes) on the host's queue."""
         os.environ["PORTAL_CELERY_QUEUE"] = self.queue
         from django.conf import settings
 
@@ -88,15 +87,24 @@ class BenchStack:
 
         settings.CELERY_TASK_DEFAULT_QUEUE = self.queue
         celery_app.conf.task_default_queue = self.queue
+        portal = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", self.queue, "-c", "2"]
+        self.spawn(portal + ["-n", f"portal-{self.name}@%h", "--without-gossip", "--without-mingle"])
+        self._start_host_worker(concurrency)
+
+    def _start_host_worker(self, concurrency: int) -> None:
+        worker = [sys.executable, "-m", "celery", "-A", "vmworker", "worker", "-Q", f"host.{self.name}"]
+        worker += ["-c", str(concurrency), "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle"]
+        self.spawn(worker, env=host_side_env(self.env))
+        self.worker = self.processes[-1]
 
     def restart_worker(self, concurrency: int, env: dict[str, str]) -> None:
         """The compute-host worker stopped (SIGTERM: it discards its pooled VMs) and started again
-        with ``env`` added to its environment."""
+        with ``env`` added to its environment (the portal worker runs on)."""
         self.worker.terminate()
         self.worker.wait(timeout=60)
         self.processes.remove(self.worker)
         self.env = self.env | env
-        self.start_worker(concurrency)
+        self._start_host_worker(concurrency)
 
     def start_web(self) -> str:
         """daphne on a free port of the portal's own host (never the apps' publish address: they

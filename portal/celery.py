@@ -11,5 +11,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.prod")
 app = Celery("portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-# The host side is not a Django app; its Celery glue is vmworker/tasks.py.
-app.autodiscover_tasks(["vmworker"])
+# Compute hosts run their own app (vmworker/celery.py: ``celery -A vmworker worker``, no Django):
+# the portal sends their tasks by name to each host's queue and never runs them.

@@ -4,7 +4,7 @@ is used only in the Authorization header of these requests; it is never logged o
 
 Contract (a tenant chooses the URL, so the platform must not become its HTTP client for the
 platform's own services): every connection goes to an address that passed
-tenants.registry_address at connect time (resolved once, the socket opened to that address);
+vmworker.registry_address at connect time (resolved once, the socket opened to that address);
 redirects are never followed; the Bearer ``realm`` is followed only when it passes the same rule
 and is https or on the registry's own host; response bodies are read up to a bound."""
 
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
-from tenants.registry_address import AddressRefused, host_port, resolve_allowed
+from vmworker.registry_address import AddressRefused, host_port, resolve_allowed
 
 MAX_BODY_BYTES = 64 * 1024
 # The whole check (registry, token service, registry again) ends within this many per-read

@@ -27,7 +27,7 @@ from tenants.models import (
 )
 from tenants.models.quota import QUOTA_MAXIMUM
 from tenants.models.tenant import slug_validator
-from tenants.registry_address import AddressRefused, check_registry_host, host_port
+from vmworker.registry_address import AddressRefused, check_registry_host, host_port
 
 logger = logging.getLogger(__name__)
 User = get_user_model()

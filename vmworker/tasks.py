@@ -31,17 +31,15 @@ from pathlib import Path
 
 from celery import current_app, shared_task
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
-from django.conf import settings
 
-from tenants.embedded_registry import platform_registry_hosts
-from tenants.registry_address import AddressRefused, check_image_registry
-from vmworker import storage, warm_pool
+from vmworker import host_config, storage, warm_pool
 from vmworker.console_agent import ConsoleAgent
 from vmworker.driver.errors import DriverError
 from vmworker.exec_agent import ExecAgent
 from vmworker.failures import MAX_RETRIES, failure_is_transient, retry_countdown_s
 from vmworker.health_probes import HealthProbe, run_probe
 from vmworker.images.errors import ImageError
+from vmworker.registry_address import AddressRefused, check_image_registry
 from vmworker.runtime import (
     HostPortBusy,
     HyperVMRuntime,
@@ -94,7 +92,7 @@ def runtime() -> HyperVMRuntime:
             libvirt_uri=os.environ.get("HYPERVM_LIBVIRT_URI", "qemu:///system"),
             virt_type=os.environ.get("HYPERVM_VIRT_TYPE") or None,
             publish_host_ip=os.environ.get("HYPERVM_PUBLISH_HOST_IP", "127.0.0.1"),
-            max_unpacked_bytes=settings.IMAGE_MAX_UNPACKED_MIB * 1024 * 1024,
+            max_unpacked_bytes=host_config.image_max_unpacked_bytes(),
             warm_pool=bool(warm_pool_target().sizes),
         )
     )
@@ -143,7 +141,7 @@ def host_report(name: str, *, register: bool = False) -> dict:
 
 def send_host_report(name: str, *, register: bool = False) -> None:
     current_app.send_task(
-        HOST_REPORT_TASK, args=[host_report(name, register=register)], expires=settings.HOST_HEARTBEAT_EXPIRY_S
+        HOST_REPORT_TASK, args=[host_report(name, register=register)], expires=host_config.heartbeat_expiry_s()
     )
 
 
@@ -210,15 +208,11 @@ def _stop_warm_pool(thread: threading.Thread) -> None:
 
 def _start_console_agent(name: str) -> None:
     """Serves console backlogs and streams this host's guest logs (see vmworker.console_agent)."""
-    from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
-
-    if not settings.CHANNEL_LAYERS:
-        return
     agent = ConsoleAgent(
         host_name=name,
         instances_dir=runtime().instances_dir,
         # Its own layer instance: its connections belong to the agent's event loop.
-        layer_factory=lambda: channel_layers.make_backend(DEFAULT_CHANNEL_LAYER),
+        layer_factory=host_config.channel_layer,
     )
     agent.start()
     _console_agents.append(agent)
@@ -226,8 +220,8 @@ def _start_console_agent(name: str) -> None:
     shells = ExecAgent(
         host_name=name,
         control_socket=runtime().control_socket,
-        max_sessions_per_tenant=settings.EXEC_MAX_SESSIONS_PER_TENANT_PER_HOST,
-        layer_factory=lambda: channel_layers.make_backend(DEFAULT_CHANNEL_LAYER),
+        max_sessions_per_tenant=host_config.exec_max_sessions_per_tenant(),
+        layer_factory=host_config.channel_layer,
     )
     shells.start()
     _console_agents.append(shells)
@@ -242,7 +236,7 @@ def _start_usage_sampler(name: str) -> None:
         current_app.send_task(USAGE_REPORT_TASK, args=[name, samples_sent], expires=USAGE_REPORT_EXPIRES_S)
 
     sampler = UsageSampler(
-        read_stats=runtime().guest_usage, publish=publish, interval_s=settings.USAGE_SAMPLE_INTERVAL_S
+        read_stats=runtime().guest_usage, publish=publish, interval_s=host_config.usage_sample_interval_s()
     )
     sampler.start()
     _usage_samplers.append(sampler)
@@ -275,7 +269,7 @@ def warm_pool_report() -> dict:
 
 
 def _heartbeat_loop(name: str) -> None:
-    while not _heartbeat_stop.wait(settings.HOST_HEARTBEAT_INTERVAL_S):
+    while not _heartbeat_stop.wait(host_config.heartbeat_interval_s()):
         try:
             send_host_report(name)
         except Exception:
@@ -311,7 +305,7 @@ def boot_instance(self, instance_id: str, spec_message: dict) -> None:
     An instance that ended while it booted gets its "running" report refused by the portal,
     which sends its removal back."""
     sent_at = spec_message.get("sent_at") if isinstance(spec_message, dict) else None
-    if isinstance(sent_at, int | float) and time.time() - sent_at > settings.HOST_INSTANCE_RETENTION_S:
+    if isinstance(sent_at, int | float) and time.time() - sent_at > host_config.instance_retention_s():
         logger.warning("instance.boot_message_expired", extra={"instance_id": instance_id})
         return
     phase = ["pulling"]  # the last phase reported: a retry's report repeats it (level-triggered)
@@ -387,7 +381,7 @@ def _registry_refused(spec_message: dict) -> str:
     may go ahead."""
     registry_host = str(spec_message.get("registry_host", ""))
     try:
-        check_image_registry(registry_host, allowed=platform_registry_hosts())
+        check_image_registry(registry_host, allowed=host_config.platform_registry_hosts())
     except AddressRefused as refused:
         return f"the image's registry {registry_host} is not one the platform pulls from: {refused}"
     return ""
@@ -629,4 +623,4 @@ def _sweep_host(name: str, plan: dict) -> None:
         except Exception:
             logger.warning("host.network_sweep_failed", extra={"host": name}, exc_info=True)
     keep = {str(instance_id) for instance_id in plan.get("active") or ()}
-    runtime().prune_ended(retention_s=settings.HOST_INSTANCE_RETENTION_S, keep=keep)
+    runtime().prune_ended(retention_s=host_config.instance_retention_s(), keep=keep)

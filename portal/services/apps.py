@@ -41,8 +41,8 @@ from tenants.choices import QuotaResource, TenantRole
 from tenants.embedded_registry import platform_registry_hosts
 from tenants.errors import Conflict, DomainError, InvalidInput, QuotaExceeded
 from tenants.models import Quota, ResourceClaim
-from tenants.registry_address import AddressRefused, check_image_registry
 from tenants.selectors import quota_usage
+from vmworker.registry_address import AddressRefused, check_image_registry
 
 
 class AppExists(Conflict):

@@ -1,7 +1,7 @@
 """Issue 9: an image reference is a way for a tenant to make a compute host connect somewhere (its
 pull). ``127.0.0.1:6390/x`` would make the host talk to the platform's Redis, ``169.254.169.254/x``
 to a cloud's metadata service. The image's registry passes the rule a tenant registry passes
-(tenants.registry_address): never a loopback, private, link-local, multicast or unspecified
+(vmworker.registry_address): never a loopback, private, link-local, multicast or unspecified
 address unless the platform runs or vouches for it (its embedded registry, the allowlist).
 
 The refusal at the API is shown against the live portal with a tenant's token; the host-side

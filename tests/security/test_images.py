@@ -25,7 +25,7 @@ from tenants.models import Quota, ResourceClaim
 from tenants.selectors import quota_usage
 from tenants.services import api_token_create
 from tests.portal.test_pipeline import wait_until
-from tests.support.live_stack import HostWorker, start_celery_worker
+from tests.support.live_stack import HostWorker, start_host_worker
 from tests.support.oci_images import push_image
 from tests.support.size_bomb_images import MIB, image_from_layer, zero_file_layer
 from tests.support.tenant_access import owner_access_with_registry
@@ -85,9 +85,7 @@ def start_host(compute_hosts, name: str, **extra_env: str) -> HostWorker:
         "HYPERVM_VIRT_TYPE": "qemu",
     }
     with open(log_path, "ab") as log:
-        process = start_celery_worker(
-            queues=f"host.{full_name}", name=full_name, env=env | extra_env, log=log, concurrency=3
-        )
+        process = start_host_worker(name=full_name, env=env | extra_env, log=log)
     worker = HostWorker(name=full_name, state_dir=state_dir, process=process, log_path=log_path)
     compute_hosts.workers[name] = worker  # stopped, and its VMs removed, with the pool
     wait_until(f"host {name} registered", lambda: ComputeHost.objects.filter(name=full_name).exists())

@@ -53,14 +53,16 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=5)
 
 
-def start_celery_worker(*, queues: str, name: str, env: dict, log, concurrency: int) -> subprocess.Popen:
+def start_celery_worker(
+    *, queues: str, name: str, env: dict, log, concurrency: int, app: str = "portal"
+) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "celery",
             "-A",
-            "portal",
+            app,
             "worker",
             "-Q",
             queues,
@@ -77,6 +79,22 @@ def start_celery_worker(*, queues: str, name: str, env: dict, log, concurrency: 
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+    )
+
+
+def host_side_env(env: dict) -> dict[str, str]:
+    """A compute host's environment: no Django settings module (the host's own Celery app reads
+    only its environment, vmworker.host_config), the stack's broker named outright."""
+    from django.conf import settings
+
+    host_env = {name: value for name, value in env.items() if name != "DJANGO_SETTINGS_MODULE"}
+    return host_env | {"HYPERVM_BROKER_URL": settings.CELERY_BROKER_URL}
+
+
+def start_host_worker(*, name: str, env: dict, log) -> subprocess.Popen:
+    """The host worker of ``name`` (its own queue, the vmworker Celery app), as ./scripts/run starts it."""
+    return start_celery_worker(
+        queues=f"host.{name}", name=name, env=host_side_env(env), log=log, concurrency=3, app="vmworker"
     )
 
 
@@ -254,7 +272,7 @@ class HostPool:
         if allowlist:
             env["PORTAL_REGISTRY_HOST_ALLOWLIST"] = allowlist
         with open(log_path, "ab") as log:
-            process = start_celery_worker(queues=f"host.{full_name}", name=full_name, env=env, log=log, concurrency=3)
+            process = start_host_worker(name=full_name, env=env, log=log)
         self.workers[name] = HostWorker(name=full_name, state_dir=state_dir, process=process, log_path=log_path)
         return self.workers[name]
 
@@ -283,7 +301,7 @@ class HostPool:
         if allowlist:
             env["PORTAL_REGISTRY_HOST_ALLOWLIST"] = allowlist
         with open(old.log_path, "ab") as log:
-            process = start_celery_worker(queues=f"host.{old.name}", name=old.name, env=env, log=log, concurrency=3)
+            process = start_host_worker(name=old.name, env=env, log=log)
         self.workers[name] = HostWorker(name=old.name, state_dir=old.state_dir, process=process, log_path=old.log_path)
         return self.workers[name]
 

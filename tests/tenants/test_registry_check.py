@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tenants import registry_address
 from tenants.registry_check import registry_check
+from vmworker import registry_address
 
 TIMEOUT_S = 5
 
