@@ -2,6 +2,20 @@
 live in vmworker.tasks and are sent to them by name."""
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+# A report that meets the database gone (restarting, unreachable) is applied again once it is
+# back, in order of arrival at most 2+4+...+30 s later (about 3 min in all); the compare-and-swap
+# transitions make a late or repeated report harmless. What is lost past that is healed by the
+# host's next heartbeat and reconcile (portal.services.host_sync).
+DATABASE_GONE = (OperationalError, InterfaceError)
+DATABASE_RETRY = {
+    "autoretry_for": DATABASE_GONE,
+    "retry_backoff": 2,
+    "retry_backoff_max": 30,
+    "retry_jitter": False,
+    "max_retries": 10,
+}
 
 
 @shared_task(name="portal.converge_app", acks_late=True)
@@ -18,7 +32,7 @@ def reconcile() -> None:
     reconcile_all()
 
 
-@shared_task(name="portal.instance_report", acks_late=True)
+@shared_task(name="portal.instance_report", acks_late=True, **DATABASE_RETRY)
 def instance_report(report: dict) -> None:
     """A compute host's report on one of its instances (portal.services.host_reports)."""
     from portal.services.host_reports import instance_report_apply
@@ -44,7 +58,7 @@ def host_report(report: dict) -> None:
     host_report_apply(report=report)
 
 
-@shared_task(name="portal.volume_report", acks_late=True)
+@shared_task(name="portal.volume_report", acks_late=True, **DATABASE_RETRY)
 def volume_report(host_name: str, volume_id: str, used_bytes=None, destroyed: bool = False) -> None:
     """A compute host's report on one of its volumes (portal.services.host_sync)."""
     from portal.services.host_sync import volume_report_apply

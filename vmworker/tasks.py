@@ -521,6 +521,11 @@ def reconcile_host(name: str, probes: list | None = None, plan: dict | None = No
                 running.add(str(instance_id))
         except Exception:
             logger.warning("host.reconcile_instance_failed", extra={"instance_id": str(instance_id)}, exc_info=True)
+    for instance_id in plan.get("booting") or ():
+        try:
+            _reconcile_booting(str(instance_id))
+        except Exception:
+            logger.warning("host.reconcile_instance_failed", extra={"instance_id": str(instance_id)}, exc_info=True)
     stages = (
         ("health", lambda: _health_round([p for p in probes or () if str(p.get("instance_id")) in running])),
         ("sweep", lambda: _sweep_host(name, plan)),
@@ -531,6 +536,19 @@ def reconcile_host(name: str, probes: list | None = None, plan: dict | None = No
             run()
         except Exception:
             logger.warning("host.reconcile_stage_failed", extra={"host": name, "stage": stage}, exc_info=True)
+
+
+def _reconcile_booting(instance_id: str) -> None:
+    """An instance the portal still has booting whose app runs here: its "running" report was lost
+    (the broker or the portal's database went away meanwhile) and goes again. A boot under way, a
+    boot that never came or one that failed is the boot task's and the portal's to report."""
+    try:
+        status = runtime().status(instance_id)
+    except InstanceNotFound:
+        return
+    if status.state == "running":
+        logger.warning("instance.running_reported_again", extra={"instance_id": instance_id})
+        report_instance(instance_id, "running", user_net=bool(status.ports))
 
 
 def _reconcile_up(instance_id: str) -> bool:

@@ -2,8 +2,10 @@
 writes no database, so what it needs goes to it in messages and what it sees comes back in them.
 
 - ``host_plan``: what one host's reconcile acts on, built from the rows now and sent with the
-  ``vmworker.reconcile_host`` task: its up and stopping instances (with each stop's grace), every
-  live instance id (whose folders stay), the networks in use, its volumes.
+  ``vmworker.reconcile_host`` task: its up and stopping instances (with each stop's grace), those
+  booting for more than BOOTING_HEAL_AFTER_S (the host reports again those whose app runs: a
+  "running" report lost with the broker or the database is made up), every live instance id
+  (whose folders stay), the networks in use, its volumes.
 - ``host_report_apply``: the host's report, sent at start and every heartbeat: its capacity and
   virt type (registration), its warm pool, when its worker started, the instance VMs it runs and
   the volume files in its pool. From it the portal decides, never the host: stuck boots fail,
@@ -42,6 +44,9 @@ logger = logging.getLogger(__name__)
 REMOVE_INSTANCES_TASK = "vmworker.remove_instances"
 DELETE_VOLUMES_TASK = "vmworker.delete_volumes"
 BOOTING_STEPS = (InstanceStatus.PULLING, InstanceStatus.PREPARING, InstanceStatus.BOOTING)
+# A boot whose phase began this long ago and whose app runs on the host lost its "running" report
+# (a boot's own report follows the app's start by milliseconds: never raced with it).
+BOOTING_HEAL_AFTER_S = 30
 REPORT_LIST_MAX = 10_000  # ids a host report may carry (far above what a host runs)
 VIRT_TYPES = ("kvm", "qemu")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
@@ -56,13 +61,15 @@ class HostReportRefused(ValueError):
 
 def host_plan(host: ComputeHost) -> dict:
     """What ``host``'s reconcile acts on now (see the module's docstring)."""
-    up, stopping, active = [], {}, []
+    up, booting, stopping, active = [], [], {}, []
     graces: dict[int, int | None] = {}
     for instance in Instance.objects.select_related("version").filter(host=host, status__in=INSTANCE_ACTIVE):
         instance_id = str(instance.pk)
         active.append(instance_id)
         if instance.status in INSTANCE_UP:
             up.append(instance_id)
+        elif instance.status in BOOTING_STEPS and _phase_age_s(instance) > BOOTING_HEAL_AFTER_S:
+            booting.append(instance_id)
         elif instance.status == InstanceStatus.STOPPING:
             if instance.version_id not in graces:
                 graces[instance.version_id] = kill_grace_s(AppDefinition.from_stored(instance.version.definition))
@@ -80,6 +87,7 @@ def host_plan(host: ComputeHost) -> dict:
     ]
     return {
         "up": up,
+        "booting": booting,
         "stopping": stopping,
         "active": active,
         "networks": sorted(network_ids_in_use()),
@@ -158,6 +166,11 @@ def host_report_apply(*, report: dict) -> None:
     _fail_stuck_boots(host, worker_started_at=worker_started_at, boot_timeout_s=boot_timeout_s)
     _remove_ended_vms(host, vm_ids)
     _delete_unknown_volumes(host, volume_names)
+
+
+def _phase_age_s(instance: Instance) -> float:
+    entered = instance.phase_times.get(instance.status)
+    return (timezone.now() - datetime.fromisoformat(entered)).total_seconds() if entered else 0.0
 
 
 def _fail_stuck_boots(host: ComputeHost, *, worker_started_at: float, boot_timeout_s: float) -> list[str]:

@@ -1,12 +1,14 @@
 """Faults against the real stack (PostgreSQL, Redis, the web server, the portal worker, beat,
 host workers booting real HyperVMs), each followed by the invariant audit
 (tests/support/invariants.py): a host worker SIGKILLed mid-boot and restarted; a host cut off
-from the portal for longer than the heartbeat expiry, then back."""
+from the portal for longer than the heartbeat expiry, then back; libvirtd restarted during a boot
+and in steady state; Redis and PostgreSQL going away and coming back (tests/support/outages.py)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from portal.selectors import app_get
 from portal.services.apps import app_create, app_delete
 from tests.portal.test_pipeline import active, deployment_done, http_app, wait_until
 from tests.support.invariants import audit
+from tests.support.outages import libvirtd_restart, postgresql_outage, redis_reset
 from tests.support.tenant_access import owner_access_with_registry
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -181,4 +184,96 @@ def test_a_host_cut_off_past_the_heartbeat_expiry_comes_back_without_duplicates(
     assert len(active("/cut")) == 2
     app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/cut"))
     wait_until("deleted", lambda: not active("/cut"))
+    assert settled(workers) == []
+
+
+def boot_under_way(marathon_id: str) -> bool:
+    return Instance.objects.filter(
+        app__marathon_id=marathon_id, status__in=[InstanceStatus.PREPARING, InstanceStatus.BOOTING]
+    ).exists()
+
+
+def test_libvirtd_restarted_during_a_boot_and_in_steady_state(access, compute_hosts, test_images, client_for):
+    """VMs are children of libvirtd's QEMU, not of libvirtd: they run on while it restarts, and the
+    host worker reconnects (vmworker.driver.host) for the boot under way and for what follows."""
+    workers = hosts_up(compute_hosts, "v1")
+    deployment = app_create(
+        access=access, definition=parse_app_definition(http_app(test_images, app_id="/virt", instances=2))
+    )
+    wait_until("a boot under way", lambda: boot_under_way("/virt"), 60, poll_s=0.05)
+    down_s = libvirtd_restart()
+    assert down_s < 30
+
+    wait_until("the app healthy", lambda: deployment_done(deployment))
+    before = {str(i.pk) for i in active("/virt")}
+    assert len(before) == 2
+
+    libvirtd_restart()
+    # Heartbeats go on (the host stays up), health probes pass, nothing is replaced.
+    time.sleep(3 * settings.HOST_HEARTBEAT_INTERVAL_S)
+    wait_until(
+        "the host up after the restart",
+        lambda: ComputeHost.objects.filter(name=workers["v1"].name, state=HostState.UP).exists(),
+        60,
+    )
+    assert {str(i.pk) for i in active("/virt")} == before
+    assert all(i.status == InstanceStatus.HEALTHY for i in active("/virt"))
+    assert settled(workers) == []
+    assert api_problems(client_for, access.actor) == []
+    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/virt"))
+    wait_until("deleted", lambda: not active("/virt"))
+    assert settled(workers) == []
+
+
+def test_redis_restarted_during_a_deploy_loses_no_instance(access, compute_hosts, test_images, client_for):
+    """What a Redis restart (it keeps nothing on disk) does to the stack: every queued message and
+    connection dropped (tests.support.outages.redis_reset), the boots and reports in flight gone.
+    The portal's reconcile and the hosts' level-triggered heartbeats make it up: the deploy
+    finishes with no duplicate and no orphan."""
+    workers = hosts_up(compute_hosts, "r1")
+    deployment = app_create(
+        access=access, definition=parse_app_definition(http_app(test_images, app_id="/redis", instances=2))
+    )
+    wait_until("a boot under way", lambda: boot_under_way("/redis"), 60, poll_s=0.05)
+    redis_reset()
+
+    wait_until("the app healthy", lambda: deployment_done(deployment), 180)
+    assert len(active("/redis")) == 2
+    redis_reset()  # in steady state: nothing is replaced
+    time.sleep(3 * settings.HOST_HEARTBEAT_INTERVAL_S)
+    assert len(active("/redis")) == 2
+    assert all(i.status == InstanceStatus.HEALTHY for i in active("/redis"))
+    assert settled(workers) == []
+    assert api_problems(client_for, access.actor) == []
+    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/redis"))
+    wait_until("deleted", lambda: not active("/redis"))
+    assert settled(workers) == []
+
+
+def test_postgresql_gone_for_a_while_loses_no_instance(access, compute_hosts, test_images, client_for):
+    """Every connection to the portal's database cut and none taken for 10 s (a restart as its
+    clients see it), once during a boot and once in steady state: the reports sent meanwhile fail
+    and are sent again by the hosts' next heartbeat and reconcile; the VMs run on."""
+    workers = hosts_up(compute_hosts, "q1")
+    deployment = app_create(
+        access=access, definition=parse_app_definition(http_app(test_images, app_id="/pg", instances=2))
+    )
+    wait_until("a boot under way", lambda: boot_under_way("/pg"), 60, poll_s=0.05)
+    postgresql_outage(seconds=10)
+
+    wait_until("the app healthy", lambda: deployment_done(deployment), 180)
+    before = {str(i.pk) for i in active("/pg")}
+    assert len(before) == 2
+    postgresql_outage(seconds=10)
+    time.sleep(3 * settings.HOST_HEARTBEAT_INTERVAL_S)
+    wait_until(
+        "healthy again",
+        lambda: all(i.status == InstanceStatus.HEALTHY for i in active("/pg")) and len(active("/pg")) == 2,
+        60,
+    )
+    assert {str(i.pk) for i in active("/pg")} == before
+    assert settled(workers) == []
+    assert api_problems(client_for, access.actor) == []
+    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/pg"))
+    wait_until("deleted", lambda: not active("/pg"))
     assert settled(workers) == []

@@ -5,6 +5,7 @@ keeps the host up and decides nothing from what was not sent."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -39,3 +40,25 @@ def test_a_report_goes_without_the_parts_libvirt_could_not_give(host_runtime, mo
     report = tasks.host_report("h")
     assert "instance_ids" not in report and "volume_names" not in report
     assert report["name"] == "h" and report["virt_type"] == "qemu"
+
+
+class _StatusRuntime:
+    def __init__(self, states: dict):
+        self.states = states
+
+    def status(self, instance_id):
+        from vmworker.runtime import InstanceNotFound
+
+        if instance_id not in self.states:
+            raise InstanceNotFound(instance_id)
+        return SimpleNamespace(state=self.states[instance_id], ports=(1,))
+
+
+def test_a_lost_running_report_goes_again_only_for_an_app_that_runs(monkeypatch) -> None:
+    sent = []
+    fake = _StatusRuntime({"a": "running", "b": "booting", "c": "exited"})
+    monkeypatch.setattr(tasks, "runtime", lambda: fake)
+    monkeypatch.setattr(tasks, "send_report", sent.append)
+    for instance_id in ("a", "b", "c", "gone"):
+        tasks._reconcile_booting(instance_id)
+    assert [(r["instance_id"], r["state"], r["user_net"]) for r in sent] == [("a", "running", True)]

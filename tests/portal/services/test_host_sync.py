@@ -150,3 +150,34 @@ def test_a_volume_report_from_another_host_changes_nothing(placed) -> None:
     volume_report_apply(host_name="other-host", volume_id=str(uuid.uuid4()), destroyed=True)
     volume_report_apply(host_name="other-host", volume_id="../../etc", used_bytes=1)
     assert Volume.objects.count() == 0  # nothing to change, and no error either
+
+
+def test_the_plan_names_a_boot_for_healing_only_once_its_phase_is_old(placed) -> None:
+    from portal.services.host_sync import BOOTING_HEAL_AFTER_S
+
+    host = ComputeHost.objects.get(name="sync-host")
+    instance_transition(instance_id=placed.pk, to=InstanceStatus.BOOTING)
+    assert host_plan(host)["booting"] == []  # a boot under way: its own report comes
+    old = (timezone.now() - timedelta(seconds=BOOTING_HEAL_AFTER_S + 1)).isoformat()
+    Instance.objects.filter(pk=placed.pk).update(phase_times={InstanceStatus.BOOTING: old})
+    assert host_plan(host)["booting"] == [str(placed.pk)]
+
+
+def test_a_report_that_meets_the_database_gone_is_applied_once_it_is_back(monkeypatch) -> None:
+    from django.db import InterfaceError, OperationalError
+
+    from portal import tasks
+
+    applied = []
+    failures = [OperationalError("server closed the connection"), InterfaceError("connection already closed")]
+
+    def apply(*, report):
+        if failures:
+            raise failures.pop(0)
+        applied.append(report)
+
+    monkeypatch.setattr("portal.services.host_reports.instance_report_apply", apply)
+    monkeypatch.setattr(tasks.instance_report, "retry_backoff", 0)  # eager retries, no wait
+    result = tasks.instance_report.apply(args=[{"instance_id": "x"}])
+    assert result.successful(), result.traceback
+    assert applied == [{"instance_id": "x"}]
