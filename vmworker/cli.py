@@ -22,13 +22,8 @@ from vmworker.driver.spec import PortForward
 from vmworker.guestinit.protocol import GuestEvent, OutputLine
 from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
-from vmworker.runtime import (
-    BootFailed,
-    HyperVMRuntime,
-    InstanceSpec,
-    RuntimeFailure,
-    RuntimeSettings,
-)
+from vmworker.runtime import BootFailed, HyperVMRuntime, InstanceSpec, RuntimeSettings
+from vmworker.runtime_types import RuntimeFailure
 
 DEFAULT_STATE_DIR = Path(os.environ.get("HYPERVM_STATE_DIR", "/var/lib/hypervm"))
 EXIT_CLI_ERROR = 125  # like docker: the CLI itself failed, not the app

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vmworker.runtime import RuntimeFailure
+from vmworker.runtime_types import RuntimeFailure
 
 PROBE_KINDS = frozenset({"http", "https", "tcp", "command"})
 # Marathon's timeoutSeconds is capped by the API's policy; a probe never waits longer than this.

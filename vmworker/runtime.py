@@ -47,13 +47,15 @@ Contract (what the deploy pipeline and the operator CLI rely on):
   the exec agent holds the port for shells, both go through its relay socket instead
   (vmworker.control_relay), so neither waits for a shell to end.
 
-No Django here: plain dataclasses in and out.
+No Django here: plain dataclasses in and out. Split by concern: the settings, spec, results and
+errors are vmworker.runtime_types; what status() knows from an instance's files is
+vmworker.guest_status; the app's argv and environment are vmworker.launch; the warm pool's
+claim is vmworker.warm_pool.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
@@ -65,7 +67,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from vmworker.control_relay import relay_socket_path
@@ -75,6 +77,12 @@ from vmworker.driver.guest import STOPPED_STATES, Guest, GuestState, GuestStats
 from vmworker.driver.kernel import pvh_kernel_for
 from vmworker.driver.probe import find_guest_kernel, probe_virt_type
 from vmworker.driver.spec import ChannelSpec, DiskSpec, DomainSpec, InterfaceSpec, PortForward
+from vmworker.guest_status import (
+    LogProgress,
+    instance_status_from,
+    is_end_record,
+    progress_from,
+)
 from vmworker.guestinit.config import (
     CONFIG_DISK_SERIAL,
     GuestConfig,
@@ -88,26 +96,39 @@ from vmworker.guestinit.protocol import (
     CONTROL_PORT_NAME,
     KERNEL_CMDLINE,
     LOG_PORT_NAME,
-    RECORD_MAX_BYTES,
     STOP_COMMAND,
     ExecRequestInvalid,
     ExecResult,
     GuestEvent,
     GuestLogParser,
     GuestRecord,
-    MalformedRecord,
     exec_request,
-    guest_events,
     parse_exec_result,
     safe_text,
 )
-from vmworker.images.credentials import RegistryCredentials
 from vmworker.images.errors import ImageError
-from vmworker.images.manifest import ImageConfig
 from vmworker.images.store import ImageStore, PreparedImage
-from vmworker.log_files import FileStart, LogPosition, first_position, log_files, log_read
+from vmworker.launch import merge_env, resolve_argv
+from vmworker.log_files import LogPosition, first_position, log_files, log_read
 from vmworker.network.tenant import NetworkAttachment, TenantNetwork, instance_mac
 from vmworker.private_files import write_private
+from vmworker.runtime_types import (
+    BootFailed,
+    BootResult,
+    ExecCheckFailed,
+    HostPortBusy,
+    InstanceNotFound,
+    InstanceSpec,
+    InstanceStatus,
+    InvalidSpec,
+    NothingToRun,
+    RuntimeSettings,
+    StopRequest,
+    VolumeAttachment,
+    VolumeBusy,
+    busy_host_ports,
+    host_port_busy,
+)
 from vmworker.storage.pool import MIB, StoragePool, StorageVolume, VolumeFormatError, is_formatted, volume_format
 
 logger = logging.getLogger("vmworker.runtime")
@@ -122,9 +143,7 @@ GUEST_LOG = "guest.log"
 CONSOLE_LOG = "console.log"
 ENDED_FILE = "ended.json"
 CONSOLE_TAIL_BYTES = 4096
-GiB = 1024**3
 STATUS_CACHE_INSTANCES = 4096
-MAX_STATUS_ERRORS = 20
 LOG_READ_CHUNK_BYTES = 1024 * 1024
 LOG_TAIL_CHECK_BYTES = 64
 MALFORMED_LOG_EVERY_S = 60.0
@@ -140,267 +159,6 @@ STOP_CHANNEL_TIMEOUT_S = 5.0  # connect + send of "stop": what a stop request ma
 # Folders QEMU traverses to files libvirt labels for it: its group may pass, nobody else.
 QEMU_TRAVERSED_DIR_MODE = 0o710
 QEMU_READ_FILE_MODE = 0o640
-
-
-class RuntimeFailure(Exception):
-    """Base of what the runtime raises; the message is one line a user understands."""
-
-
-class InvalidSpec(RuntimeFailure):
-    pass
-
-
-class NothingToRun(InvalidSpec):
-    """The image has no Entrypoint and no Cmd, and none was given."""
-
-
-class BootFailed(RuntimeFailure):
-    def __init__(self, message: str, *, console_tail: str = "", exit_code: int | None = None):
-        super().__init__(message)
-        self.console_tail = console_tail
-        self.exit_code = exit_code
-
-
-class InstanceNotFound(RuntimeFailure):
-    pass
-
-
-class HostPortBusy(RuntimeFailure):
-    """A published host port is held by a program the runtime does not know about."""
-
-    def __init__(self, message: str, *, ports: tuple[PortForward, ...]):
-        super().__init__(message)
-        self.ports = ports
-
-
-def busy_host_ports(ports: tuple[PortForward, ...] | list[PortForward]) -> tuple[PortForward, ...]:
-    """The forwards whose host address and port something already listens on (QEMU's user
-    network binds them only when the VM starts, and then fails the whole start)."""
-    busy = []
-    for port in ports:
-        family = socket.AF_INET6 if ":" in port.host_ip else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
-            try:
-                probe.bind((port.host_ip, port.host_port))
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                busy.append(port)
-    return tuple(busy)
-
-
-def _host_port_busy(ports) -> HostPortBusy:
-    listed = ", ".join(f"{port.host_ip}:{port.host_port}" for port in ports)
-    return HostPortBusy(f"host port {listed} is in use by a program outside the platform", ports=tuple(ports))
-
-
-class VolumeBusy(RuntimeFailure):
-    """A volume is still attached to another VM of this host (an ended instance's VM that its
-    host has not destroyed yet, e.g. one marked lost while its host was cut off): two VMs never
-    mount one volume. Transient: that VM goes (the reconcile removes it as an orphan), so the
-    boot is tried again before it fails."""
-
-    transient = True
-
-
-class ExecCheckFailed(RuntimeFailure):
-    """A command could not run to its end in the guest; the message says why."""
-
-
-@dataclass(frozen=True)
-class RuntimeSettings:
-    state_dir: Path
-    libvirt_uri: str = "qemu:///system"
-    kernel: Path | None = None  # default: the newest /boot/vmlinuz-*-cloud-amd64
-    modules_root: Path = Path("/lib/modules")
-    virt_type: str | None = None  # "kvm" | "qemu" forces it; None: boot probe (cached)
-    publish_host_ip: str = "127.0.0.1"
-    image_cache_bytes: int = 20 * GiB
-    max_image_bytes: int = 4 * GiB
-    max_unpacked_bytes: int = 4 * GiB  # per image, enforced while unpacking (images/unpack.py)
-    boot_timeout_s: float = 90.0
-    overlay_size_mib: int = 256  # the writable layer of an instance whose spec names none
-    stop_grace_s: int = 10
-    min_memory_mib: int = 96  # the Debian cloud kernel does not start in 64 MiB
-    qemu_user: str = "libvirt-qemu"
-    # Unix socket paths are limited to 107 bytes, which a state dir of any length can
-    # exceed: control sockets live under this short root instead (see control_socket()).
-    socket_root: Path = Path("/run/hypervm")
-    # Fast start (vmworker.warm_pool): claim a paused blank VM of the boot's shape when there
-    # is one. The pool's target sizes are the host worker's (HYPERVM_WARM_POOL).
-    warm_pool: bool = False
-
-
-@dataclass(frozen=True)
-class VolumeAttachment:
-    """A persistent volume of the instance: made in ``pool_name`` at its first boot (ext4, once),
-    found again at every later one, attached writable and mounted at MESOS_SANDBOX/``container_path``."""
-
-    volume_id: str
-    pool_name: str
-    volume_name: str
-    size_mib: int
-    container_path: str
-
-
-@dataclass(frozen=True)
-class InstanceSpec:
-    image: str
-    instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    name: str = ""
-    credentials: RegistryCredentials | None = None
-    tls_verify: bool = True
-    entrypoint: tuple[str, ...] | None = None  # replaces the image's Entrypoint (and drops its Cmd)
-    command: tuple[str, ...] | None = None  # replaces the image's Cmd
-    shell_command: str | None = None  # Marathon's cmd: run by /bin/sh -c, instead of both
-    env: dict[str, str] = field(default_factory=dict)
-    working_dir: str | None = None
-    user: str | None = None
-    vcpus: int = 1
-    memory_mib: int = 128
-    cpu_quota_pct: int | None = None
-    ports: tuple[PortForward, ...] = ()
-    metadata: dict[str, str] = field(default_factory=dict)
-    hostname: str | None = None
-    stop_grace_s: int | None = None
-    network: NetworkAttachment | None = None  # a NIC on a tenant network (vmworker.network)
-    # The writable layer (a tmpfs of this size in the guest, over the read-only image): the
-    # number the portal claims of the tenant's disk quota. None: the host's default.
-    overlay_size_mib: int | None = None
-    # What is left of the tenant's disk quota: the pull's unpack limit when smaller than the
-    # platform's, except for the images the tenant holds already (charged once, see ImageStore).
-    disk_quota_left_bytes: int | None = None
-    disk_quota_held_digests: frozenset[str] = frozenset()
-    volumes: tuple[VolumeAttachment, ...] = ()
-
-
-@dataclass(frozen=True)
-class BootResult:
-    instance_id: str
-    name: str
-    domain_name: str
-    image_digest: str
-    virt_type: str
-    timings_s: dict[str, float]
-    ports: tuple[PortForward, ...]
-    reused: bool  # the instance existed already (a re-delivered boot)
-    start: str = "cold"  # "warm": claimed a pooled blank VM (vmworker.warm_pool)
-
-
-@dataclass(frozen=True)
-class StopRequest:
-    """A stop asked of an instance: when, and when the host destroys its VM (wall clock, s)."""
-
-    requested_at: float
-    deadline: float
-
-
-@dataclass(frozen=True)
-class InstanceStatus:
-    instance_id: str
-    name: str
-    image: str
-    state: str  # "booting" | "running" | "exited" | "lost" (domain gone without an exit record)
-    exit_code: int | None
-    oom: bool
-    errors: tuple[str, ...]
-    ports: tuple[PortForward, ...]
-    created_at: float
-
-
-def resolve_argv(
-    config: ImageConfig,
-    *,
-    entrypoint: tuple[str, ...] | None,
-    command: tuple[str, ...] | None,
-    shell_command: str | None,
-) -> tuple[str, ...]:
-    """Docker's rules: an Entrypoint override drops the image's Cmd; a Cmd override keeps the
-    Entrypoint. Marathon's ``cmd`` is a shell command line and replaces both."""
-    if shell_command is not None:
-        return ("/bin/sh", "-c", shell_command)
-    chosen_entrypoint = entrypoint if entrypoint is not None else config.entrypoint
-    if command is not None:
-        chosen_cmd = command
-    else:
-        chosen_cmd = () if entrypoint is not None else config.cmd
-    argv = tuple(chosen_entrypoint) + tuple(chosen_cmd)
-    if not argv:
-        raise NothingToRun("the image has no Entrypoint or Cmd and no command was given")
-    return argv
-
-
-@dataclass
-class _LogProgress:
-    """What status() has read of one guest log so far: up to ``offset`` (a line boundary)."""
-
-    offset: int = 0
-    inode: int = 0  # the file read, and its last bytes before offset: an instance made
-    tail: bytes = b""  # again has a new log, whatever inode the filesystem gives it
-    started: bool = False
-    exit_code: int | None = None
-    oom: bool = False
-    errors: tuple[str, ...] = ()
-    partial: bytes = b""  # the start of a line not whole yet (at most RECORD_MAX_BYTES)
-    discarding: bool = False  # inside a line longer than a record may be: skip to its end
-    malformed: int = 0  # records that were not well-formed (ignored), and how many were logged
-    malformed_logged: int = 0
-    malformed_logged_at: float = float("-inf")
-
-    def read(self, data: bytes) -> None:
-        """Takes the next bytes of the log: the events of the lines they complete."""
-        buffer = self.partial + data
-        complete = buffer.rfind(b"\n") + 1
-        lines, self.partial = buffer[:complete], buffer[complete:]
-        if self.discarding and complete:  # the rest of an overlong line is no record
-            lines = lines[lines.find(b"\n") + 1 :]
-            self.discarding = False
-        elif self.discarding:
-            self.partial = b""
-        if len(self.partial) > RECORD_MAX_BYTES:  # no record is this long: drop it to its end
-            self.partial, self.discarding = b"", True
-            self.malformed += 1
-        self.apply(guest_events(lines))
-
-    def apply(self, events: Iterator[GuestEvent | MalformedRecord]) -> None:
-        for event in events:
-            if isinstance(event, MalformedRecord):
-                self.malformed += 1
-            elif event.name == "exit":
-                self.exit_code = event.code
-            elif event.name == "oom":
-                self.oom = event.code == 1
-            elif event.name == "started":
-                self.started = True
-            elif event.name == "error":
-                self.errors = (*self.errors, event.value)[-MAX_STATUS_ERRORS:]
-
-
-def _progress_from(first: tuple[LogPosition, FileStart] | None) -> _LogProgress:
-    """Reading from the start of the oldest kept file, with what the files before it said."""
-    if first is None:
-        return _LogProgress()
-    position, start = first
-    return _LogProgress(
-        offset=0,
-        inode=position.inode,
-        started=start.started,
-        exit_code=start.exit_code,
-        oom=start.oom,
-        errors=start.errors[-MAX_STATUS_ERRORS:],
-        partial=bytes.fromhex(start.carry),
-        discarding=any(stream == "discard" for stream, _, _ in start.fragments),
-    )
-
-
-def merge_env(image_env: tuple[str, ...], overrides: dict[str, str]) -> tuple[str, ...]:
-    merged: dict[str, str] = {}
-    for item in image_env:
-        key, _, value = item.partition("=")
-        merged[key] = value
-    merged.update(overrides)
-    return tuple(f"{key}={value}" for key, value in merged.items())
 
 
 def _atomic_write_json(path: Path, data: dict) -> None:
@@ -434,7 +192,7 @@ class HyperVMRuntime:
         self._virt_type: str | None = settings.virt_type
         self._kernel: Path | None = None
         self._initramfs: Path | None = None
-        self._log_progress: OrderedDict[str, _LogProgress] = OrderedDict()
+        self._log_progress: OrderedDict[str, LogProgress] = OrderedDict()
         self.log_bytes_read = 0  # for tests and benchmarks: what status() has read in total
 
     # --- host-wide resources ------------------------------------------------------------
@@ -694,13 +452,13 @@ class HyperVMRuntime:
         notify("booting")
         busy = busy_host_ports(spec.ports)
         if busy:
-            raise _host_port_busy(busy)
+            raise host_port_busy(busy)
         started = self._clock()
         try:
             self._define_and_start(domain, spec.network)
         except DriverError as exc:
             if spec.ports and "host forwarding" in str(exc):  # taken between the check and QEMU's bind
-                raise _host_port_busy(busy_host_ports(spec.ports) or spec.ports) from exc
+                raise host_port_busy(busy_host_ports(spec.ports) or spec.ports) from exc
             raise
         timings["define"] = round(self._clock() - started, 4)
         self._wait_for_start(instance_id, directory, started, timings)
@@ -1179,7 +937,7 @@ class HyperVMRuntime:
             if status.state == "exited" and self._guest_state(instance_id) in STOPPED_STATES:
                 return self._record_end(instance_id)  # final: the log will not grow again
             return status
-        return _instance_status(
+        return instance_status_from(
             info, state=ended["state"], exit_code=ended["exit_code"], oom=ended["oom"], errors=tuple(ended["errors"])
         )
 
@@ -1193,7 +951,7 @@ class HyperVMRuntime:
             return None
         except (OSError, ValueError):
             ended = None
-        if not _is_end_record(ended):
+        if not is_end_record(ended):
             logger.warning("runtime.end_record_invalid", extra={"instance_id": instance_id})
             return None
         return ended if ended["log_inode"] == _inode(directory / GUEST_LOG) else None
@@ -1207,11 +965,11 @@ class HyperVMRuntime:
             state = "lost"
         else:
             state = "running" if progress.started else "booting"
-        return _instance_status(
+        return instance_status_from(
             info, state=state, exit_code=progress.exit_code, oom=progress.oom, errors=progress.errors
         )
 
-    def _read_log_progress(self, instance_id: str) -> _LogProgress:
+    def _read_log_progress(self, instance_id: str) -> LogProgress:
         """The events of the guest log, reading only what was appended since the last call,
         across virtlogd's rotation (vmworker.log_files): the file being read is followed by its
         inode to its end, then the newer ones."""
@@ -1219,13 +977,13 @@ class HyperVMRuntime:
         progress = self._log_progress.pop(instance_id, None)
         if progress is not None and not self._same_tail(path, progress):
             progress = None  # the instance made again: a new log, whatever inode it got
-        progress = progress or _progress_from(first_position(path))
+        progress = progress or progress_from(first_position(path))
         for _ in range(LOG_READ_MAX_TURNS):  # bounded: status() reads at most this many chunks
             if progress.inode == 0:
                 break  # no log yet
             data, position = log_read(path, LogPosition(progress.inode, progress.offset), LOG_READ_CHUNK_BYTES)
             if position is None:  # its file rotated out before it was read: start over
-                progress = _progress_from(first_position(path))
+                progress = progress_from(first_position(path))
                 continue
             if not data:
                 if position.inode == progress.inode:
@@ -1242,7 +1000,7 @@ class HyperVMRuntime:
             self._log_progress.popitem(last=False)
         return progress
 
-    def _log_malformed(self, instance_id: str, progress: _LogProgress) -> None:
+    def _log_malformed(self, instance_id: str, progress: LogProgress) -> None:
         """Says that a guest wrote records that are not well-formed: at most once a
         MALFORMED_LOG_EVERY_S per instance, however many it writes."""
         now = self._clock()
@@ -1256,7 +1014,7 @@ class HyperVMRuntime:
             )
             progress.malformed_logged, progress.malformed_logged_at = progress.malformed, now
 
-    def _same_tail(self, path: Path, progress: _LogProgress) -> bool:
+    def _same_tail(self, path: Path, progress: LogProgress) -> bool:
         """Whether the bytes before the offset are still those read (checked while the file
         read is the current one; a rotated file is final)."""
         try:
@@ -1376,37 +1134,6 @@ class HyperVMRuntime:
                 return safe_text(console.read(max_bytes), keep_newlines=True)
         except FileNotFoundError:
             return ""
-
-
-def _instance_status(info: dict, *, state: str, exit_code: int | None, oom: bool, errors: tuple) -> InstanceStatus:
-    return InstanceStatus(
-        instance_id=info["instance_id"],
-        name=info["name"],
-        image=info["image"],
-        state=state,
-        exit_code=exit_code,
-        oom=oom,
-        errors=errors,
-        ports=tuple(PortForward(**port) for port in info["ports"]),
-        created_at=info["created_at"],
-    )
-
-
-def _is_end_record(ended) -> bool:
-    """What status() believes of an ended.json: the types and ranges _record_end writes."""
-    return (
-        isinstance(ended, dict)
-        and ended.get("state") in ("exited", "lost", "running", "booting")
-        and (ended.get("exit_code") is None or _is_exit_code(ended.get("exit_code")))
-        and isinstance(ended.get("oom"), bool)
-        and isinstance(ended.get("errors"), list)
-        and all(isinstance(error, str) for error in ended["errors"])
-        and (ended.get("log_inode") is None or type(ended.get("log_inode")) is int)
-    )
-
-
-def _is_exit_code(value) -> bool:
-    return type(value) is int and 0 <= value <= 255
 
 
 def _inode(path: Path) -> int | None:

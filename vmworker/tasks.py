@@ -40,14 +40,8 @@ from vmworker.failures import MAX_RETRIES, failure_is_transient, retry_countdown
 from vmworker.health_probes import HealthProbe, run_probe
 from vmworker.images.errors import ImageError
 from vmworker.registry_address import AddressRefused, check_image_registry
-from vmworker.runtime import (
-    HostPortBusy,
-    HyperVMRuntime,
-    InstanceNotFound,
-    InvalidSpec,
-    RuntimeFailure,
-    RuntimeSettings,
-)
+from vmworker.runtime import HostPortBusy, HyperVMRuntime, InstanceNotFound, InvalidSpec, RuntimeSettings
+from vmworker.runtime_types import RuntimeFailure
 from vmworker.spec_message import spec_from_message
 from vmworker.usage import UsageSample, UsageSampler
 
