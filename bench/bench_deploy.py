@@ -41,6 +41,7 @@ django.setup()
 
 from django.db import close_old_connections  # noqa: E402
 
+from bench.qemu_proc import qemu_cpu_s, qemu_rss_mib  # noqa: E402
 from bench.stack import bench_stack  # noqa: E402
 from portal.choices import INSTANCE_ACTIVE, InstanceStatus  # noqa: E402
 from portal.marathon import parse_app_definition  # noqa: E402
@@ -70,13 +71,6 @@ def wait_page(port: int, started: float) -> float:
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"nothing answered on {port}")
-
-
-def qemu_cpu_s(domain_name: str) -> float:
-    """CPU seconds (user + system) the domain's QEMU process has used since it started."""
-    pid = Path(f"/run/libvirt/qemu/{domain_name}.pid").read_text().strip()
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def app_json(image: str, app_id: str) -> dict:
@@ -118,14 +112,6 @@ def delete_all(access) -> None:
     while App.objects.filter(tenant=access.tenant).exists() and time.monotonic() < deadline:
         close_old_connections()
         time.sleep(0.5)
-
-
-def qemu_rss_mib(domain_name: str) -> float:
-    pid = Path(f"/run/libvirt/qemu/{domain_name}.pid").read_text().strip()
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def runtime_boot_until_page(runtime: HyperVMRuntime, spec: InstanceSpec, port: int) -> tuple[float, float, object]:

@@ -90,6 +90,19 @@ def channel_layer():
     return RedisChannelLayer(hosts=[{"address": channels_url(), "socket_timeout": CHANNELS_SOCKET_TIMEOUT_S}])
 
 
+def host_key() -> bytes | None:
+    """This host's report key (vmworker.report_signing), hex in the 0600 file
+    ``HYPERVM_HOST_KEY_FILE`` (``manage.py host_key`` writes it); None without one: the host's
+    reports go unsigned, and a portal that requires signatures drops them."""
+    path = os.environ.get("HYPERVM_HOST_KEY_FILE")
+    if not path:
+        return None
+    try:
+        return bytes.fromhex(_private_file(Path(path)))
+    except ValueError as exc:
+        raise HostConfigError(f"{path} does not hold a hex key") from exc
+
+
 def portal_queue() -> str:
     """Where this host's reports go: the portal's queue."""
     return env("CELERY_QUEUE", DEFAULT_PORTAL_QUEUE)

@@ -32,7 +32,7 @@ from pathlib import Path
 from celery import current_app, shared_task
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
-from vmworker import host_config, storage, warm_pool
+from vmworker import host_config, report_signing, storage, warm_pool
 from vmworker.console_agent import ConsoleAgent
 from vmworker.driver.errors import DriverError
 from vmworker.exec_agent import ExecAgent
@@ -134,9 +134,7 @@ def host_report(name: str, *, register: bool = False) -> dict:
 
 
 def send_host_report(name: str, *, register: bool = False) -> None:
-    current_app.send_task(
-        HOST_REPORT_TASK, args=[host_report(name, register=register)], expires=host_config.heartbeat_expiry_s()
-    )
+    send_to_portal(HOST_REPORT_TASK, [host_report(name, register=register)], expires=host_config.heartbeat_expiry_s())
 
 
 def _register(name: str) -> None:
@@ -227,7 +225,7 @@ def _start_usage_sampler(name: str) -> None:
 
     def publish(samples: list[UsageSample]) -> None:
         samples_sent = [sample.as_message() for sample in samples]
-        current_app.send_task(USAGE_REPORT_TASK, args=[name, samples_sent], expires=USAGE_REPORT_EXPIRES_S)
+        send_to_portal(USAGE_REPORT_TASK, [name, samples_sent], expires=USAGE_REPORT_EXPIRES_S)
 
     sampler = UsageSampler(
         read_stats=runtime().guest_usage, publish=publish, interval_s=host_config.usage_sample_interval_s()
@@ -277,9 +275,19 @@ USAGE_REPORT_TASK = "portal.usage_report"
 USAGE_REPORT_EXPIRES_S = 30  # a late batch is worth less than none: the next one comes
 
 
+def send_to_portal(task: str, args: list, kwargs: dict | None = None, **options) -> None:
+    """A message to the portal's queue, signed with this host's key (vmworker.report_signing):
+    the portal takes a report only from the host it speaks for."""
+    kwargs = dict(kwargs or {})
+    key = host_config.host_key()
+    if key is not None:
+        kwargs[report_signing.SIGNATURE_KWARG] = report_signing.sign(key, task, args, kwargs)
+    current_app.send_task(task, args=args, kwargs=kwargs, **options)
+
+
 def send_report(report: dict) -> None:
     """To the portal's queue (the Celery app's default one): the portal writes, never the host."""
-    current_app.send_task(INSTANCE_REPORT_TASK, args=[report])
+    send_to_portal(INSTANCE_REPORT_TASK, [report])
 
 
 def report_instance(instance_id, state: str | None, **fields) -> None:
@@ -411,10 +419,8 @@ def destroy_volume(self, volume_id: str, pool_name: str, volume_name: str) -> No
 
 
 def send_volume_report(volume_id: str, *, used_bytes: int | None = None, destroyed: bool = False) -> None:
-    current_app.send_task(
-        VOLUME_REPORT_TASK,
-        args=[host_name() or "", str(volume_id)],
-        kwargs={"used_bytes": used_bytes, "destroyed": destroyed},
+    send_to_portal(
+        VOLUME_REPORT_TASK, [host_name() or "", str(volume_id)], {"used_bytes": used_bytes, "destroyed": destroyed}
     )
 
 

@@ -52,6 +52,10 @@ VIRT_TYPES = ("kvm", "qemu")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
 
 
+def host_name_valid(name: str) -> bool:
+    return bool(_SAFE_NAME.match(name))
+
+
 class HostReportRefused(ValueError):
     pass
 

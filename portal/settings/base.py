@@ -131,6 +131,14 @@ STATIC_ROOT = STATE_DIR / "staticfiles"
 FERNET_KEYS_FILE = Path(os.environ.get("PORTAL_FERNET_KEYS_FILE", STATE_DIR / "secrets" / "fernet.keys"))
 FERNET_KEYS = [k for k in os.environ.get("PORTAL_FERNET_KEYS", "").split(",") if k]
 
+# What compute hosts send is signed with a key per host derived from this master key
+# (vmworker.report_signing, portal.services.host_keys; ``manage.py host_key NAME --file F`` gives a
+# host its own). PORTAL_HOST_REPORTS_SIGNED=0 takes unsigned reports (a migration window only).
+HOST_REPORT_KEY_FILE = Path(
+    os.environ.get("PORTAL_HOST_REPORT_KEY_FILE", STATE_DIR / "secrets" / "host-report-master-key")
+)
+HOST_REPORTS_SIGNED = os.environ.get("PORTAL_HOST_REPORTS_SIGNED", "1") != "0"
+
 # The embedded local registry every tenant may pull from, read-only (tenants.embedded_registry).
 # The run command sets these; the password only ever comes from the 0600 file.
 EMBEDDED_REGISTRY_URL = os.environ.get("PORTAL_EMBEDDED_REGISTRY_URL", "")

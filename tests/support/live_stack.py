@@ -84,11 +84,21 @@ def start_celery_worker(
 
 def host_side_env(env: dict) -> dict[str, str]:
     """A compute host's environment: no Django settings module (the host's own Celery app reads
-    only its environment, vmworker.host_config), the stack's broker named outright."""
+    only its environment, vmworker.host_config), the stack's broker named outright, and the host's
+    own report key in a 0600 file, as ``manage.py host_key`` provisions it."""
+    import tempfile
+
     from django.conf import settings
 
+    from portal.services.host_keys import host_key_file_write
+
     host_env = {name: value for name, value in env.items() if name != "DJANGO_SETTINGS_MODULE"}
-    return host_env | {"HYPERVM_BROKER_URL": settings.CELERY_BROKER_URL}
+    host_env["HYPERVM_BROKER_URL"] = settings.CELERY_BROKER_URL
+    if env.get("HYPERVM_HOST_NAME"):
+        key_file = Path(tempfile.mkdtemp(prefix="hypervm-host-key-")) / "host-report.key"
+        host_key_file_write(env["HYPERVM_HOST_NAME"], key_file)
+        host_env["HYPERVM_HOST_KEY_FILE"] = str(key_file)
+    return host_env
 
 
 def start_host_worker(*, name: str, env: dict, log) -> subprocess.Popen:

@@ -31,7 +31,11 @@ class MessageLoop:
 def message_loop(monkeypatch) -> MessageLoop:
     import portal.tasks  # noqa: F401 (registers the portal's tasks)
     import vmworker.tasks  # noqa: F401 (registers the host's tasks)
+    from portal.services.host_keys import host_key
+    from vmworker import host_config, tasks
 
     loop = MessageLoop()
     monkeypatch.setattr(current_app._get_current_object(), "send_task", loop.send_task)
+    # The host signs with its own key, as a provisioned host does (portal.services.host_keys).
+    monkeypatch.setattr(host_config, "host_key", lambda: host_key(tasks.host_name() or ""))
     return loop

@@ -167,6 +167,8 @@ def test_a_report_that_meets_the_database_gone_is_applied_once_it_is_back(monkey
     from django.db import InterfaceError, OperationalError
 
     from portal import tasks
+    from portal.services.host_keys import host_key
+    from vmworker.report_signing import sign
 
     applied = []
     failures = [OperationalError("server closed the connection"), InterfaceError("connection already closed")]
@@ -178,6 +180,8 @@ def test_a_report_that_meets_the_database_gone_is_applied_once_it_is_back(monkey
 
     monkeypatch.setattr("portal.services.host_reports.instance_report_apply", apply)
     monkeypatch.setattr(tasks.instance_report, "retry_backoff", 0)  # eager retries, no wait
-    result = tasks.instance_report.apply(args=[{"instance_id": "x"}])
+    report = {"instance_id": "x", "host": "sync-host"}
+    signature = sign(host_key("sync-host"), "portal.instance_report", [report], {})
+    result = tasks.instance_report.apply(args=[report], kwargs={"signature": signature})
     assert result.successful(), result.traceback
-    assert applied == [{"instance_id": "x"}]
+    assert applied == [report]

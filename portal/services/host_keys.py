@@ -1,0 +1,51 @@
+"""Host report keys (vmworker.report_signing): the portal's master key, each host's key derived
+from it, and the check every host-to-portal task makes before it reads a report. A report that
+is unsigned, signed with another host's key or changed on the way is dropped (logged, never
+applied): a host speaks only for itself, and only a provisioned host registers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from functools import cache
+from pathlib import Path
+
+from django.conf import settings
+
+from portal.secrets import read_or_create_secret
+from vmworker.report_signing import derive_host_key, verify
+
+logger = logging.getLogger(__name__)
+
+
+@cache
+def _master_key(path: str) -> bytes:
+    return read_or_create_secret(Path(path), make=lambda: secrets.token_hex(32)).encode()
+
+
+def host_key(host_name: str) -> bytes:
+    return derive_host_key(_master_key(str(settings.HOST_REPORT_KEY_FILE)), host_name)
+
+
+def host_key_file_write(host_name: str, path: Path) -> None:
+    """The host's key, hex, in a file only its owner reads (the host's HYPERVM_HOST_KEY_FILE)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(host_key(host_name).hex() + "\n")
+    os.replace(tmp, path)
+
+
+def report_from_host(*, task: str, host_name, args: list, kwargs: dict, signature) -> bool:
+    """True when ``host_name``'s key signed exactly this task (or signatures are not required)."""
+    if not settings.HOST_REPORTS_SIGNED:
+        return True
+    if isinstance(host_name, str) and host_name and verify(host_key(host_name), task, args, kwargs, signature):
+        return True
+    logger.warning(
+        "host_report.signature_refused",
+        extra={"task": task, "host": str(host_name)[:128], "signed": bool(signature)},
+    )
+    return False
