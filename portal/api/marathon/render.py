@@ -79,12 +79,15 @@ class TenantRenderer:
         self.start_kind = start_kind
         self._definitions: dict[int, AppDefinition] = {}
         self._running_deployments: dict[int, list[Deployment]] | None = None
+        self._counts: dict[int, dict] = {}  # instance counts by app pk, read for a whole list at once
 
     # ---- apps ---------------------------------------------------------------------------------
 
     def app(self, app: App, embeds: AppEmbeds = SINGLE_APP_EMBEDS, instances: list[Instance] | None = None) -> dict:
         definition = self.definition(app, app.current_version)
-        counts = selectors.app_counts(app)
+        counts = self._counts.get(app.pk)
+        if counts is None:
+            counts = selectors.app_counts(app, definition)
         body = definition.to_marathon_json()
         body.update(
             version=app.current_version.version,
@@ -110,6 +113,8 @@ class TenantRenderer:
 
     def apps(self, apps: list[App], embeds: AppEmbeds) -> list[dict]:
         instances_by_app: dict[int, list[Instance]] = defaultdict(list)
+        definitions = {app.pk: self.definition(app, app.current_version) for app in apps}
+        self._counts.update(selectors.app_counts_many(apps, definitions))
         if embeds.tasks:
             for instance in selectors.instance_list(tenant=self.tenant):
                 instances_by_app[instance.app_id].append(instance)
