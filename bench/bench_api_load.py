@@ -5,18 +5,14 @@ web server (daphne, production settings, over loopback only) and one portal work
 booted (the deploys are zero-instance apps, then deleted). Locust (bench/locust_api.py) drives
 it headless, bounded in time and users:
 
-For each web server size of --web-workers (portal.serve: daphne processes sharing the socket;
-default "1,2", the first is the baseline of the others):
-
 0. warm-up: one client for 5 s, not counted;
 1. baseline: one client alone for --seconds;
 2. load: --tenants x --users-per-tenant clients at once for --seconds.
 
 Prints per request kind the count, failures, p50 and p99 (ms) of both runs and the load/baseline
-ratio, then the reads' p99 under load per web server size and its ratio to the first size; the
-target is reads p99 <= 100 ms under load on this machine.
+ratio; the target is reads p99 <= 100 ms under load on this machine.
 
-    python -m bench.bench_api_load [--tenants 5] [--users-per-tenant 2] [--seconds 30] [--web-workers 1,2]
+    python -m bench.bench_api_load [--tenants 5] [--users-per-tenant 2] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -67,13 +63,9 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=5)
     parser.add_argument("--users-per-tenant", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=30)
-    parser.add_argument("--web-workers", default="1,2")
     args = parser.parse_args()
     if not (1 <= args.tenants <= 50 and 1 <= args.users_per_tenant <= 10 and 5 <= args.seconds <= 300):
         parser.error("bounded: 1-50 tenants, 1-10 users each, 5-300 s")
-    sizes = [int(size) for size in args.web_workers.split(",") if size.strip()]
-    if not sizes or not all(1 <= size <= 8 for size in sizes):
-        parser.error("--web-workers: 1-8 processes each, comma-separated")
 
     env = {
         "DJANGO_SETTINGS_MODULE": "portal.settings.prod",
@@ -83,9 +75,9 @@ def main() -> None:
     }
     with bench_stack("load", "Load", env) as stack:
         stack.start_worker(concurrency=2)
+        url = stack.start_web()
         owners, tenants = [], []
         lines = []
-        results = []
         try:
             for index in range(args.tenants):
                 owner = get_user_model().objects.create(username=f"{stack.name}-t{index}")
@@ -104,51 +96,26 @@ def main() -> None:
                 "HYPERVM_LOAD_TOKENS_FILE": str(tokens_file),
                 "HYPERVM_LOAD_IMAGE": stack.image,
             }
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/login/", timeout=2).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
             users = args.tenants * args.users_per_tenant
-            for size in sizes:
-                url = stack.start_web(workers=size)
-                wait_up(url)
-                print(
-                    f"portal {url} ({size} web processes); {args.tenants} tenants; baseline 1 client, "
-                    f"load {users} clients; {args.seconds} s each"
-                )
-                scratch = stack.scratch / f"web{size}"
-                scratch.mkdir()
-                run_locust(url, locust_env, 1, 5, scratch / "warmup")  # first requests, caches: not counted
-                baseline = run_locust(url, locust_env, 1, args.seconds, scratch / "baseline")
-                load = run_locust(url, locust_env, users, args.seconds, scratch / "load")
-                stack.stop_web()
-                results.append((size, baseline, load))
+            print(
+                f"portal {url}; {args.tenants} tenants; baseline 1 client, load {users} clients; {args.seconds} s each"
+            )
+            run_locust(url, locust_env, 1, 5, stack.scratch / "warmup")  # first requests, caches: not counted
+            baseline = run_locust(url, locust_env, 1, args.seconds, stack.scratch / "baseline")
+            load = run_locust(url, locust_env, users, args.seconds, stack.scratch / "load")
         finally:
             Tenant.objects.filter(pk__in=[t.pk for t in tenants]).delete()
             get_user_model().objects.filter(pk__in=[o.pk for o in owners]).delete()
 
-    worst = {}
-    for size, baseline, load in results:
-        print_table(size, baseline, load)
-        worst[size] = max(figures(row)[3] for name, row in load.items() if name.startswith("read "))
-    first = sizes[0]
-    for size, p99 in worst.items():
-        print(
-            f"reads p99 under load (worst read kind), {size} web processes: {p99:.0f} ms "
-            f"(x{p99 / worst[first]:.2f} of {first}; target <= 100 ms)"
-        )
-
-
-def wait_up(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/login/", timeout=2).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def print_table(size: int, baseline: dict, load: dict) -> None:
-    print(f"--- {size} web processes")
     header = f"{'request':46} {'base n':>7} {'p50':>6} {'p99':>6} | {'load n':>7} {'fail':>5} {'p50':>6} {'p99':>6}"
     print(f"{header} {'p99 x':>6}")
     for name in sorted(load):
@@ -161,6 +128,8 @@ def print_table(size: int, baseline: dict, load: dict) -> None:
             f"{name:46} {b_count:7d} {b_p50:6.0f} {b_p99:6.0f} | {l_count:7d} {l_fail:5d} {l_p50:6.0f} {l_p99:6.0f} "
             f"{ratio:6.2f}"
         )
+    reads_p99 = max(figures(row)[3] for name, row in load.items() if name.startswith("read "))
+    print(f"reads p99 under load (worst read kind): {reads_p99:.0f} ms (target <= 100 ms)")
 
 
 if __name__ == "__main__":

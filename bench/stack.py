@@ -63,7 +63,6 @@ class BenchStack:
     processes: list[subprocess.Popen] = field(default_factory=list)
     others_up: list[int] = field(default_factory=list)  # other hosts marked down, put back up at the end
     worker: subprocess.Popen | None = None  # the compute-host worker (start_worker)
-    web: subprocess.Popen | None = None  # the web server (start_web)
 
     @property
     def queue(self) -> str:
@@ -107,22 +106,14 @@ class BenchStack:
         self.env = self.env | env
         self._start_host_worker(concurrency)
 
-    def start_web(self, workers: int = 1) -> str:
-        """The portal's web server (portal.serve: ``workers`` daphne processes) on a free port of the
-        portal's own host (never the apps' publish address: they would share its cookies,
-        portal.public_host), with PORTAL_PUBLIC_URL saying so; its URL."""
+    def start_web(self) -> str:
+        """daphne on a free port of the portal's own host (never the apps' publish address: they
+        would share its cookies, portal.public_host), with PORTAL_PUBLIC_URL saying so; its URL."""
         port = free_port(PORTAL_HOST)
         url = f"http://{PORTAL_HOST}:{port}"
         self.env = self.env | {"PORTAL_PUBLIC_URL": url}
-        serve = [sys.executable, "-m", "portal.serve", "--host", PORTAL_HOST, "--port", str(port)]
-        self.spawn(serve + ["--workers", str(workers)])
-        self.web = self.processes[-1]
+        self.spawn([sys.executable, "-m", "daphne", "-b", PORTAL_HOST, "-p", str(port), "portal.asgi:application"])
         return url
-
-    def stop_web(self) -> None:
-        self.web.terminate()
-        self.web.wait(timeout=30)
-        self.processes.remove(self.web)
 
     def claim_placement(self, timeout_s: float, *, restore_others: bool) -> None:
         """Waits for the worker's host to register, then marks the other hosts down so that placement
