@@ -103,6 +103,13 @@ def host_key() -> bytes | None:
         raise HostConfigError(f"{path} does not hold a hex key") from exc
 
 
+def ksm_enabled() -> bool:
+    """HYPERVM_KSM=1: the host worker turns on kernel same-page merging at start (a pool of paused
+    blank VMs shares much of its guest RAM: bench/bench_ksm.py measures it). Off by default: it is
+    the whole machine's setting, and merged pages are a side channel between the VMs sharing them."""
+    return env("KSM", "0").strip().lower() in ("1", "on", "true", "yes")
+
+
 def portal_queue() -> str:
     """Where this host's reports go: the portal's queue."""
     return env("CELERY_QUEUE", DEFAULT_PORTAL_QUEUE)

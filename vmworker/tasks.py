@@ -146,6 +146,8 @@ def register_this_host(sender=None, **kwargs) -> None:
     name = host_name()
     if not name:
         return  # a portal-only worker
+    if host_config.ksm_enabled():
+        _ksm_on()
     _register(name)
     thread = threading.Thread(target=_heartbeat_loop, args=(name,), name="host-heartbeat", daemon=True)
     thread.start()
@@ -155,6 +157,17 @@ def register_this_host(sender=None, **kwargs) -> None:
         _warm_pool_threads.append(pool_thread)
     _start_console_agent(name)
     _start_usage_sampler(name)
+
+
+KSM_RUN = Path("/sys/kernel/mm/ksm/run")
+
+
+def _ksm_on() -> None:
+    try:
+        KSM_RUN.write_text("1\n")
+        logger.info("host.ksm_on")
+    except OSError:
+        logger.warning("host.ksm_unavailable", exc_info=True)
 
 
 @worker_process_init.connect
