@@ -5,8 +5,10 @@ the host's boot task; the host needs nothing else of the portal to boot the inst
 the registry credentials for this one pull only (never a tenant's other registries), the ports
 as (host port, guest port) pairs (the host binds them on its own publish address), the tenant
 network attachment, the volumes of the instance's slot, the stop grace and the health checks the
-host probes. ``SPEC_VERSION`` changes when a field changes meaning; a host refuses a version it
-does not know rather than guess. Pure: no Django, no I/O.
+host probes. The credentials travel sealed with the host's own key (vmworker.report_signing):
+another host that reads the broker cannot open them. ``SPEC_VERSION`` changes when a field
+changes meaning; a host refuses a version it does not know rather than guess. Pure: no Django,
+no I/O.
 """
 
 from __future__ import annotations
@@ -16,17 +18,36 @@ from typing import Any
 from vmworker.driver.spec import PortForward
 from vmworker.images.credentials import RegistryCredentials
 from vmworker.network.tenant import NetworkAttachment, TenantNetwork
+from vmworker.report_signing import SealBroken, unseal
 from vmworker.runtime import InstanceSpec, InvalidSpec, VolumeAttachment
 
 SPEC_VERSION = 1
 
 
-def spec_from_message(message: dict[str, Any], *, publish_host_ip: str, host_name: str) -> InstanceSpec:
+def credentials_from_message(message: dict[str, Any], host_key: bytes | None) -> dict | None:
+    """The pull's credentials: sealed (``{"sealed": token}``) for this host's key, or, from a
+    portal that seals nothing (PORTAL_HOST_REPORTS_SIGNED=0), as they are."""
+    credentials = message.get("credentials")
+    if not credentials:
+        return None
+    if "sealed" not in credentials:
+        return credentials
+    if host_key is None:
+        raise InvalidSpec("the pull's credentials are sealed and this host has no key (HYPERVM_HOST_KEY_FILE)")
+    try:
+        return unseal(host_key, credentials["sealed"])
+    except SealBroken as exc:
+        raise InvalidSpec("the pull's credentials are not sealed for this host") from exc
+
+
+def spec_from_message(
+    message: dict[str, Any], *, publish_host_ip: str, host_name: str, host_key: bytes | None = None
+) -> InstanceSpec:
     """The runtime's InstanceSpec of a boot message; InvalidSpec when it is not one."""
     if not isinstance(message, dict) or message.get("version") != SPEC_VERSION:
         raise InvalidSpec(f"not a version {SPEC_VERSION} instance spec")
     try:
-        credentials = message.get("credentials")
+        credentials = credentials_from_message(message, host_key)
         network = message.get("network")
         return InstanceSpec(
             image=str(message["image"]),

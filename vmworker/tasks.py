@@ -344,7 +344,10 @@ def boot_instance(self, instance_id: str, spec_message: dict) -> None:
 
     try:
         spec = spec_from_message(
-            spec_message, publish_host_ip=runtime().settings.publish_host_ip, host_name=host_name() or ""
+            spec_message,
+            publish_host_ip=runtime().settings.publish_host_ip,
+            host_name=host_name() or "",
+            host_key=host_config.host_key(),
         )
         if spec.instance_id != str(instance_id):
             raise InvalidSpec("the spec is another instance's")

@@ -23,12 +23,14 @@ from portal.models import Instance
 from portal.selectors import image_pull_allowance
 from portal.services.deployments import instance_disk_mib
 from portal.services.health import health_probe_message
+from portal.services.host_keys import host_key
 from portal.services.instances import instance_transition
 from portal.services.networks import network_attachment_of
 from portal.services.volumes import persistent_volumes
 from tenants.selectors import registry_for_image
 from vmworker.guestinit.config import MESOS_SANDBOX
 from vmworker.network.tenant import instance_mac
+from vmworker.report_signing import seal
 from vmworker.spec_message import SPEC_VERSION
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,14 @@ def pull_credentials(instance: Instance, image: str) -> tuple[dict | None, bool]
         return None, True
     credentials = {"username": registry.username, "password": registry.pull_password()} if registry.username else None
     return credentials, not registry.insecure
+
+
+def credentials_for_host(host_name: str, credentials: dict | None) -> dict | None:
+    """Sealed with the host's own key (vmworker.report_signing): only the host that makes the pull
+    opens them, not another one reading the broker, nor a log of the message."""
+    if credentials is None or not settings.HOST_REPORTS_SIGNED:
+        return credentials
+    return {"sealed": seal(host_key(host_name), credentials)}
 
 
 def network_attachment(instance: Instance) -> dict | None:
@@ -141,7 +151,7 @@ def instance_spec_build(instance: Instance) -> dict:
         "name": f"{instance.app.marathon_id.strip('/').replace('/', '-')}-{str(instance.pk)[:8]}",
         "image": image,
         "registry_host": definition.container.docker.image_reference.registry_host,
-        "credentials": credentials,
+        "credentials": credentials_for_host(instance.host.name, credentials),
         "tls_verify": tls_verify,
         "shell_command": definition.cmd,
         "command": list(definition.args) if definition.args else None,

@@ -46,3 +46,15 @@ def test_a_malformed_or_missing_signature_is_refused_without_raising(signature) 
 
 def test_arguments_json_cannot_carry_are_refused_without_raising() -> None:
     assert not verify(derive_host_key(MASTER, "h1"), TASK, [object()], {}, "0" * 64)
+
+
+def test_a_sealed_value_opens_only_with_the_hosts_own_key() -> None:
+    from vmworker.report_signing import SealBroken, seal, unseal
+
+    key = derive_host_key(MASTER, "h1")
+    token = seal(key, {"username": "u", "password": "p"})
+    assert "password" not in token
+    assert unseal(key, token) == {"username": "u", "password": "p"}
+    for wrong_key, wrong_token in [(derive_host_key(MASTER, "h2"), token), (key, token[:-4] + "AAAA"), (key, 7)]:
+        with pytest.raises(SealBroken):
+            unseal(wrong_key, wrong_token)

@@ -17,6 +17,7 @@ from portal.marathon import parse_app_definition
 from portal.models import Volume
 from portal.platform_policy import platform_policy
 from portal.services import apps as app_services
+from portal.services.host_keys import host_key
 from portal.services.host_sync import host_plan, host_report_apply
 from portal.services.instance_specs import SpecUnbuildable, instance_spec_build, volume_holders_ended
 from portal.services.instances import instance_transition
@@ -68,7 +69,9 @@ def volumes_round() -> None:
 
 def instance_spec(instance):
     """The spec the portal sends, as the host reads it."""
-    return spec_from_message(instance_spec_build(instance), publish_host_ip="127.0.0.1", host_name="host-v")
+    return spec_from_message(
+        instance_spec_build(instance), publish_host_ip="127.0.0.1", host_name="host-v", host_key=host_key("host-v")
+    )
 
 
 def deploy(tenant):

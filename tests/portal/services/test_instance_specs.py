@@ -13,13 +13,14 @@ from portal.choices import InstanceStatus
 from portal.marathon import parse_app_definition
 from portal.models import Instance
 from portal.services.apps import app_create
+from portal.services.host_keys import host_key
 from portal.services.instance_specs import RESEND_BOOT_S, instance_boot_send, instance_boots_resend, instance_spec_build
 from tenants.access import tenant_access_resolve
 from tenants.choices import TenantRole
 from tenants.services import registry_create
 from tests.support.portal_fixtures import compute_host_create
 from vmworker.runtime import InvalidSpec
-from vmworker.spec_message import spec_from_message
+from vmworker.spec_message import credentials_from_message, spec_from_message
 
 pytestmark = pytest.mark.django_db
 APP = {
@@ -54,7 +55,9 @@ def deployed(tenant, member_of, settings):
 def test_the_spec_is_plain_json_and_the_host_reads_it_whole(deployed) -> None:
     message = json.loads(json.dumps(instance_spec_build(deployed)))
 
-    spec = spec_from_message(message, publish_host_ip="127.0.0.9", host_name="spec-host")
+    spec = spec_from_message(
+        message, publish_host_ip="127.0.0.9", host_name="spec-host", host_key=host_key("spec-host")
+    )
 
     assert spec.instance_id == str(deployed.pk) and spec.image == "127.0.0.1:5101/demo/web:1"
     assert [(p.host_ip, p.host_port, p.guest_port) for p in spec.ports] == [("127.0.0.9", deployed.host_ports[0], 8080)]
@@ -64,11 +67,16 @@ def test_the_spec_is_plain_json_and_the_host_reads_it_whole(deployed) -> None:
     assert message["health_checks"][0] | {"path": "/health", "port_index": 0} == message["health_checks"][0]
 
 
-def test_the_spec_carries_the_credentials_of_the_images_registry_only(deployed) -> None:
+def test_the_spec_carries_the_credentials_of_the_images_registry_only_sealed_for_its_host(deployed) -> None:
     text = json.dumps(instance_spec_build(deployed))
+    message = json.loads(text)
 
-    assert json.loads(text)["credentials"] == {"username": "u", "password": "the-one-pull"}
-    assert "never-sent" not in text
+    assert credentials_from_message(message, host_key("spec-host")) == {"username": "u", "password": "the-one-pull"}
+    assert "never-sent" not in text and "the-one-pull" not in text
+    with pytest.raises(InvalidSpec):  # another host reading the broker cannot open them
+        credentials_from_message(message, host_key("other-host"))
+    with pytest.raises(InvalidSpec):
+        credentials_from_message(message, None)
 
 
 def test_the_host_refuses_a_spec_it_does_not_know(deployed) -> None:
@@ -88,8 +96,9 @@ def test_the_boot_message_goes_to_the_instances_host_and_its_shown_args_hold_no_
 
     ((name, options),) = sent
     assert name == "vmworker.boot_instance" and options["queue"] == "host.spec-host"
-    assert options["args"][1]["credentials"]["password"] == "the-one-pull"
-    assert "the-one-pull" not in options["argsrepr"]
+    sealed = options["args"][1]["credentials"]
+    assert credentials_from_message({"credentials": sealed}, host_key("spec-host"))["password"] == "the-one-pull"
+    assert "the-one-pull" not in repr(options)
 
 
 def test_a_boot_never_run_is_sent_again_by_the_portal_once_per_period(deployed, monkeypatch) -> None:
