@@ -89,11 +89,15 @@ class AppSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    # A list reads every app's definition and counts at once (AppViewSet.list puts them in the
+    # context); a single app reads its own.
     def get_definition(self, app) -> dict:
-        return app_definition(app).to_marathon_json()
+        definition = self.context.get("definitions", {}).get(app.pk) or app_definition(app)
+        return definition.to_marathon_json()
 
     def get_counts(self, app) -> dict:
-        return app_counts(app)
+        counts = self.context.get("counts", {}).get(app.pk)
+        return counts if counts is not None else app_counts(app)
 
 
 class AppVersionSerializer(serializers.ModelSerializer):

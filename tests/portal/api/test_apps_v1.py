@@ -93,3 +93,22 @@ def test_viewers_read_and_other_tenants_see_nothing(tenant, other_tenant, member
     assert intruder.get(f"/api/v1/tenants/{own}/instances/{instance.pk}/").status_code == 404
     assert intruder.get(f"/api/v1/tenants/{own}/instances/").json()["count"] == 0
     assert not App.objects.get(pk=app.pk).deleting
+
+
+def test_the_app_list_reads_as_many_rows_for_six_apps_as_for_two(tenant, member_of, client_for):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(member_of(tenant, TenantRole.DEVELOPER))
+    base = f"/api/v1/tenants/{tenant.slug}/apps/"
+    for index in range(6):
+        if index == 2:
+            client.get(base)  # warm (sessions, the first access check)
+            with CaptureQueriesContext(connection) as two:
+                listing_two = client.get(base).json()["results"]
+        client.post(base, BODY | {"id": f"/a{index}", "instances": index % 2}, format="json")
+    with CaptureQueriesContext(connection) as six:
+        listing = client.get(base).json()["results"]
+    assert len(listing_two) == 2 and len(listing) == 6
+    assert len(six) == len(two)
+    assert {app["marathon_id"]: app["counts"]["staged"] for app in listing} == {f"/a{i}": i % 2 for i in range(6)}
