@@ -35,13 +35,19 @@ def read_or_create_secret(path: Path, *, make=lambda: secrets.token_urlsafe(50))
         pass
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     value = make()
-    # O_EXCL: two processes starting at once agree on one secret.
+    # Written whole under a name of its own, then linked into place: two processes starting at
+    # once agree on one secret, and none ever reads a file not written yet.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_text().strip()
+    finally:
+        tmp.unlink(missing_ok=True)
     return value
 
 

@@ -78,8 +78,8 @@ def broker_url() -> str:
 
 def channels_url() -> str:
     """The Redis of the portal's channel layer (console and exec streams): ``HYPERVM_CHANNELS_URL``,
-    else the broker's."""
-    return os.environ.get("HYPERVM_CHANNELS_URL") or broker_url()
+    else the portal's ``PORTAL_CHANNELS_REDIS_URL``, else the broker's."""
+    return os.environ.get("HYPERVM_CHANNELS_URL") or os.environ.get("PORTAL_CHANNELS_REDIS_URL") or broker_url()
 
 
 def channel_layer():

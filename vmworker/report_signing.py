@@ -48,7 +48,7 @@ def sign(key: bytes, task: str, args, kwargs) -> str:
 
 def verify(key: bytes, task: str, args, kwargs, signature) -> bool:
     """True only for the signature ``key`` makes of exactly these arguments."""
-    if not isinstance(signature, str) or len(signature) != 64:
+    if not isinstance(signature, str) or len(signature) != 64 or not signature.isascii():
         return False
     try:
         expected = sign(key, task, args, kwargs)

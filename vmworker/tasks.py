@@ -146,6 +146,10 @@ def register_this_host(sender=None, **kwargs) -> None:
     name = host_name()
     if not name:
         return  # a portal-only worker
+    if host_config.host_key() is None:
+        logger.error(
+            "host.no_report_key: HYPERVM_HOST_KEY_FILE is not set; a portal that requires signed reports drops them all"
+        )
     if host_config.ksm_enabled():
         _ksm_on()
     _register(name)
@@ -291,7 +295,7 @@ USAGE_REPORT_EXPIRES_S = 30  # a late batch is worth less than none: the next on
 def send_to_portal(task: str, args: list, kwargs: dict | None = None, **options) -> None:
     """A message to the portal's queue, signed with this host's key (vmworker.report_signing):
     the portal takes a report only from the host it speaks for."""
-    kwargs = dict(kwargs or {})
+    kwargs = dict(kwargs or {}) | {"sent_at": time.time()}
     key = host_config.host_key()
     if key is not None:
         kwargs[report_signing.SIGNATURE_KWARG] = report_signing.sign(key, task, args, kwargs)
@@ -558,6 +562,8 @@ def _reconcile_booting(instance_id: str) -> None:
     """An instance the portal still has booting whose app runs here: its "running" report was lost
     (the broker or the portal's database went away meanwhile) and goes again. A boot under way, a
     boot that never came or one that failed is the boot task's and the portal's to report."""
+    if _boot_under_way(instance_id):
+        return  # its own report follows
     try:
         status = runtime().status(instance_id)
     except InstanceNotFound:
@@ -565,6 +571,18 @@ def _reconcile_booting(instance_id: str) -> None:
     if status.state == "running":
         logger.warning("instance.running_reported_again", extra={"instance_id": instance_id})
         report_instance(instance_id, "running", user_net=bool(status.ports))
+
+
+def _boot_under_way(instance_id: str) -> bool:
+    """runtime.boot's marker of this instance, younger than a boot timeout (one left by a worker
+    that died counts no longer)."""
+    from vmworker.runtime import BOOTING_DIR
+
+    try:
+        age_s = time.time() - (runtime().state_dir / BOOTING_DIR / instance_id).stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age_s < runtime().settings.boot_timeout_s
 
 
 def _reconcile_up(instance_id: str) -> bool:

@@ -16,7 +16,7 @@ import logging
 import re
 import uuid
 
-from portal.choices import INSTANCE_UP, InstanceStatus
+from portal.choices import INSTANCE_TERMINAL, InstanceStatus
 from portal.marathon import AppDefinition
 from portal.models import Instance
 from portal.services.deployments import app_converge, app_record_launch_success
@@ -157,8 +157,9 @@ def _apply_state(instance: Instance, to: str, report: dict) -> None:
         )
         if running is not None:
             app_record_launch_success(app_id=instance.app_id)
-        elif not Instance.objects.filter(pk=instance.pk, status__in=INSTANCE_UP).exists():
-            # It ended (stopped or failed) while it booted: its quota is gone, so goes the VM.
+        elif Instance.objects.filter(pk=instance.pk, status__in=INSTANCE_TERMINAL).exists():
+            # It ended (stopped or failed) while it booted: its quota is gone, so goes the VM. One
+            # stopping is left to its stop (the app gets its kill grace).
             instances_remove_send(instance.host, [str(instance.pk)])
     elif to in (InstanceStatus.FAILED, InstanceStatus.LOST, InstanceStatus.STOPPED):
         instance_transition(

@@ -44,8 +44,10 @@ logger = logging.getLogger(__name__)
 REMOVE_INSTANCES_TASK = "vmworker.remove_instances"
 DELETE_VOLUMES_TASK = "vmworker.delete_volumes"
 BOOTING_STEPS = (InstanceStatus.PULLING, InstanceStatus.PREPARING, InstanceStatus.BOOTING)
-# A boot whose phase began this long ago and whose app runs on the host lost its "running" report
-# (a boot's own report follows the app's start by milliseconds: never raced with it).
+# A boot whose current phase began this long ago and whose app runs on the host lost its "running"
+# report. The host skips a boot still under way (runtime.boot's marker); its own report follows
+# the marker's removal by a volume measurement and a send, the one window left where a heal's
+# report (without timings) can come first.
 BOOTING_HEAL_AFTER_S = 30
 REPORT_LIST_MAX = 10_000  # ids a host report may carry (far above what a host runs)
 VIRT_TYPES = ("kvm", "qemu")

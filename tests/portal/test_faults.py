@@ -252,8 +252,9 @@ def test_redis_restarted_during_a_deploy_loses_no_instance(access, compute_hosts
 
 def test_postgresql_gone_for_a_while_loses_no_instance(access, compute_hosts, test_images, client_for):
     """Every connection to the portal's database cut and none taken for 10 s (a restart as its
-    clients see it), once during a boot and once in steady state: the reports sent meanwhile fail
-    and are sent again by the hosts' next heartbeat and reconcile; the VMs run on."""
+    clients see it), once during a boot and once in steady state: the instance reports sent
+    meanwhile are applied once it is back (their tasks retry), a heartbeat lost is the next one's,
+    and a "running" report lost is made up by the host's reconcile; the VMs run on."""
     workers = hosts_up(compute_hosts, "q1")
     deployment = app_create(
         access=access, definition=parse_app_definition(http_app(test_images, app_id="/pg", instances=2))

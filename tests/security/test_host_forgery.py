@@ -33,7 +33,9 @@ def access(tenant, member_of, registry, test_images):
 
 def send(live_stack, task: str, args: list, *, key: bytes | None = None, signed_args: list | None = None) -> None:
     """Puts the task on the portal's queue, signed with ``key`` (over ``signed_args`` if given)."""
-    kwargs = {} if key is None else {"signature": sign(key, task, args if signed_args is None else signed_args, {})}
+    kwargs = {"sent_at": time.time()}
+    if key is not None:
+        kwargs["signature"] = sign(key, task, args if signed_args is None else signed_args, kwargs)
     current_app.send_task(task, args=args, kwargs=kwargs, queue=live_stack.queue)
 
 

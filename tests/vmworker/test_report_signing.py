@@ -39,7 +39,7 @@ def test_the_signature_survives_the_json_trip_whatever_the_key_order() -> None:
     assert canonical(TASK, (1, 2), None) == canonical(TASK, [1, 2], {})
 
 
-@pytest.mark.parametrize("signature", ["", None, 7, "0" * 63, "z" * 64, ["a"], "0" * 64])
+@pytest.mark.parametrize("signature", ["", None, 7, "0" * 63, "z" * 64, ["a"], "0" * 64, "é" * 64])
 def test_a_malformed_or_missing_signature_is_refused_without_raising(signature) -> None:
     assert not verify(derive_host_key(MASTER, "h1"), TASK, ARGS, {}, signature)
 

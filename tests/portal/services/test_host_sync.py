@@ -181,7 +181,8 @@ def test_a_report_that_meets_the_database_gone_is_applied_once_it_is_back(monkey
     monkeypatch.setattr("portal.services.host_reports.instance_report_apply", apply)
     monkeypatch.setattr(tasks.instance_report, "retry_backoff", 0)  # eager retries, no wait
     report = {"instance_id": "x", "host": "sync-host"}
-    signature = sign(host_key("sync-host"), "portal.instance_report", [report], {})
-    result = tasks.instance_report.apply(args=[report], kwargs={"signature": signature})
+    sent = {"sent_at": time.time()}
+    signature = sign(host_key("sync-host"), "portal.instance_report", [report], sent)
+    result = tasks.instance_report.apply(args=[report], kwargs=sent | {"signature": signature})
     assert result.successful(), result.traceback
     assert applied == [report]
