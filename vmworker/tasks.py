@@ -302,6 +302,28 @@ def send_to_portal(task: str, args: list, kwargs: dict | None = None, **options)
     current_app.send_task(task, args=args, kwargs=kwargs, **options)
 
 
+RECONCILE_MAX_AGE_S = 60.0  # a plan older than this is stale (the portal sends one every 2 s)
+
+
+def _from_portal(task: str, args: list, signature, sent_at, max_age_s: float) -> bool:
+    """A command is acted on only when the portal signed it with this host's key (over the task,
+    its positional arguments and when it was sent) and it is at most ``max_age_s`` old: another
+    host that can write to this host's queue cannot make it boot, stop or delete anything. A host
+    without a key (HYPERVM_HOST_KEY_FILE unset, a development set-up) takes every command."""
+    key = host_config.host_key()
+    if key is None:
+        return True
+    kwargs = {"sent_at": sent_at}
+    fresh = isinstance(sent_at, int | float) and -COMMAND_CLOCK_SKEW_S <= time.time() - sent_at <= max_age_s
+    if fresh and report_signing.verify(key, task, args, kwargs, signature):
+        return True
+    logger.warning("host.command_refused", extra={"task": task, "signed": bool(signature), "fresh": fresh})
+    return False
+
+
+COMMAND_CLOCK_SKEW_S = 60.0
+
+
 def send_report(report: dict) -> None:
     """To the portal's queue (the Celery app's default one): the portal writes, never the host."""
     send_to_portal(INSTANCE_REPORT_TASK, [report])
@@ -317,14 +339,18 @@ REPORTED_PHASES = ("preparing", "booting")
 
 
 @shared_task(name="vmworker.boot_instance", acks_late=True, bind=True, max_retries=MAX_RETRIES)
-def boot_instance(self, instance_id: str, spec_message: dict) -> None:
+def boot_instance(
+    self, instance_id: str, spec_message: dict, signature: str = "", sent_at: float | None = None
+) -> None:
     """Boots the instance the portal's spec describes (portal.services.instance_specs). A
     re-delivered message finds the instance's records and reports what it is (the runtime never
     makes a second VM); one older than this host keeps an ended instance's records is refused.
     An instance that ended while it booted gets its "running" report refused by the portal,
     which sends its removal back."""
-    sent_at = spec_message.get("sent_at") if isinstance(spec_message, dict) else None
-    if isinstance(sent_at, int | float) and time.time() - sent_at > host_config.instance_retention_s():
+    if not _from_portal(self.name, [instance_id, spec_message], signature, sent_at, host_config.instance_retention_s()):
+        return
+    spec_sent_at = spec_message.get("sent_at") if isinstance(spec_message, dict) else None
+    if isinstance(spec_sent_at, int | float) and time.time() - spec_sent_at > host_config.instance_retention_s():
         logger.warning("instance.boot_message_expired", extra={"instance_id": instance_id})
         return
     phase = ["pulling"]  # the last phase reported: a retry's report repeats it (level-triggered)
@@ -410,11 +436,15 @@ def _registry_refused(spec_message: dict) -> str:
 
 
 @shared_task(name="vmworker.stop_instance", acks_late=True, bind=True, max_retries=MAX_RETRIES)
-def stop_instance(self, instance_id: str, grace_s: int | None = None) -> None:
+def stop_instance(
+    self, instance_id: str, grace_s: int | None = None, signature: str = "", sent_at: float | None = None
+) -> None:
     """Asks the guest to stop the app (SIGKILL after ``grace_s``, the app's kill grace the portal
     sent) and returns at once (a few seconds of socket I/O at most): a host worker slot is never
     held for the grace the tenant chose. This host's reconcile ends the stop (``_stop_step``).
     Sent again, it changes nothing: the first request's deadline stands."""
+    if not _from_portal(self.name, [instance_id, grace_s], signature, sent_at, host_config.instance_retention_s()):
+        return
     try:
         _stop_step(instance_id, grace_s)
     except DriverError as exc:
@@ -424,9 +454,14 @@ def stop_instance(self, instance_id: str, grace_s: int | None = None) -> None:
 
 
 @shared_task(name="vmworker.destroy_volume", acks_late=True, bind=True, max_retries=MAX_RETRIES)
-def destroy_volume(self, volume_id: str, pool_name: str, volume_name: str) -> None:
+def destroy_volume(
+    self, volume_id: str, pool_name: str, volume_name: str, signature: str = "", sent_at: float | None = None
+) -> None:
     """Deletes a wiped (or deleted app's) volume through the pool API, then reports it gone (the
     portal drops its row and quota claim). Sent again, it finds the volume gone and only confirms."""
+    args = [volume_id, pool_name, volume_name]
+    if not _from_portal(self.name, args, signature, sent_at, host_config.instance_retention_s()):
+        return
     try:
         runtime().volume_delete(pool_name, volume_name)
     except DriverError as exc:
@@ -444,11 +479,13 @@ def send_volume_report(volume_id: str, *, used_bytes: int | None = None, destroy
     )
 
 
-@shared_task(name="vmworker.remove_instances", acks_late=True)
-def remove_instances(name: str, instance_ids: list) -> None:
+@shared_task(name="vmworker.remove_instances", acks_late=True, bind=True)
+def remove_instances(self, name: str, instance_ids: list, signature: str = "", sent_at: float | None = None) -> None:
     """The portal says these instances have ended: their VMs and files go (none of them here is
     a no-op). One that fails is logged; the next host report lists it again."""
-    if name != host_name():
+    if name != host_name() or not _from_portal(
+        self.name, [name, instance_ids], signature, sent_at, host_config.heartbeat_expiry_s()
+    ):
         return
     for instance_id in instance_ids:
         try:
@@ -457,11 +494,17 @@ def remove_instances(name: str, instance_ids: list) -> None:
             logger.warning("host.instance_remove_failed", extra={"instance_id": str(instance_id)}, exc_info=True)
 
 
-@shared_task(name="vmworker.delete_volumes", acks_late=True)
-def delete_volumes(name: str, pool_name: str, volume_names: list) -> None:
+@shared_task(name="vmworker.delete_volumes", acks_late=True, bind=True)
+def delete_volumes(
+    self, name: str, pool_name: str, volume_names: list, signature: str = "", sent_at: float | None = None
+) -> None:
     """Volume files of this host's pool that no volume row names (the portal checked): deleted.
     Only names the platform gives, and only in this host's own pool."""
     if name != host_name() or pool_name != storage.pool_name(name):
+        return
+    if not _from_portal(
+        self.name, [name, pool_name, volume_names], signature, sent_at, host_config.heartbeat_expiry_s()
+    ):
         return
     for volume_name in volume_names:
         volume_name = str(volume_name)
@@ -520,14 +563,23 @@ def _retry_later(task, instance_id: str, exc: BaseException, *, state: str | Non
     raise task.retry(countdown=countdown, exc=exc, queue=host_queue(host_name()))
 
 
-@shared_task(name="vmworker.reconcile_host", acks_late=True)
-def reconcile_host(name: str, probes: list | None = None, plan: dict | None = None) -> None:
+@shared_task(name="vmworker.reconcile_host", acks_late=True, bind=True)
+def reconcile_host(
+    self,
+    name: str,
+    probes: list | None = None,
+    plan: dict | None = None,
+    signature: str = "",
+    sent_at: float | None = None,
+) -> None:
     """The portal's plan of this host (portal.services.host_sync.host_plan) against what libvirt
     and the instance files say: stops moved on, up instances whose VM vanished or whose app exited
     reported, then the health probes the portal sent of the instances that still run, the sweep
     and the volumes. One instance whose files or VM misbehave (garbage records, a failing release)
     is logged with its id and skipped: the host's work for the others goes on."""
     if name != host_name() or not isinstance(plan, dict):
+        return
+    if not _from_portal(self.name, [name, probes, plan], signature, sent_at, RECONCILE_MAX_AGE_S):
         return
     running = set()
     for instance_id, grace_s in dict(plan.get("stopping") or {}).items():

@@ -15,7 +15,6 @@ import logging
 import math
 from datetime import timedelta
 
-from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
@@ -24,6 +23,7 @@ from portal.events import event_publish, marathon_timestamp
 from portal.marathon import AppDefinition
 from portal.models import App, Deployment, Instance
 from portal.scheduling import NoValidHost, PlacementRequest, instance_place
+from portal.services.host_keys import host_command_send
 from portal.services.instances import CLAIM_KIND, instance_transition
 from portal.services.networks import (
     network_address_allocate,
@@ -104,7 +104,7 @@ def instance_stop(instance: Instance, *, reason: str = "") -> None:
         queue = instance.host.queue
         grace_s = kill_grace_s(AppDefinition.from_stored(instance.version.definition))
         transaction.on_commit(
-            lambda: current_app.send_task(STOP_TASK, args=[str(instance.pk)], kwargs={"grace_s": grace_s}, queue=queue)
+            lambda: host_command_send(instance.host.name, STOP_TASK, [str(instance.pk), grace_s], queue=queue)
         )
 
 

@@ -1,7 +1,9 @@
 """Host report keys (vmworker.report_signing): the portal's master key, each host's key derived
 from it, and the check every host-to-portal task makes before it reads a report. A report that
 is unsigned, signed with another host's key or changed on the way is dropped (logged, never
-applied): a host speaks only for itself, and only a provisioned host registers. A signed report
+applied): a host speaks only for itself, and only a provisioned host registers. The portal's
+commands to a host (``host_command_send``) are signed with that host's key the same way, and the
+host drops any other (vmworker.tasks): no host can put a command on another host's queue. A signed report
 carries when it was sent: one older than its task allows is refused too (another host that read
 it off the broker cannot replay a dead host's heartbeats to keep it up)."""
 
@@ -18,7 +20,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from portal.secrets import read_or_create_secret
-from vmworker.report_signing import derive_host_key, verify
+from vmworker.report_signing import derive_host_key, sign, verify
 
 logger = logging.getLogger(__name__)
 CLOCK_SKEW_S = 60  # a host's clock may run ahead of the portal's by this much
@@ -69,3 +71,13 @@ def report_from_host(*, task: str, host_name, args: list, kwargs: dict, signatur
         extra={"task": task, "host": repr(host_name)[:128], "signed": bool(signature), "verified": signed},
     )
     return False
+
+
+def host_command_send(host_name: str, task: str, args: list, *, queue: str, **options) -> None:
+    """A command (a host task) for ``host_name``, signed with its key over the task, its positional
+    arguments and when it was sent (vmworker.tasks checks it before it acts)."""
+    from celery import current_app
+
+    kwargs = {"sent_at": time.time()}
+    kwargs["signature"] = sign(host_key(host_name), task, args, kwargs)
+    current_app.send_task(task, args=args, kwargs=kwargs, queue=queue, **options)

@@ -26,13 +26,13 @@ import re
 import uuid
 from datetime import datetime
 
-from celery import current_app
 from django.conf import settings
 from django.utils import timezone
 
 from portal.choices import INSTANCE_ACTIVE, INSTANCE_UP, InstanceStatus, VolumeState
 from portal.marathon import AppDefinition
 from portal.models import ComputeHost, Instance, Volume
+from portal.services.host_keys import host_command_send
 from portal.services.hosts import PublishAddressRefused, host_heartbeat, host_queue, host_register
 from portal.services.instance_specs import kill_grace_s
 from portal.services.instances import instance_transition
@@ -242,10 +242,8 @@ def _delete_unknown_volumes(host: ComputeHost, volume_names: list) -> list[str]:
     unknown = sorted(name for volume_id, name in found.items() if volume_id not in known)
     if unknown:
         logger.warning("host.volume_unknown_delete", extra={"host": host.name, "volumes": unknown})
-        current_app.send_task(
-            DELETE_VOLUMES_TASK,
-            args=[host.name, pool_name_for(host), unknown],
-            queue=host_queue(host.name),
+        host_command_send(
+            host.name, DELETE_VOLUMES_TASK, [host.name, pool_name_for(host), unknown], queue=host_queue(host.name)
         )
     return unknown
 
@@ -253,9 +251,10 @@ def _delete_unknown_volumes(host: ComputeHost, volume_names: list) -> list[str]:
 def instances_remove_send(host: ComputeHost, instance_ids: list[str]) -> None:
     """Tells ``host`` to remove the VMs and files of these ended instances (a no-op for any it
     does not have)."""
-    current_app.send_task(
+    host_command_send(
+        host.name,
         REMOVE_INSTANCES_TASK,
-        args=[host.name, list(instance_ids)],
+        [host.name, list(instance_ids)],
         queue=host_queue(host.name),
         expires=settings.HOST_HEARTBEAT_EXPIRY_S,  # the next report asks again
     )

@@ -19,6 +19,7 @@ from portal.choices import INSTANCE_ACTIVE, DeploymentStatus, HostState, Instanc
 from portal.models import App, ComputeHost, Deployment, Instance
 from portal.public_host import public_host_conflict, public_url_parse
 from portal.scheduling import hosts_alive
+from portal.services.host_keys import host_command_send
 from portal.services.instances import instance_transition
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,6 @@ def apps_needing_converge() -> list[int]:
 
 
 def reconcile_all() -> None:
-    from celery import current_app
 
     from portal.services.deployments import app_converge
     from portal.services.health import health_probes_claim
@@ -174,10 +174,4 @@ def reconcile_all() -> None:
     for host in alive:
         probes = health_probes_claim(host_name=host.name)
         plan = host_plan(host)
-        current_app.send_task(
-            "vmworker.reconcile_host",
-            args=[host.name],
-            kwargs={"probes": probes, "plan": plan},
-            queue=host.queue,
-            expires=30,
-        )
+        host_command_send(host.name, "vmworker.reconcile_host", [host.name, probes, plan], queue=host.queue, expires=30)

@@ -12,7 +12,6 @@ import logging
 import time
 from datetime import datetime
 
-from celery import current_app
 from django.conf import settings
 from django.utils import timezone
 
@@ -23,7 +22,7 @@ from portal.models import Instance
 from portal.selectors import image_pull_allowance
 from portal.services.deployments import instance_disk_mib
 from portal.services.health import health_probe_message
-from portal.services.host_keys import host_key
+from portal.services.host_keys import host_command_send, host_key
 from portal.services.instances import instance_transition
 from portal.services.networks import network_attachment_of
 from portal.services.volumes import persistent_volumes
@@ -220,7 +219,9 @@ def instance_boot_send(*, instance_id) -> bool:
         return False
     # The message's args carry one pull's password: what monitoring shows of them does not.
     argsrepr = repr([str(instance.pk), "<instance spec>"])
-    current_app.send_task(BOOT_TASK, args=[str(instance.pk), spec], queue=instance.host.queue, argsrepr=argsrepr)
+    host_command_send(
+        instance.host.name, BOOT_TASK, [str(instance.pk), spec], queue=instance.host.queue, argsrepr=argsrepr
+    )
     return True
 
 

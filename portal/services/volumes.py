@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 
-from celery import current_app
 from django.db import transaction
 
 from portal.choices import INSTANCE_ACTIVE, VolumeState
 from portal.marathon import AppDefinition
 from portal.models import App, ComputeHost, Instance, Volume
+from portal.services.host_keys import host_command_send
 from tenants.errors import DomainError, InvalidInput
 from tenants.services import ResourceRequest, claim_release, quota_reserve
 from vmworker.storage import pool_name
@@ -187,7 +187,9 @@ def volume_destroy_ready(volumes) -> None:
         args = [str(volume.pk), volume.pool_name, volume.volume_name]
         queue = volume.host.queue
         transaction.on_commit(
-            lambda args=args, queue=queue: current_app.send_task(DESTROY_VOLUME_TASK, args=args, queue=queue)
+            lambda args=args, queue=queue, host=volume.host.name: host_command_send(
+                host, DESTROY_VOLUME_TASK, args, queue=queue
+            )
         )
 
 

@@ -1,8 +1,9 @@
 """Issue 12: a compute host (or anything else that can write to the broker) speaks only for
-itself. Against the running stack (portal worker, beat, a real host worker booting a real
-HyperVM): reports put on the portal's queue unsigned, signed with another host's key, or
-changed after signing change nothing; a report signed with the right host's key is applied
-(the check is not simply refusing everything)."""
+itself, and takes commands only from the portal. Against the running stack (portal worker,
+beat, a real host worker booting a real HyperVM): reports put on the portal's queue unsigned,
+signed with another host's key, or changed after signing change nothing; commands on a host's
+queue the portal did not sign for it leave its VM alone; a report signed with the right host's
+key is applied (the check is not simply refusing everything)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from portal.services.host_keys import host_key
 from tests.portal.test_pipeline import active, deployment_done, http_app, wait_until
 from tests.support.tenant_access import owner_access_with_registry
 from vmworker.report_signing import sign
+from vmworker.runtime import HyperVMRuntime, RuntimeSettings
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 REPORTS_SETTLE_S = 6  # the portal worker takes its queue in order: later reports are past these
@@ -68,6 +70,16 @@ def test_forged_host_reports_change_nothing_and_a_signed_one_is_applied(live_sta
     rogue = registration(f"rogue-{uuid.uuid4().hex[:8]}")
     send(live_stack, "portal.host_report", [rogue])
     send(live_stack, "portal.host_report", [rogue], key=other_key)
+    # Commands on the host's own queue that the portal did not sign: its VM must stay.
+    removal = [one_host.name, [str(instance.pk)]]
+    for kwargs in (
+        {},
+        {
+            "sent_at": time.time(),
+            "signature": sign(other_key, "vmworker.remove_instances", removal, {"sent_at": time.time()}),
+        },
+    ):
+        current_app.send_task("vmworker.remove_instances", args=removal, kwargs=kwargs, queue=f"host.{one_host.name}")
     # The control: a registration signed with its own host's key is taken.
     provisioned = registration(f"provisioned-{uuid.uuid4().hex[:8]}")
     send(live_stack, "portal.host_report", [provisioned], key=host_key(provisioned["name"]))
@@ -78,9 +90,11 @@ def test_forged_host_reports_change_nothing_and_a_signed_one_is_applied(live_sta
     time.sleep(REPORTS_SETTLE_S)
     try:
         assert Instance.objects.get(pk=instance.pk).status == InstanceStatus.HEALTHY
+        assert str(instance.pk) in HyperVMRuntime(RuntimeSettings(state_dir=one_host.state_dir)).live_instance_ids()
         assert not ComputeHost.objects.filter(name=rogue["name"]).exists()
         log = (live_stack.log_dir / "worker.log").read_text(errors="replace")
         assert log.count("host_report.signature_refused") >= 5
+        assert one_host.log_path.read_text(errors="replace").count("host.command_refused") >= 2
     finally:
         ComputeHost.objects.filter(name=provisioned["name"]).update(state="down")
         app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/forged"))

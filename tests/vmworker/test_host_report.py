@@ -43,6 +43,8 @@ def test_a_report_goes_without_the_parts_libvirt_could_not_give(host_runtime, mo
 
 
 class _StatusRuntime:
+    state_dir = Path("/nonexistent")  # no boot under way
+
     def __init__(self, states: dict):
         self.states = states
 

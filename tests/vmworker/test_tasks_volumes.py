@@ -17,7 +17,7 @@ from portal.marathon import parse_app_definition
 from portal.models import Volume
 from portal.platform_policy import platform_policy
 from portal.services import apps as app_services
-from portal.services.host_keys import host_key
+from portal.services.host_keys import host_command_send, host_key
 from portal.services.host_sync import host_plan, host_report_apply
 from portal.services.instance_specs import SpecUnbuildable, instance_spec_build, volume_holders_ended
 from portal.services.instances import instance_transition
@@ -140,8 +140,17 @@ def test_destroy_deletes_the_file_through_the_pool_then_the_row_and_the_claim(te
     disks = made_and_wiped(tenant, host_runtime)
     assert set(Volume.objects.values_list("state", flat=True)) == {VolumeState.DESTROYING}
 
-    for volume in Volume.objects.all():
-        tasks.destroy_volume(str(volume.pk), volume.pool_name, volume.volume_name)
+    unsigned = Volume.objects.first()
+    tasks.destroy_volume(str(unsigned.pk), unsigned.pool_name, unsigned.volume_name)  # not the portal's word
+    assert all(disk.path.exists() for disk in disks)
+
+    for volume in Volume.objects.all():  # as the portal sends it: signed with host-v's key
+        host_command_send(
+            "host-v",
+            "vmworker.destroy_volume",
+            [str(volume.pk), volume.pool_name, volume.volume_name],
+            queue="host.host-v",
+        )
 
     assert not any(disk.path.exists() for disk in disks)
     assert host_runtime.host.list_volumes("hvm-vol-host-v") == []

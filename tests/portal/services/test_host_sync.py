@@ -34,8 +34,18 @@ APP = {
 
 
 class Sent(list):
+    """The portal's commands to hosts: each must be signed with its host's key (checked here) and
+    is recorded without its signature and time."""
+
     def send_task(self, name, args=None, kwargs=None, **options):
-        self.append((name, list(args or ()), dict(kwargs or {}), options.get("queue")))
+        from portal.services.host_keys import host_key
+        from vmworker.report_signing import verify
+
+        kwargs = dict(kwargs or {})
+        signature, sent = kwargs.pop("signature", None), {"sent_at": kwargs.pop("sent_at", None)}
+        host = str(options.get("queue", "")).removeprefix("host.")
+        assert verify(host_key(host), name, list(args or ()), sent, signature), f"{name} is not signed for {host}"
+        self.append((name, list(args or ()), kwargs, options.get("queue")))
 
 
 @pytest.fixture
