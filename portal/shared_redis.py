@@ -20,7 +20,14 @@ def channel_layer_redis_url() -> str:
 @cache
 def redis_client(url: str) -> redis.Redis:
     """One client (a connection pool) per URL and process."""
-    return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    # A dead pooled connection (Redis restarted) is reconnected and the command tried again.
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
+    return redis.Redis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S, retry=retry
+    )
 
 
 class ProcessRedisCache(RedisCache):

@@ -86,8 +86,14 @@ def channel_layer():
     """A channel layer of its own (its connections belong to the event loop that uses it), in the
     portal's wire format, built without Django settings."""
     from channels_redis.core import RedisChannelLayer
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
 
-    return RedisChannelLayer(hosts=[{"address": channels_url(), "socket_timeout": CHANNELS_SOCKET_TIMEOUT_S}])
+    # A dead pooled connection (Redis restarted) is reconnected and the command tried again.
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
+    return RedisChannelLayer(
+        hosts=[{"address": channels_url(), "socket_timeout": CHANNELS_SOCKET_TIMEOUT_S, "retry": retry}]
+    )
 
 
 def host_key() -> bytes | None:
