@@ -70,7 +70,9 @@ def test_a_pooled_host_starts_two_tenants_apps_warm_in_vms_of_their_own_and_refi
 
         def both_serving():
             close_old_connections()
-            running = [Instance.objects.filter(app=app, status=InstanceStatus.RUNNING).first() for app in apps]
+            # Running, or healthy already (the HTTP check passes a second after the start).
+            up = (InstanceStatus.RUNNING, InstanceStatus.HEALTHY)
+            running = [Instance.objects.filter(app=app, status__in=up).first() for app in apps]
             return all(i is not None and page(i) == HTTPD_INDEX_HTML for i in running) and running
 
         instances = wait_until("both apps serving", both_serving, 180)
