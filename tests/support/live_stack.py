@@ -353,18 +353,27 @@ def compute_hosts(live_stack, celery_beat):
 
 @pytest.fixture
 def one_host(compute_hosts):
-    """The session's host worker h1, alone and registered (other host workers stopped)."""
-    from django.db import close_old_connections
+    """The session's host worker h1, alone, registered and the only host up: the hosts whose
+    workers were stopped are made to look silent past the heartbeat expiry, so placement never
+    picks one in the seconds before the beat's expiry would (an instance placed there was lost)."""
+    from datetime import timedelta
 
+    from django.db import close_old_connections
+    from django.utils import timezone
+
+    from portal.choices import HostState
     from portal.models import ComputeHost
 
     compute_hosts.kill_all_but("h1")
     worker = compute_hosts.start("h1")
+    silent_since = timezone.now() - timedelta(days=1)
     deadline = time.monotonic() + 60
     while True:
         close_old_connections()
-        if ComputeHost.objects.filter(name=worker.name).exists():
+        others = ComputeHost.objects.exclude(name=worker.name).filter(state=HostState.UP)
+        others.update(last_heartbeat_at=silent_since)  # again: a queued last heartbeat may land late
+        if ComputeHost.objects.filter(name=worker.name).exists() and not others.exists():
             return worker
         if time.monotonic() > deadline:
-            raise AssertionError("host h1 did not register")
+            raise AssertionError("host h1 did not register, or other hosts stayed up")
         time.sleep(0.5)
