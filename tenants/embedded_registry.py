@@ -15,7 +15,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from vmworker.registry_address import host_port, host_port_key
+from vmworker.registry_address import platform_hosts
 
 # The Deploy form's choice value for it (a tenant's own registries are chosen by their id).
 EMBEDDED_REGISTRY_KEY = "platform"
@@ -61,7 +61,4 @@ def platform_registry_hosts() -> frozenset[str]:
     """ "host:port" of the registries the platform runs or vouches for: the embedded one and
     ``REGISTRY_HOST_ALLOWLIST``. Only these may be on loopback or private addresses
     (vmworker.registry_address)."""
-    entries = set(settings.REGISTRY_HOST_ALLOWLIST)
-    if settings.EMBEDDED_REGISTRY_URL:
-        entries.add(host_port_key(*host_port(settings.EMBEDDED_REGISTRY_URL)))
-    return frozenset(entries)
+    return platform_hosts(settings.REGISTRY_HOST_ALLOWLIST, settings.EMBEDDED_REGISTRY_URL)

@@ -15,12 +15,13 @@ password is never in the environment or on a command line.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
 from urllib.parse import quote
 
-from vmworker.registry_address import host_port, host_port_key
+from vmworker.registry_address import platform_hosts
 
 DEFAULT_PORTAL_QUEUE = "portal"
 DEFAULT_REDIS_PASSWORD_FILE = "/etc/hypervm/redis-password"
@@ -86,14 +87,21 @@ def channel_layer():
     """A channel layer of its own (its connections belong to the event loop that uses it), in the
     portal's wire format, built without Django settings."""
     from channels_redis.core import RedisChannelLayer
+
+    return RedisChannelLayer(
+        hosts=[{"address": channels_url(), "socket_timeout": CHANNELS_SOCKET_TIMEOUT_S, "retry": redis_retry()}]
+    )
+
+
+def redis_retry():
+    """Reconnect and try again (3 times, 50 ms to 1 s apart) when a pooled Redis connection turns
+    out dead: redis-py's asyncio default is not to, so after a Redis restart the first use of each
+    pooled connection failed (a WebSocket closed at its group_add). The portal's channel layer
+    takes the same (portal/settings/base.py)."""
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
 
-    # A dead pooled connection (Redis restarted) is reconnected and the command tried again.
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
-    return RedisChannelLayer(
-        hosts=[{"address": channels_url(), "socket_timeout": CHANNELS_SOCKET_TIMEOUT_S, "retry": retry}]
-    )
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
 
 
 def host_key() -> bytes | None:
@@ -103,6 +111,16 @@ def host_key() -> bytes | None:
     path = os.environ.get("HYPERVM_HOST_KEY_FILE")
     if not path:
         return None
+    try:
+        version = Path(path).stat()
+    except FileNotFoundError:
+        raise HostConfigError(f"{path} is missing: manage.py host_key writes it") from None
+    # Every report and command checks it: the file is read again only when it changed.
+    return _key_from_file(path, version.st_ino, version.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _key_from_file(path: str, inode: int, mtime_ns: int) -> bytes:
     try:
         return bytes.fromhex(_private_file(Path(path)))
     except ValueError as exc:
@@ -151,8 +169,4 @@ def platform_registry_hosts() -> frozenset[str]:
     """ "host:port" of the registries this host may pull from although they are on loopback or
     private addresses: the platform's embedded registry and its allowlist (the portal vouches for
     the same ones: tenants.embedded_registry.platform_registry_hosts)."""
-    entries = {entry.strip().lower() for entry in env("REGISTRY_HOST_ALLOWLIST").split(",") if entry.strip()}
-    embedded = env("EMBEDDED_REGISTRY_URL")
-    if embedded:
-        entries.add(host_port_key(*host_port(embedded)))
-    return frozenset(entries)
+    return platform_hosts(env("REGISTRY_HOST_ALLOWLIST").split(","), env("EMBEDDED_REGISTRY_URL"))

@@ -43,6 +43,15 @@ def host_port_key(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def platform_hosts(allowlist, embedded_registry_url: str) -> frozenset[str]:
+    """ "host:port" of the registries the platform runs or vouches for (the only ones that may be
+    on loopback or private addresses): its allowlist's entries and its embedded registry."""
+    entries = {entry.strip().lower() for entry in allowlist if entry.strip()}
+    if embedded_registry_url:
+        entries.add(host_port_key(*host_port(embedded_registry_url)))
+    return frozenset(entries)
+
+
 def resolve_allowed(host: str, port: int, *, allowed: frozenset[str]) -> str:
     """The one address to connect to for host:port; raises AddressRefused when the name does not
     resolve or any address it resolves to is not public (and host:port is not allowed)."""

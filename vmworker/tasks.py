@@ -614,7 +614,7 @@ def _reconcile_booting(instance_id: str) -> None:
     """An instance the portal still has booting whose app runs here: its "running" report was lost
     (the broker or the portal's database went away meanwhile) and goes again. A boot under way, a
     boot that never came or one that failed is the boot task's and the portal's to report."""
-    if _boot_under_way(instance_id):
+    if warm_pool.boots_in_progress(runtime(), instance_id):
         return  # its own report follows
     try:
         status = runtime().status(instance_id)
@@ -623,18 +623,6 @@ def _reconcile_booting(instance_id: str) -> None:
     if status.state == "running":
         logger.warning("instance.running_reported_again", extra={"instance_id": instance_id})
         report_instance(instance_id, "running", user_net=bool(status.ports))
-
-
-def _boot_under_way(instance_id: str) -> bool:
-    """runtime.boot's marker of this instance, younger than a boot timeout (one left by a worker
-    that died counts no longer)."""
-    from vmworker.runtime import BOOTING_DIR
-
-    try:
-        age_s = time.time() - (runtime().state_dir / BOOTING_DIR / instance_id).stat().st_mtime
-    except FileNotFoundError:
-        return False
-    return age_s < runtime().settings.boot_timeout_s
 
 
 def _reconcile_up(instance_id: str) -> bool:

@@ -307,16 +307,18 @@ def sweep(runtime: HyperVMRuntime) -> list[str]:
     return removed
 
 
-def boots_in_progress(runtime: HyperVMRuntime) -> bool:
-    """Whether a boot of this host is under way (runtime.boot's marker files; one left by a
-    crashed worker counts only until the boot timeout)."""
+def boots_in_progress(runtime: HyperVMRuntime, instance_id: str | None = None) -> bool:
+    """Whether a boot of this host (of ``instance_id`` only, when given) is under way
+    (runtime.boot's marker files; one left by a crashed worker counts only until the boot
+    timeout)."""
     from vmworker.runtime import BOOTING_DIR
 
     directory = runtime.state_dir / BOOTING_DIR
     if not directory.is_dir():
         return False
     now = time.time()
-    for marker in directory.iterdir():
+    markers = [directory / instance_id] if instance_id is not None else directory.iterdir()
+    for marker in markers:
         try:
             if now - marker.stat().st_mtime < runtime.settings.boot_timeout_s:
                 return True

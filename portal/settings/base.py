@@ -185,17 +185,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CHANNELS_REDIS_SOCKET_TIMEOUT_S = 15
 
 
-def redis_retry():
-    """Reconnect and try again (3 times, 50 ms to 1 s apart) when a pooled Redis connection turns
-    out dead: redis-py's asyncio default is not to, so after a Redis restart the first use of each
-    pooled connection of a web server failed (a WebSocket closed at its group_add)."""
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
-
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
-
-
 def channel_layers_for(url: str) -> dict:
+    from vmworker.host_config import redis_retry  # the host's layer reconnects the same way
+
     host = {"address": url, "socket_timeout": CHANNELS_REDIS_SOCKET_TIMEOUT_S, "retry": redis_retry()}
     return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [host]}}}
 

@@ -71,6 +71,13 @@ def settled(workers: dict) -> list[str]:
     return last[0]
 
 
+def deleted_and_settled(access, workers: dict, marathon_id: str) -> list[str]:
+    """Deletes the app, waits until it has no live instance, then audits (``settled``)."""
+    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id=marathon_id))
+    wait_until("deleted", lambda: not active(marathon_id))
+    return settled(workers)
+
+
 def api_problems(client_for, user) -> list[str]:
     client = client_for(user)
     problems = []
@@ -105,9 +112,7 @@ def test_a_host_worker_killed_mid_boot_and_restarted_leaves_no_orphan_or_duplica
     assert settled(workers) == []
     assert api_problems(client_for, access.actor) == []
 
-    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/crash"))
-    wait_until("deleted", lambda: not active("/crash"))
-    assert settled(workers) == []
+    assert deleted_and_settled(access, workers, "/crash") == []
 
 
 def test_pool_processes_killed_mid_boot_are_survived(access, compute_hosts, test_images, client_for):
@@ -137,9 +142,7 @@ def test_pool_processes_killed_mid_boot_are_survived(access, compute_hosts, test
     assert len(active("/child")) == 1
     assert settled(workers) == []
     assert api_problems(client_for, access.actor) == []
-    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/child"))
-    wait_until("deleted", lambda: not active("/child"))
-    assert settled(workers) == []
+    assert deleted_and_settled(access, workers, "/child") == []
 
 
 def test_a_host_cut_off_past_the_heartbeat_expiry_comes_back_without_duplicates(
@@ -182,9 +185,7 @@ def test_a_host_cut_off_past_the_heartbeat_expiry_comes_back_without_duplicates(
     )
     assert settled(workers) == []
     assert len(active("/cut")) == 2
-    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/cut"))
-    wait_until("deleted", lambda: not active("/cut"))
-    assert settled(workers) == []
+    assert deleted_and_settled(access, workers, "/cut") == []
 
 
 def boot_under_way(marathon_id: str) -> bool:
@@ -220,9 +221,7 @@ def test_libvirtd_restarted_during_a_boot_and_in_steady_state(access, compute_ho
     assert all(i.status == InstanceStatus.HEALTHY for i in active("/virt"))
     assert settled(workers) == []
     assert api_problems(client_for, access.actor) == []
-    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/virt"))
-    wait_until("deleted", lambda: not active("/virt"))
-    assert settled(workers) == []
+    assert deleted_and_settled(access, workers, "/virt") == []
 
 
 def test_redis_restarted_during_a_deploy_loses_no_instance(access, compute_hosts, test_images, client_for):
@@ -245,9 +244,7 @@ def test_redis_restarted_during_a_deploy_loses_no_instance(access, compute_hosts
     assert all(i.status == InstanceStatus.HEALTHY for i in active("/redis"))
     assert settled(workers) == []
     assert api_problems(client_for, access.actor) == []
-    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/redis"))
-    wait_until("deleted", lambda: not active("/redis"))
-    assert settled(workers) == []
+    assert deleted_and_settled(access, workers, "/redis") == []
 
 
 def test_postgresql_gone_for_a_while_loses_no_instance(access, compute_hosts, test_images, client_for):
@@ -275,6 +272,4 @@ def test_postgresql_gone_for_a_while_loses_no_instance(access, compute_hosts, te
     assert {str(i.pk) for i in active("/pg")} == before
     assert settled(workers) == []
     assert api_problems(client_for, access.actor) == []
-    app_delete(access=access, app=app_get(tenant=access.tenant, marathon_id="/pg"))
-    wait_until("deleted", lambda: not active("/pg"))
-    assert settled(workers) == []
+    assert deleted_and_settled(access, workers, "/pg") == []
